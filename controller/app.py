@@ -1,0 +1,229 @@
+"""The controller: one site's ledger, machines and services, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Iterable
+from datetime import date
+from typing import Any
+
+from controller.async_ledger import AsyncLedger
+from controller.cabinets.poller import CabinetPoller, pocket_location
+from controller.cabinets.replenishment import Replenishment, ScanOutcome
+from controller.config import Site
+from controller.devices import cabinet_driver, packer_driver, scanner_driver
+from controller.ledger import Ledger, LedgerError
+from controller.ledger.engine import make_engine
+from controller.metrics import Metrics
+from controller.packing.planner import PlannedJob
+from controller.packing.runner import PackerRunner, PackingSettings, canister_location
+from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
+
+log = logging.getLogger("doseline.controller")
+
+
+class Controller:
+    def __init__(self, site: Site, *, ledger_url: str | None = None) -> None:
+        self.site = site
+        self.metrics = Metrics()
+        self.ledger = Ledger(
+            make_engine(ledger_url or site.ledger.url),
+            min_shelf_life_days=site.ledger.min_shelf_life_days,
+        )
+        self.aledger = AsyncLedger(self.ledger, self.metrics)
+        settings = PackingSettings(
+            store_bins=site.store.bins,
+            reservation_timeout_s=site.ledger.reservation_timeout_s,
+        )
+        self.packer_drivers: dict[str, PackerDriver] = {
+            p.name: packer_driver(p) for p in site.packers
+        }
+        self.runners = {
+            p.name: PackerRunner(
+                p, self.packer_drivers[p.name], self.aledger, self.metrics, settings
+            )
+            for p in site.packers
+        }
+        self.cabinet_drivers: dict[str, CabinetDriver] = {
+            c.name: cabinet_driver(c) for c in site.cabinets
+        }
+        self.pollers: dict[str, CabinetPoller] = {}
+        self.replenishment = Replenishment(
+            self.aledger,
+            self.metrics,
+            self.pollers,
+            site.store.bins,
+            reservation_timeout_s=site.ledger.reservation_timeout_s,
+        )
+        for c in site.cabinets:
+            self.pollers[c.name] = CabinetPoller(
+                c,
+                self.cabinet_drivers[c.name],
+                self.aledger,
+                self.metrics,
+                on_low=self.replenishment.request,
+            )
+        self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
+        self.jobs: asyncio.Queue[PlannedJob] = asyncio.Queue()
+        self.scan_log: list[ScanOutcome] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ------------------------------------------------------------ ledger set-up
+
+    def prepare_ledger(self) -> None:
+        """Creates the schema and the site's master data (idempotent)."""
+        led = self.ledger
+        led.create_schema()
+        for p in self.site.catalogue:
+            led.add_product(
+                gtin=p.gtin,
+                article=p.article,
+                name=p.name,
+                substance=p.substance,
+                atc=p.atc,
+                strength=p.strength,
+                form=p.form,
+                unit=p.unit,
+                pack_size=p.pack_size,
+                unit_price=p.unit_price,
+            )
+        store = self.site.store
+        led.add_location(store.code, "store")
+        for code in store.bins:
+            led.add_location(code, "bin", parent=store.code)
+        led.add_location(f"{store.code}/QUARANTINE", "quarantine", parent=store.code)
+        for packer in self.site.packers:
+            led.add_location(packer.name, "store")
+            for can in packer.canisters:
+                led.add_location(
+                    canister_location(packer.name, can.number),
+                    "canister",
+                    parent=packer.name,
+                    product_gtin=can.gtin,
+                )
+        for cab in self.site.cabinets:
+            led.add_location(cab.name, "store")
+            for pocket in cab.pockets:
+                led.add_location(
+                    pocket_location(cab.name, pocket.number),
+                    "pocket",
+                    parent=cab.name,
+                    product_gtin=pocket.gtin,
+                )
+
+    def receive_opening_stock(self, today: date) -> int:
+        """Books the site file's opening lots into their bins; returns units booked."""
+        units = 0
+        for i, lot in enumerate(self.site.stock):
+            self.ledger.receive(
+                f"opening:{lot.gtin}:{lot.batch}:{i}",
+                gtin=lot.gtin,
+                batch=lot.batch,
+                expiry=lot.expiry_on(today),
+                quantity=lot.quantity,
+                to_location=lot.bin,
+                actor="site-setup",
+                reason="opening stock",
+            )
+            units += lot.quantity
+        return units
+
+    # ------------------------------------------------------------ running
+
+    async def start(self) -> None:
+        for name, driver in self.packer_drivers.items():
+            await driver.connect()
+            log.info("packer %s connected", name)
+        for scanner in self.scanners.values():
+            await scanner.connect()
+        for runner in self.runners.values():
+            self._spawn(runner.serve(self.jobs), f"packer-{runner.name}")
+        for poller in self.pollers.values():
+            self._spawn(poller.serve(), f"cabinet-{poller.name}")
+        self._spawn(self.replenishment.serve(), "replenishment")
+        for name, scanner in self.scanners.items():
+            self._spawn(self._scan_station(scanner), f"scanner-{name}")
+        self._spawn(self._housekeeping(), "housekeeping")
+
+    async def adopt_cabinets(self) -> None:
+        """Commissioning of cabinets the ledger does not know yet."""
+        for poller in self.pollers.values():
+            await poller.adopt(self.site.store.bins)
+
+    async def submit(self, jobs: Iterable[PlannedJob]) -> int:
+        count = 0
+        for job in jobs:
+            await self.jobs.put(job)
+            count += 1
+        return count
+
+    async def wait_for_jobs(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self.jobs.join(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop_services(self) -> None:
+        """Stops polling, packing and scanning; the device links stay open."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def stop(self) -> None:
+        await self.stop_services()
+        for poller in self.pollers.values():
+            await poller.close()
+        drivers: list[PackerDriver | ScannerDriver] = [
+            *self.packer_drivers.values(),
+            *self.scanners.values(),
+        ]
+        for driver in drivers:
+            with contextlib.suppress(DriverError, OSError):
+                await driver.close()
+
+    def close(self) -> None:
+        self.aledger.close()
+        self.metrics.shutdown()
+        self.ledger.engine.dispose()
+
+    async def sweep(self) -> None:
+        """Releases reservations past their timeout and refreshes the gauge."""
+        expired = await self.aledger.call("expire_overdue")
+        for key in expired:
+            log.warning("reservation %s expired and was released", key)
+        self.metrics.open_reservations.set(await self.aledger.call("open_reservation_count"))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except LedgerError as exc:
+                log.error("housekeeping: %s", exc)
+            await asyncio.sleep(1.0)
+
+    async def _scan_station(self, scanner: ScannerDriver) -> None:
+        while True:
+            data = await scanner.read_scan()
+            try:
+                self.scan_log.append(await self.replenishment.on_scan(data))
+            except LedgerError as exc:
+                log.error("scan could not be booked: %s", exc)
+                self.metrics.scans.labels("error").inc()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    @staticmethod
+    def _task_ended(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "service %s died: %r", task.get_name(), task.exception(), exc_info=task.exception()
+            )

@@ -1,0 +1,1 @@
+"""Ward cabinets: polling, withdrawals into the ledger, and pocket refills."""

@@ -1,0 +1,277 @@
+"""Site configuration: a YAML file validated by pydantic.
+
+A site file names the ledger, the catalogue, the central store and every machine by
+its address. The same file drives the bundled simulators (the `sim:` keys), which the
+controller itself ignores, so a demo site and a real site differ only in addresses.
+"""
+
+from __future__ import annotations
+
+from datetime import date, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(Exception):
+    """The site file is missing or invalid; the message names the field and value."""
+
+
+def gs1_check_digit(body: str) -> int:
+    """GS1 mod-10 check digit of the digits before it."""
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return (10 - total % 10) % 10
+
+
+def valid_gtin(value: str) -> str:
+    digits = value.strip()
+    if not digits.isdigit() or len(digits) not in (8, 12, 13, 14):
+        raise ValueError(f"GTIN {value!r} must be 8, 12, 13 or 14 digits")
+    if gs1_check_digit(digits[:-1]) != int(digits[-1]):
+        raise ValueError(
+            f"GTIN {value!r} has check digit {digits[-1]}, expected {gs1_check_digit(digits[:-1])}"
+        )
+    return digits.zfill(14)
+
+
+Gtin = Annotated[str, AfterValidator(valid_gtin)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteInfo(Strict):
+    name: str
+    timezone: str = "Europe/Stockholm"
+
+
+class LedgerConfig(Strict):
+    url: str = "sqlite:///var/ledger.db"
+    reservation_timeout_s: float = Field(default=900, gt=0)
+    min_shelf_life_days: int = Field(default=30, ge=0)
+
+
+class MetricsConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+
+
+class Product(Strict):
+    gtin: Gtin
+    article: int = Field(gt=0, lt=2**32)
+    name: str
+    substance: str
+    atc: str = Field(pattern=r"^[A-Z]\d{2}[A-Z]{2}\d{2}$")
+    strength: str
+    form: str = "tablet"
+    unit: str = "tablet"
+    pack_size: int = Field(default=100, gt=0)
+    unit_price: Decimal = Field(ge=0)
+
+
+class StockLot(Strict):
+    """An opening lot in a central bin (demo seeding and first installation)."""
+
+    gtin: Gtin
+    batch: str = Field(min_length=1, max_length=20)
+    expiry: date | None = None
+    expires_in_days: int | None = None
+    quantity: int = Field(gt=0)
+    bin: str
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> StockLot:
+        if (self.expiry is None) == (self.expires_in_days is None):
+            raise ValueError(f"lot {self.batch!r}: give exactly one of expiry and expires_in_days")
+        return self
+
+    def expiry_on(self, today: date) -> date:
+        from datetime import timedelta
+
+        return self.expiry if self.expiry else today + timedelta(days=self.expires_in_days or 0)
+
+
+class StoreConfig(Strict):
+    code: str = "CENTRAL"
+    bins: list[str] = Field(min_length=1)
+
+
+class Canister(Strict):
+    number: int = Field(gt=0, lt=1000)
+    gtin: Gtin
+    capacity: int = Field(gt=0)
+
+
+class PackerSim(Strict):
+    speed_factor: float = Field(default=1.0, gt=0)
+    reject_rate: float = Field(default=0.0, ge=0, le=0.5)
+    jam_rate: float = Field(default=0.0, ge=0, le=0.5)
+
+
+class Packer(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    driver: Literal["opcua"] = "opcua"
+    address: str
+    pouches_per_minute: float = Field(default=60, gt=0)
+    canisters: list[Canister] = Field(min_length=1)
+    sim: PackerSim = PackerSim()
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not v.startswith("opc.tcp://"):
+            raise ValueError(f"address {v!r} must be an opc.tcp:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Packer:
+        numbers = [c.number for c in self.canisters]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"packer {self.name}: canister numbers repeat: {numbers}")
+        return self
+
+
+class PocketSim(Strict):
+    initial: int = Field(default=0, ge=0)
+    daily_withdrawals: float = Field(default=0, ge=0)
+
+
+class Pocket(Strict):
+    number: int = Field(gt=0, lt=100)
+    gtin: Gtin
+    min: int = Field(ge=0)
+    max: int = Field(gt=0)
+    sim: PocketSim = PocketSim()
+
+    @model_validator(mode="after")
+    def _levels(self) -> Pocket:
+        if self.min >= self.max:
+            raise ValueError(f"pocket {self.number}: min {self.min} must be below max {self.max}")
+        return self
+
+
+class Cabinet(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    ward: str
+    driver: Literal["modbus_tcp"] = "modbus_tcp"
+    address: str
+    unit_id: int = Field(default=1, ge=1, le=247)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    pockets: list[Pocket] = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not v.startswith("tcp://"):
+            raise ValueError(f"address {v!r} must be a tcp://host:port URL")
+        return v
+
+
+class Scanner(Strict):
+    name: str
+    driver: Literal["serial"] = "serial"
+    address: str  # a pyserial URL: /dev/ttyUSB0, socket://host:port, rfc2217://...
+    baudrate: int = 9600
+
+
+class Replenishment(Strict):
+    pick_delay_s: float = Field(default=1.0, ge=0)
+
+
+class DemoConfig(Strict):
+    ward: str
+    patients: int = Field(default=60, gt=0)
+    administration_times: list[time] = Field(min_length=1)
+    seed: int = 7
+    minutes: float = Field(default=1.0, gt=0)
+
+
+class Site(Strict):
+    site: SiteInfo
+    ledger: LedgerConfig = LedgerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    catalogue: list[Product] = Field(min_length=1)
+    store: StoreConfig
+    stock: list[StockLot] = []
+    packers: list[Packer] = []
+    cabinets: list[Cabinet] = []
+    scanners: list[Scanner] = []
+    replenishment: Replenishment = Replenishment()
+    seed: int = 7
+    demo: DemoConfig | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> Site:
+        known = {p.gtin for p in self.catalogue}
+        if len(known) != len(self.catalogue):
+            raise ValueError("catalogue: a GTIN appears twice")
+        articles = [p.article for p in self.catalogue]
+        if len(set(articles)) != len(articles):
+            raise ValueError("catalogue: an article number appears twice")
+        bins = set(self.store.bins)
+        for i, lot in enumerate(self.stock):
+            if lot.gtin not in known:
+                raise ValueError(f"stock[{i}].gtin: {lot.gtin!r} is not in the catalogue")
+            if lot.bin not in bins:
+                raise ValueError(f"stock[{i}].bin: {lot.bin!r} is not a bin of the store")
+        for packer in self.packers:
+            for can in packer.canisters:
+                if can.gtin not in known:
+                    raise ValueError(
+                        f"packers.{packer.name}.canister {can.number}.gtin: {can.gtin!r} "
+                        "is not in the catalogue"
+                    )
+        names = [m.name for m in [*self.packers, *self.cabinets, *self.scanners]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"machine names repeat: {names}")
+        for cab in self.cabinets:
+            for pocket in cab.pockets:
+                if pocket.gtin not in known:
+                    raise ValueError(
+                        f"cabinets.{cab.name}.pocket {pocket.number}.gtin: {pocket.gtin!r} "
+                        "is not in the catalogue"
+                    )
+        return self
+
+    def product(self, gtin: str) -> Product:
+        for p in self.catalogue:
+            if p.gtin == gtin:
+                return p
+        raise KeyError(gtin)
+
+
+def load_site(path: str | Path) -> Site:
+    """Reads and validates a site file; errors name the field and the value."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read site file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"site file {path} is not valid YAML: {exc}") from exc
+    return parse_site(raw, source=str(path))
+
+
+def parse_site(raw: object, *, source: str = "<site>") -> Site:
+    try:
+        return Site.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+            problems.append(f"  {where or '(top)'}: {err['msg']} (value: {shown})")
+        raise ConfigError(f"site file {source} is invalid:\n" + "\n".join(problems)) from exc

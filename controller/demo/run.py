@@ -1,0 +1,357 @@
+"""`doseline demo`: the main job on the embedded default, end to end.
+
+It starts the simulated plant in its own process (the controller never imports the
+simulators), points a controller at the addresses the plant reports, seeds an empty
+ledger with the site's catalogue and opening stock, packs tomorrow's pouches for the
+demo ward while the cabinets live through one accelerated day, plays the technician who
+picks refills and scans them at the cabinets, and ends with a summary that is checked
+against the ledger's invariants and the machines' own counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from controller.app import Controller
+from controller.cabinets.poller import pocket_location
+from controller.cabinets.replenishment import PickList, pack_of
+from controller.config import Site
+from controller.demo.orders import demo_orders
+from controller.gs1 import PackId, encode_pack
+from controller.ledger import verify_ledger
+from controller.ledger.schema import metadata
+from controller.ledger.verify import count_negative_balances
+from controller.packing.planner import plan_day
+from controller.packing.runner import canister_location
+
+log = logging.getLogger("doseline.demo")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DemoError(Exception):
+    pass
+
+
+@dataclass
+class Plant:
+    """The simulator process and the addresses it bound."""
+
+    process: asyncio.subprocess.Process
+    addresses: dict[str, Any]
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_plant(site_path: Path, day_seconds: float, free_ports: bool) -> Plant:
+    args = [
+        sys.executable,
+        "-m",
+        "simulators.plant",
+        "--site",
+        str(site_path),
+        "--day-seconds",
+        str(day_seconds),
+        "--exit-on-stdin-close",
+    ]
+    if free_ports:
+        args.append("--free-ports")
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(REPO_ROOT),
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        ready = json.loads(line)["ready"]
+    except (TimeoutError, ValueError, KeyError) as exc:
+        process.kill()
+        await process.wait()
+        raise DemoError(f"the simulated plant did not start: {exc!r}") from exc
+    return Plant(process, ready)
+
+
+def with_plant_addresses(site: Site, addresses: dict[str, Any]) -> Site:
+    return site.model_copy(
+        update={
+            "packers": [
+                p.model_copy(update={"address": addresses["packers"][p.name]}) for p in site.packers
+            ],
+            "cabinets": [
+                c.model_copy(update={"address": addresses["cabinets"][c.name]})
+                for c in site.cabinets
+            ],
+            "scanners": [
+                s.model_copy(update={"address": addresses["scanners"][s.name]["address"]})
+                for s in site.scanners
+            ],
+        }
+    )
+
+
+@dataclass
+class Technician:
+    """Picks each list after a while and scans it at the cabinet, pack by pack.
+
+    Once per demo it first holds up a pack that is not on the list, to show that
+    the cabinet refuses it.
+    """
+
+    controller: Controller
+    trigger_port: int
+    pick_delay_s: float
+    wrong_scan_done: bool = False
+    lists_done: int = 0
+    serial: int = 0
+    scans_sent: list[str] = field(default_factory=list)
+
+    async def work(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.trigger_port)
+        try:
+            while True:
+                pick = await self.controller.replenishment.pick_lists.get()
+                await asyncio.sleep(self.pick_delay_s)
+                await self._scan(reader, writer, pick.barcode)
+                if not self.wrong_scan_done:
+                    wrong = self._wrong_pack(pick)
+                    if wrong is not None:
+                        await self._scan(reader, writer, encode_pack(wrong))
+                        self.wrong_scan_done = True
+                for _refill, line in pick.lines():
+                    self.serial += 1
+                    await self._scan(
+                        reader, writer, encode_pack(pack_of(line, f"{self.serial:010d}"))
+                    )
+                self.lists_done += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _scan(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str
+    ) -> None:
+        writer.write(json.dumps({"scan": data}).encode() + b"\n")
+        await writer.drain()
+        await reader.readline()
+        self.scans_sent.append(data)
+        await asyncio.sleep(0.05)  # a hand moves between packs
+
+    def _wrong_pack(self, pick: PickList) -> PackId | None:
+        on_list = {line.gtin for _, line in pick.lines()}
+        for lot in self.controller.ledger.stock():
+            if lot.gtin not in on_list and lot.location.startswith(self.controller.site.store.code):
+                self.serial += 1
+                return PackId(lot.gtin, lot.batch, lot.expiry, f"{self.serial:010d}")
+        return None
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_demo(
+    site: Site,
+    site_path: Path,
+    *,
+    minutes: float,
+    ledger_url: str,
+    free_ports: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    say = (lambda _t: None) if quiet else _say
+    day_seconds = minutes * 60
+    started = time.monotonic()
+    plant = await start_plant(site_path, day_seconds, free_ports)
+    controller: Controller | None = None
+    tech_task: asyncio.Task[None] | None = None
+    try:
+        say(
+            f"plant: {len(site.packers)} packers (OPC UA), {len(site.cabinets)} cabinets "
+            f"(Modbus TCP), {len(site.scanners)} scanner (serial) on loopback"
+        )
+        for name, url in plant.addresses["packers"].items():
+            say(f"  {name:<10} {url}")
+        for name, url in plant.addresses["cabinets"].items():
+            say(f"  {name:<10} {url}")
+        for name, info in plant.addresses["scanners"].items():
+            say(f"  {name:<10} {info['address']}")
+        live_site = with_plant_addresses(site, plant.addresses)
+        controller = Controller(live_site, ledger_url=ledger_url)
+        metadata.drop_all(controller.ledger.engine)
+        controller.prepare_ledger()
+        today = datetime.now(UTC).date()
+        units = controller.receive_opening_stock(today)
+        say(
+            f"ledger: {ledger_url} (fresh), {len(site.catalogue)} products, "
+            f"{len(site.stock)} lots, {units} units in {site.store.code}"
+        )
+        port = controller.metrics.serve(site.metrics.host, site.metrics.port)
+        say(f"metrics: http://{site.metrics.host}:{port}/metrics")
+
+        await controller.adopt_cabinets()
+        await controller.start()
+        demo = site.demo
+        if demo is None:
+            raise DemoError("the site file has no demo: section")
+        day = today + timedelta(days=1)
+        packable = [site.product(c.gtin) for p in site.packers for c in p.canisters]
+        unique = list({p.gtin: p for p in packable}.values())
+        orders = demo_orders(demo, unique, day, salt=site.site.name)
+        jobs = plan_day(orders, day)
+        pouches = sum(len(j.pouches) for j in jobs)
+        say(
+            f"orders: {len(orders)} dose orders for {demo.patients} patients on ward "
+            f"{demo.ward} for {day}: {len(jobs)} jobs, {pouches} pouches"
+        )
+        say(f"day: one day at the cabinets in {day_seconds:.0f} s")
+        await controller.submit(jobs)
+
+        scanner = next(iter(plant.addresses["scanners"].values()))
+        technician = Technician(
+            controller, scanner["trigger_port"], site.replenishment.pick_delay_s
+        )
+        tech_task = asyncio.create_task(technician.work(), name="technician")
+
+        deadline = started + day_seconds
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if not await controller.wait_for_jobs(timeout_s=max(30.0, day_seconds)):
+            log.error("packing did not finish in time")
+        # Give the technician a moment to finish the list in hand.
+        await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))
+        tech_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tech_task
+        tech_task = None
+        summary = await _wind_down(controller, technician)
+        summary["duration_s"] = round(time.monotonic() - started, 1)
+        summary["metrics_port"] = port
+        summary["ledger_url"] = ledger_url
+        return summary
+    finally:
+        if tech_task is not None:
+            tech_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tech_task
+        if controller is not None:
+            await controller.stop()
+            controller.close()
+        await plant.stop()
+
+
+async def _wind_down(controller: Controller, technician: Technician) -> dict[str, Any]:
+    """Stops the services, books the last withdrawals, releases what was not picked,
+    and checks the ledger against itself and against the machines."""
+    await controller.stop_services()
+    mismatches: list[str] = []
+    for poller in controller.pollers.values():
+        poller.on_low = None  # the day is over: no new refills
+        status = await poller.poll_once()
+        for pocket in status.pockets:
+            cfg = poller.pockets.get(pocket.number)
+            if cfg is None:
+                continue
+            booked = controller.ledger.on_hand(
+                pocket_location(poller.name, pocket.number), cfg.gtin
+            )
+            if booked != pocket.count:
+                mismatches.append(
+                    f"{poller.name} pocket {pocket.number}: cabinet {pocket.count}, ledger {booked}"
+                )
+    for runner in controller.runners.values():
+        for can in await runner.driver.read_canisters():
+            booked = controller.ledger.on_hand(canister_location(runner.name, can.number), can.gtin)
+            if booked != can.count:
+                mismatches.append(
+                    f"{runner.name} canister {can.number}: machine {can.count}, ledger {booked}"
+                )
+    cancelled = await controller.replenishment.cancel_open("end of demo day: not picked")
+    await controller.sweep()
+    violations = verify_ledger(controller.ledger.engine)
+    results = [r for runner in controller.runners.values() for r in runner.results]
+    jobs = [r.job for r in results]
+    scans = controller.scan_log
+    return {
+        "pouches_packed": sum(j.pouches_good for j in jobs),
+        "pouches_rejected": sum(j.pouches_rejected for j in jobs),
+        "jobs_completed": sum(1 for j in jobs if j.state.value == "completed"),
+        "jobs_partial": sum(1 for j in jobs if j.state.value == "partial"),
+        "jobs_failed": sum(1 for j in jobs if j.state.value == "failed"),
+        "tablets_consumed": sum(sum(r.consumed.values()) for r in results),
+        "tablets_wasted": sum(sum(r.wasted.values()) for r in results),
+        "withdrawals": sum(p.withdrawals_booked for p in controller.pollers.values()),
+        "refills_done": controller.replenishment.confirmed,
+        "refills_cancelled": cancelled,
+        "pick_lists": technician.lists_done,
+        "scans_accepted": sum(1 for s in scans if s.accepted),
+        "scans_refused": sum(1 for s in scans if not s.accepted),
+        "refused_scans": [s.message for s in scans if not s.accepted][:5],
+        "open_reservations": controller.ledger.open_reservation_count(),
+        "negative_balances": count_negative_balances(controller.ledger.engine),
+        "physical_mismatches": mismatches,
+        "ledger_violations": [str(v) for v in violations],
+        "ledger_verified": not violations,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    s = summary
+    lines = [
+        "",
+        "demo summary",
+        f"  dose pouches packed      {s['pouches_packed']} good, {s['pouches_rejected']} rejected "
+        f"by vision and packed again",
+        f"  packing jobs             {s['jobs_completed']} completed, {s['jobs_partial']} partial, "
+        f"{s['jobs_failed']} failed",
+        f"  tablets                  {s['tablets_consumed']} in pouches, {s['tablets_wasted']} "
+        f"wasted in rejects",
+        f"  cabinet withdrawals      {s['withdrawals']} doses booked",
+        f"  pocket refills           {s['refills_done']} confirmed by scan in {s['pick_lists']} "
+        f"pick lists, {s['refills_cancelled']} not picked by day's end (released)",
+        f"  scans                    {s['scans_accepted']} accepted, {s['scans_refused']} refused",
+    ]
+    lines += [f"      refused: {m}" for m in s["refused_scans"]]
+    lines += [
+        f"  open reservations        {s['open_reservations']}",
+        f"  negative balances        {s['negative_balances']}",
+        "  ledger vs machines       "
+        + (
+            "every pocket and canister agrees"
+            if not s["physical_mismatches"]
+            else f"{len(s['physical_mismatches'])} differ"
+        ),
+    ]
+    lines += [f"      {m}" for m in s["physical_mismatches"]]
+    lines.append(f"  ledger verified          {'yes' if s['ledger_verified'] else 'NO'}")
+    lines += [f"      {v}" for v in s["ledger_violations"]]
+    lines.append(f"  took                     {s['duration_s']} s")
+    print("\n".join(lines), flush=True)
+
+
+def demo_ok(summary: dict[str, Any]) -> bool:
+    return bool(
+        summary["ledger_verified"]
+        and summary["negative_balances"] == 0
+        and summary["open_reservations"] == 0
+        and not summary["physical_mismatches"]
+        and summary["jobs_failed"] == 0
+    )

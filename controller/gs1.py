@@ -1,0 +1,56 @@
+"""GS1 pack identifiers from scanned symbols (GS1 DataMatrix on medicine packs).
+
+Parsing is biip's; this module turns its result into the fields the pharmacy needs and
+refuses anything incomplete or inconsistent with an error that names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import biip
+
+
+class ScanError(ValueError):
+    """A scan that cannot identify a pack; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class PackId:
+    gtin: str
+    batch: str
+    expiry: date
+    serial: str | None = None
+
+
+def parse_pack(data: str) -> PackId:
+    """Reads GTIN (01), expiry (17), batch (10) and serial (21) from one scan."""
+    shown = data.replace("\x1d", "<GS>")
+    result = biip.parse(data)
+    message = result.gs1_message
+    if message is None:
+        raise ScanError(f"scan {shown!r} is not a GS1 element string: {result.gs1_message_error}")
+    fields: dict[str, str] = {}
+    expiry: date | None = None
+    for element in message.element_strings:
+        if element.gtin_error:
+            raise ScanError(f"scan {shown!r}: GTIN (01) {element.value!r}: {element.gtin_error}")
+        fields[element.ai.ai] = element.value
+        if element.ai.ai == "17":
+            expiry = element.date
+    if "01" not in fields:
+        raise ScanError(f"scan {shown!r} has no GTIN (01)")
+    if "10" not in fields:
+        raise ScanError(f"scan {shown!r} has no batch (10)")
+    if expiry is None:
+        raise ScanError(f"scan {shown!r} has no valid expiry date (17)")
+    return PackId(gtin=fields["01"], batch=fields["10"], expiry=expiry, serial=fields.get("21"))
+
+
+def encode_pack(pack: PackId) -> str:
+    """The element string a pack carries, with a group separator after variable fields."""
+    data = f"01{pack.gtin}17{pack.expiry:%y%m%d}10{pack.batch}"
+    if pack.serial:
+        data += f"\x1d21{pack.serial}"
+    return data

@@ -1,0 +1,34 @@
+"""The central stock ledger: every pack and tablet, where it is, and why it moved."""
+
+from controller.ledger.errors import (
+    InsufficientStock,
+    LedgerError,
+    ReservationClosed,
+    UnknownEntity,
+)
+from controller.ledger.ledger import (
+    Allocation,
+    CounterMark,
+    Ledger,
+    LotStock,
+    Need,
+    ReservationView,
+    Use,
+)
+from controller.ledger.verify import Violation, verify_ledger
+
+__all__ = [
+    "Allocation",
+    "CounterMark",
+    "InsufficientStock",
+    "Ledger",
+    "LedgerError",
+    "LotStock",
+    "Need",
+    "ReservationClosed",
+    "ReservationView",
+    "UnknownEntity",
+    "Use",
+    "Violation",
+    "verify_ledger",
+]

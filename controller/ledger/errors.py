@@ -1,0 +1,39 @@
+"""Ledger errors. Each names the field and the value that was refused."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """A ledger command was refused; nothing of it was booked."""
+
+
+class UnknownEntity(LedgerError):
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"unknown {field}: {value!r}")
+        self.field = field
+        self.value = value
+
+
+class InsufficientStock(LedgerError):
+    def __init__(self, product: str, location: str, wanted: int, available: int) -> None:
+        super().__init__(
+            f"insufficient stock of {product} at {location}: wanted {wanted}, available {available}"
+        )
+        self.product = product
+        self.location = location
+        self.wanted = wanted
+        self.available = available
+
+
+class ReservationClosed(LedgerError):
+    def __init__(self, key: str, status: str) -> None:
+        super().__init__(f"reservation {key!r} is already {status}")
+        self.key = key
+        self.status = status
+
+
+class InvalidQuantity(LedgerError):
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"invalid {field}: {value!r} (must be a positive whole number)")
+        self.field = field
+        self.value = value

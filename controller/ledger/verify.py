@@ -1,0 +1,120 @@
+"""Checks the ledger's invariants; used by `doseline ledger verify` and the tests.
+
+The cached balances must equal what the append-only movements add up to, nothing may
+be negative, and what is reserved on a row must equal the open reservation lines on it
+and never exceed what is on hand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from controller.ledger.schema import (
+    INTERNAL_KINDS,
+    balances,
+    locations,
+    lots,
+    movements,
+    products,
+    reservation_lines,
+    reservations,
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.detail}"
+
+
+def verify_ledger(engine: Engine) -> list[Violation]:
+    """Returns every broken invariant (an empty list means the ledger is sound)."""
+    found: list[Violation] = []
+    with engine.connect() as conn:
+        internal = {
+            row.id: row.code
+            for row in conn.execute(
+                select(locations.c.id, locations.c.code).where(locations.c.kind.in_(INTERNAL_KINDS))
+            )
+        }
+        lot_names = {
+            row.id: f"{row.gtin}/{row.batch}"
+            for row in conn.execute(
+                select(lots.c.id, lots.c.batch, products.c.gtin).join(
+                    products, products.c.id == lots.c.product_id
+                )
+            )
+        }
+        from_movements: dict[tuple[int, int], int] = defaultdict(int)
+        for m in conn.execute(
+            select(
+                movements.c.lot_id,
+                movements.c.from_location_id,
+                movements.c.to_location_id,
+                movements.c.quantity,
+            )
+        ):
+            if m.to_location_id in internal:
+                from_movements[(m.to_location_id, m.lot_id)] += m.quantity
+            if m.from_location_id in internal:
+                from_movements[(m.from_location_id, m.lot_id)] -= m.quantity
+
+        held: dict[tuple[int, int], int] = defaultdict(int)
+        for line in conn.execute(
+            select(
+                reservation_lines.c.location_id,
+                reservation_lines.c.lot_id,
+                reservation_lines.c.quantity,
+                reservation_lines.c.posted,
+            )
+            .join(reservations, reservations.c.id == reservation_lines.c.reservation_id)
+            .where(reservations.c.status == "open")
+        ):
+            held[(line.location_id, line.lot_id)] += line.quantity - line.posted
+
+        cached: dict[tuple[int, int], tuple[int, int]] = {
+            (row.location_id, row.lot_id): (row.on_hand, row.reserved)
+            for row in conn.execute(select(balances))
+        }
+
+    def name(key: tuple[int, int]) -> str:
+        loc, lot = key
+        return f"{internal.get(loc, f'location #{loc}')} lot {lot_names.get(lot, f'#{lot}')}"
+
+    for key in sorted(set(cached) | set(from_movements) | set(held)):
+        on_hand, reserved = cached.get(key, (0, 0))
+        summed = from_movements.get(key, 0)
+        if key[0] not in internal and key in cached:
+            found.append(Violation("balance-on-external", f"{name(key)} has a cached balance"))
+        if on_hand != summed:
+            found.append(
+                Violation(
+                    "balance-mismatch",
+                    f"{name(key)}: cached on hand {on_hand}, movements add up to {summed}",
+                )
+            )
+        if on_hand < 0 or summed < 0:
+            found.append(Violation("negative-balance", f"{name(key)}: {min(on_hand, summed)}"))
+        if reserved != held.get(key, 0):
+            found.append(
+                Violation(
+                    "reserved-mismatch",
+                    f"{name(key)}: cached reserved {reserved}, open lines hold {held.get(key, 0)}",
+                )
+            )
+        if reserved > on_hand:
+            found.append(
+                Violation("over-reserved", f"{name(key)}: reserved {reserved} > on hand {on_hand}")
+            )
+    return found
+
+
+def count_negative_balances(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(balances.c.lot_id).where(balances.c.on_hand < 0)).all())

@@ -1,0 +1,1 @@
+"""Dose packing: orders become jobs, jobs run on packers, pouches become movements."""

@@ -1,0 +1,78 @@
+"""The packing job's life, as a state machine.
+
+Transitions only record what happened; the runner does the device and ledger work
+between them (no I/O in callbacks: a new event would cancel a running async callback).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from transitions.extensions.asyncio import AsyncMachine
+
+log = logging.getLogger("doseline.jobs")
+
+
+class JobState(enum.Enum):
+    PLANNED = "planned"
+    RESERVED = "reserved"
+    LOADED = "loaded"
+    PACKING = "packing"
+    HELD = "held"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+S = JobState
+TERMINAL = (S.COMPLETED, S.PARTIAL, S.FAILED, S.CANCELLED)
+
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "reserved", "source": S.PLANNED, "dest": S.RESERVED},
+    {"trigger": "loaded", "source": S.RESERVED, "dest": S.LOADED},
+    {"trigger": "started", "source": S.LOADED, "dest": S.PACKING},
+    {"trigger": "held", "source": S.PACKING, "dest": S.HELD},
+    {"trigger": "resumed", "source": S.HELD, "dest": S.PACKING},
+    {"trigger": "completed", "source": S.PACKING, "dest": S.COMPLETED},
+    {"trigger": "ended_partial", "source": [S.LOADED, S.PACKING, S.HELD], "dest": S.PARTIAL},
+    {
+        "trigger": "failed",
+        "source": [S.PLANNED, S.RESERVED, S.LOADED, S.PACKING, S.HELD],
+        "dest": S.FAILED,
+    },
+    {"trigger": "cancelled", "source": [S.PLANNED, S.RESERVED, S.LOADED], "dest": S.CANCELLED},
+]
+
+
+class Job:
+    """A job's state; `history` keeps each transition for the summary and the audit."""
+
+    state: JobState
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.packer: str | None = None
+        self.reason = ""
+        self.history: list[tuple[str, str]] = []
+        self.pouches_good = 0
+        self.pouches_rejected = 0
+        self.machine = AsyncMachine(
+            model=self,
+            states=JobState,
+            transitions=TRANSITIONS,
+            initial=S.PLANNED,
+            queued=True,
+            after_state_change="_record",
+            send_event=True,
+        )
+
+    async def _record(self, event: Any) -> None:
+        self.history.append((event.transition.source, event.transition.dest))
+        log.info("job %s: %s -> %s", self.job_id, event.transition.source, event.transition.dest)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL

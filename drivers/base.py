@@ -1,0 +1,241 @@
+"""Device interfaces the controller programs against.
+
+Drivers translate between these plain values and a wire protocol (OPC UA, Modbus,
+serial). They hold no business rules and never touch the ledger, so the controller can
+treat an OPC UA packer and a serial packer alike, and a cabinet on Modbus TCP like one
+on an RTU bus.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class DriverError(Exception):
+    """A device could not be reached or answered something the driver cannot use."""
+
+
+class PackMLState(enum.IntEnum):
+    """PackML states with the numbering of ISA-TR88.00.02 / OPC 30050."""
+
+    UNDEFINED = 0
+    CLEARING = 1
+    STOPPED = 2
+    STARTING = 3
+    IDLE = 4
+    SUSPENDED = 5
+    EXECUTE = 6
+    STOPPING = 7
+    ABORTING = 8
+    ABORTED = 9
+    HOLDING = 10
+    HELD = 11
+    UNHOLDING = 12
+    SUSPENDING = 13
+    UNSUSPENDING = 14
+    RESETTING = 15
+    COMPLETING = 16
+    COMPLETE = 17
+
+
+class PackMLCommand(enum.StrEnum):
+    """PackML commands; the value is the OPC UA method name."""
+
+    RESET = "Reset"
+    START = "Start"
+    STOP = "Stop"
+    HOLD = "Hold"
+    UNHOLD = "Unhold"
+    SUSPEND = "Suspend"
+    UNSUSPEND = "Unsuspend"
+    ABORT = "Abort"
+    CLEAR = "Clear"
+
+
+class StopReason(enum.IntEnum):
+    """Values of Admin.StopReason (0 = none)."""
+
+    NONE = 0
+    OPERATOR = 1
+    CANISTER_EMPTY = 101
+    JAM = 102
+    OUTPUT_FULL = 103
+    VISION_FAULT = 104
+
+
+@dataclass(frozen=True)
+class PouchItem:
+    """Tablets of one canister that go into one pouch."""
+
+    canister: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Pouch:
+    """One pouch: one patient, one administration time, several tablets.
+
+    `label` is what is printed on the pouch; it carries a pseudonymised patient
+    reference, never a clear-text identifier.
+    """
+
+    sequence: int
+    label: str
+    items: tuple[PouchItem, ...]
+
+
+@dataclass(frozen=True)
+class PackerJobSpec:
+    """A job as the machine sees it: an id and pouches in packing order."""
+
+    job_id: str
+    pouches: tuple[Pouch, ...]
+
+
+@dataclass(frozen=True)
+class CanisterStatus:
+    """A canister as the machine reports it. `dispensed_total` never decreases."""
+
+    number: int
+    gtin: str
+    count: int
+    dispensed_total: int
+
+
+@dataclass(frozen=True)
+class PackerStatus:
+    """One read of a packer's PackML tags and its current job.
+
+    `processed_total` counts every pouch made (good and rejected) since power-on,
+    `defective_total` the rejected ones (PackTags ProdProcessedCount and
+    ProdDefectiveCount). The job counters belong to `job_id`.
+    """
+
+    state: PackMLState
+    unit_mode: int
+    machine_speed: float
+    processed_total: int
+    defective_total: int
+    stop_reason: int
+    job_id: str
+    job_pouches_total: int
+    job_pouches_good: int
+    job_pouches_rejected: int
+
+
+class PackerDriver(ABC):
+    """A dose-packing machine."""
+
+    name: str
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read_status(self) -> PackerStatus: ...
+
+    @abstractmethod
+    async def read_canisters(self) -> Sequence[CanisterStatus]: ...
+
+    @abstractmethod
+    async def load_job(self, job: PackerJobSpec) -> None:
+        """Hand a job to the machine; allowed in Idle only."""
+
+    @abstractmethod
+    async def command(self, command: PackMLCommand) -> None:
+        """Send a PackML command; raises DriverError if the machine refuses it."""
+
+    @abstractmethod
+    async def refill_canister(self, number: int, quantity: int) -> None:
+        """Tell the machine that `quantity` tablets were put into canister `number`."""
+
+
+class CabinetStatusBit(enum.IntFlag):
+    """Bits of the cabinet status register."""
+
+    DOOR_OPEN = 1
+    FAULT = 2
+    TEMPERATURE_ALARM = 4
+
+
+@dataclass(frozen=True)
+class PocketStatus:
+    """One pocket as the cabinet reports it. The `*_total` counters never decrease
+    (they wrap at 2**32), so a missed poll loses nothing: the next delta covers it."""
+
+    number: int
+    article: int
+    count: int
+    min_level: int
+    max_level: int
+    withdrawals_total: int
+    refills_total: int
+    returns_total: int
+
+
+@dataclass(frozen=True)
+class CabinetStatus:
+    """One poll of a cabinet."""
+
+    cabinet_id: int
+    map_version: int
+    heartbeat: int
+    status: CabinetStatusBit
+    temperature_c: float
+    last_ack_sequence: int
+    pockets: tuple[PocketStatus, ...] = field(default_factory=tuple)
+
+
+class CabinetCommand(enum.IntEnum):
+    """Codes written to the command mailbox."""
+
+    NONE = 0
+    REFILL = 1
+    SET_COUNT = 2
+
+
+class CabinetDriver(ABC):
+    """A ward dispensing cabinet."""
+
+    name: str
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read_status(self) -> CabinetStatus: ...
+
+    @abstractmethod
+    async def send_command(
+        self, sequence: int, command: CabinetCommand, pocket: int, quantity: int
+    ) -> None:
+        """Write a command to the mailbox and wait for its acknowledgement.
+
+        The cabinet acts on a sequence number once, so a retried write is harmless.
+        Raises DriverError if the acknowledgement does not come or reports an error.
+        """
+
+
+class ScannerDriver(ABC):
+    """A barcode scanner that delivers one decoded symbol per read."""
+
+    name: str
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read_scan(self) -> str:
+        """Wait for the next scan and return its data (GS1 group separators as \\x1d)."""

@@ -1,0 +1,759 @@
+"""A dose-packing machine that speaks OPC UA on a real socket.
+
+The address space follows OPC 30050 / PackTags naming (see docs/packer-opcua.md). The
+physics is deterministic for a given seed: the same commands give the same pouches,
+rejects and jams, so integration tests and demos are reproducible. Time is scaled by
+`speed_factor` so tests can pack a job in milliseconds.
+
+Run one machine: ``python -m simulators.packer_opcua --name P1 --port 4841``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncua import Server, ua
+
+from drivers.base import PackMLCommand, PackMLState, StopReason
+from simulators.packml import PackMLMachine
+
+NAMESPACE_URI = "urn:doseline:packer"
+
+#: PackML UnitModeCurrent values used here.
+UNIT_MODE_PRODUCTION = 1
+UNIT_MODE_MAINTENANCE = 2
+UNIT_MODE_MANUAL = 3
+
+#: A small layout for running the simulator by hand: (number, gtin, count, capacity).
+DEFAULT_CANISTERS: tuple[tuple[int, str, int, int], ...] = (
+    (1, "07350000010015", 400, 500),
+    (2, "07350000010022", 400, 500),
+    (3, "07350000010039", 300, 500),
+    (4, "07350000010046", 300, 500),
+    (5, "07350000010053", 200, 250),
+    (6, "07350000010060", 200, 250),
+)
+
+_log = logging.getLogger(__name__)
+
+_VT = ua.VariantType
+_STATUS = ua.StatusCodes
+
+
+class MethodError(Exception):
+    """A refused method call: the status code, a message, and the argument at fault."""
+
+    def __init__(self, code: int, message: str, argument: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.argument = argument
+
+
+@dataclass
+class _Canister:
+    number: int
+    gtin: str
+    count: int
+    capacity: int
+    dispensed_total: int = 0
+
+
+@dataclass(frozen=True)
+class _Pouch:
+    seq: int
+    label: str
+    items: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class _Job:
+    job_id: str
+    pouches: tuple[_Pouch, ...]
+    index: int = 0  # the pouch being packed; a rejected pouch is packed again
+    good: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class _MethodSpec:
+    name: str
+    arguments: tuple[tuple[str, ua.VariantType, str], ...]  # name, type, description
+    handler: Callable[..., None]
+
+
+class PackerSimulator:
+    """One simulated dose-packing machine with an OPC UA server on `host:port`.
+
+    `port=0` binds an ephemeral port; `endpoint` gives the real URL after `start()`.
+    `address_space_cache` (a shelf file path) and `server_clock=False` make start and
+    stop fast for tests; neither changes what a client sees of the machine.
+    Plain-Python accessors (`state`, `canister_counts()`, ...) are for tests only; a
+    controller must go through OPC UA.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        canisters: Sequence[tuple[int, str, int, int]] = DEFAULT_CANISTERS,
+        pouches_per_minute: float = 60.0,
+        speed_factor: float = 1.0,
+        reject_rate: float = 0.0,
+        jam_rate: float = 0.0,
+        seed: int = 0,
+        transient_seconds: float = 0.05,
+        initial_state: PackMLState = PackMLState.STOPPED,
+        address_space_cache: str | Path | None = None,
+        server_clock: bool = True,
+    ) -> None:
+        if not name or any(c in name for c in "/.:<>&!#"):
+            raise ValueError(f"name: {name!r} is empty or holds a browse-path reserved character")
+        if pouches_per_minute <= 0 or speed_factor <= 0:
+            raise ValueError(
+                f"pouches_per_minute ({pouches_per_minute}) and speed_factor ({speed_factor})"
+                " must be > 0"
+            )
+        for label, rate in (("reject_rate", reject_rate), ("jam_rate", jam_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{label}: {rate} is not a probability in [0, 1]")
+        if transient_seconds < 0:
+            raise ValueError(f"transient_seconds: {transient_seconds} must be >= 0")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.pouches_per_minute = pouches_per_minute
+        self.speed_factor = speed_factor
+        self.reject_rate = reject_rate
+        self.jam_rate = jam_rate
+        self.transient_seconds = transient_seconds
+        self.address_space_cache = Path(address_space_cache) if address_space_cache else None
+        self.server_clock = server_clock
+        self._canisters: dict[int, _Canister] = {}
+        for number, gtin, count, capacity in canisters:
+            if number in self._canisters:
+                raise ValueError(f"canisters: number {number} appears twice")
+            if not 0 <= count <= capacity:
+                raise ValueError(f"canisters: canister {number} count {count} not in 0..{capacity}")
+            self._canisters[number] = _Canister(number, gtin, count, capacity)
+        self._rng = random.Random(seed)
+        self._packml = PackMLMachine(initial_state)
+        self._unit_mode = UNIT_MODE_PRODUCTION
+        self._processed = 0
+        self._defective = 0
+        self._stop_reason = StopReason.NONE
+        self._stop_canister = 0
+        self._job: _Job | None = None
+        self._jam_next = False
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
+        self._nodes: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
+        self._published: dict[str, Any] = {}
+
+    # -- plain-python view for tests -------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The URL clients use; the real bound port once started."""
+        return f"opc.tcp://{self.host}:{self.port}/"
+
+    @property
+    def state(self) -> PackMLState:
+        return self._packml.state
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return self._stop_reason
+
+    @property
+    def stop_canister(self) -> int:
+        return self._stop_canister
+
+    @property
+    def processed_count(self) -> int:
+        return self._processed
+
+    @property
+    def defective_count(self) -> int:
+        return self._defective
+
+    def canister_counts(self) -> dict[int, int]:
+        return {n: c.count for n, c in self._canisters.items()}
+
+    def dispensed_totals(self) -> dict[int, int]:
+        return {n: c.dispensed_total for n, c in self._canisters.items()}
+
+    def inject_jam(self) -> None:
+        """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
+        self._jam_next = True
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the address space, bind the socket and start the physics task."""
+        if self._server is not None:
+            raise RuntimeError(f"packer simulator {self.name} is already started")
+        server = Server()
+        await _init_server(server, self.address_space_cache)
+        server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
+        server.set_server_name(f"doseline packer simulator {self.name}")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        # asyncua's 1 Hz ServerStatus clock makes Server.stop() wait up to a second.
+        server.disable_clock(not self.server_clock)
+        await server.set_application_uri(f"urn:doseline:packer-simulator:{self.name}")
+        idx = await server.register_namespace(NAMESPACE_URI)
+        self._server = server
+        try:
+            await self._build_address_space(server, idx)
+            await server.start()
+        except BaseException:
+            self._server = None
+            with contextlib.suppress(Exception):
+                await server.stop()
+            raise
+        # asyncua binds port 0 to an ephemeral port and records the real one on its
+        # BinaryServer; the advertised endpoints are rewritten to the URL the client used.
+        if server.bserver is not None:
+            self.port = int(server.bserver.port)
+        self._task = asyncio.create_task(self._run(), name=f"packer-sim-{self.name}")
+        _log.info("packer simulator %s listening on %s", self.name, self.endpoint)
+
+    async def stop(self) -> None:
+        """Stop the physics and close the server; safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+    async def __aenter__(self) -> PackerSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- address space ---------------------------------------------------------------
+
+    async def _build_address_space(self, server: Server, idx: int) -> None:
+        root = await server.nodes.objects.add_object(
+            ua.NodeId(self.name, idx), ua.QualifiedName(self.name, idx)
+        )
+
+        async def folder(parent: Any, path: str) -> Any:
+            bname = path.rsplit(".", 1)[-1]
+            return await parent.add_object(
+                ua.NodeId(f"{self.name}.{path}", idx), ua.QualifiedName(bname, idx)
+            )
+
+        async def var(parent: Any, path: str, vtype: ua.VariantType) -> None:
+            value = self._values()[path]
+            bname = path.rsplit(".", 1)[-1]
+            node = await parent.add_variable(
+                ua.NodeId(f"{self.name}.{path}", idx),
+                ua.QualifiedName(bname, idx),
+                ua.Variant(value, vtype),
+                vtype,
+            )
+            self._nodes[path] = (node.nodeid, vtype)
+            self._published[path] = value
+
+        status = await folder(root, "Status")
+        await var(status, "Status.StateCurrent", _VT.Int32)
+        await var(status, "Status.UnitModeCurrent", _VT.Int32)
+        await var(status, "Status.CurMachSpeed", _VT.Double)
+        admin = await folder(root, "Admin")
+        await var(admin, "Admin.ProdProcessedCount", _VT.Int64)
+        await var(admin, "Admin.ProdDefectiveCount", _VT.Int64)
+        await var(admin, "Admin.StopReason", _VT.Int32)
+        await var(admin, "Admin.StopCanister", _VT.Int32)
+        job = await folder(root, "Job")
+        await var(job, "Job.JobId", _VT.String)
+        await var(job, "Job.PouchesTotal", _VT.Int32)
+        await var(job, "Job.PouchesGood", _VT.Int32)
+        await var(job, "Job.PouchesRejected", _VT.Int32)
+        canisters = await folder(root, "Canisters")
+        for number in sorted(self._canisters):
+            prefix = f"Canisters.{_canister_name(number)}"
+            node = await folder(canisters, prefix)
+            await var(node, f"{prefix}.Number", _VT.Int32)
+            await var(node, f"{prefix}.Gtin", _VT.String)
+            await var(node, f"{prefix}.Count", _VT.Int32)
+            await var(node, f"{prefix}.Capacity", _VT.Int32)
+            await var(node, f"{prefix}.DispensedTotal", _VT.Int64)
+
+        command = await folder(root, "Command")
+        for spec in self._method_specs():
+            inputs = [
+                ua.Argument(
+                    Name=arg_name,
+                    DataType=ua.NodeId(vtype.value),
+                    ValueRank=-1,
+                    Description=ua.LocalizedText(desc),
+                )
+                for arg_name, vtype, desc in spec.arguments
+            ]
+            await command.add_method(
+                ua.NodeId(f"{self.name}.Command.{spec.name}", idx),
+                ua.QualifiedName(spec.name, idx),
+                self._make_method(spec),
+                inputs,
+                [],
+            )
+
+    def _values(self) -> dict[str, Any]:
+        """Every variable's current value by its dotted path below the machine object."""
+        job = self._job
+        executing = self._packml.state is PackMLState.EXECUTE
+        values: dict[str, Any] = {
+            "Status.StateCurrent": int(self._packml.state),
+            "Status.UnitModeCurrent": self._unit_mode,
+            "Status.CurMachSpeed": (
+                float(self.pouches_per_minute * self.speed_factor) if executing else 0.0
+            ),
+            "Admin.ProdProcessedCount": self._processed,
+            "Admin.ProdDefectiveCount": self._defective,
+            "Admin.StopReason": int(self._stop_reason),
+            "Admin.StopCanister": self._stop_canister,
+            "Job.JobId": job.job_id if job else "",
+            "Job.PouchesTotal": len(job.pouches) if job else 0,
+            "Job.PouchesGood": job.good if job else 0,
+            "Job.PouchesRejected": job.rejected if job else 0,
+        }
+        for number, can in self._canisters.items():
+            prefix = f"Canisters.{_canister_name(number)}"
+            values[f"{prefix}.Number"] = number
+            values[f"{prefix}.Gtin"] = can.gtin
+            values[f"{prefix}.Count"] = can.count
+            values[f"{prefix}.Capacity"] = can.capacity
+            values[f"{prefix}.DispensedTotal"] = can.dispensed_total
+        return values
+
+    async def _publish(self) -> None:
+        """Copy changed Python state into the address space (this fires subscriptions)."""
+        async with self._publish_lock:
+            server = self._server
+            if server is None:
+                return
+            await self._write_changed(server)
+
+    async def _write_changed(self, server: Server) -> None:
+        for path, value in self._values().items():
+            if self._published.get(path) == value:
+                continue
+            nodeid, vtype = self._nodes[path]
+            result = await server.write_attribute_value(
+                nodeid, ua.DataValue(ua.Variant(value, vtype))
+            )
+            if result is not None and not result.is_good():  # a bug here, not a device fault
+                raise RuntimeError(f"writing {path}={value!r} failed: {result}")
+            self._published[path] = value
+
+    # -- methods ---------------------------------------------------------------------
+
+    def _method_specs(self) -> list[_MethodSpec]:
+        specs = [
+            _MethodSpec(cmd.value, (), _bind_command(self._command, cmd)) for cmd in PackMLCommand
+        ]
+        specs.append(
+            _MethodSpec(
+                "LoadJob",
+                (
+                    ("JobId", _VT.String, "Job identifier, non-empty"),
+                    ("Pouches", _VT.String, 'JSON [{"seq":1,"label":"..","items":[[can,qty]]}]'),
+                ),
+                self._load_job,
+            )
+        )
+        specs.append(
+            _MethodSpec(
+                "RefillCanister",
+                (
+                    ("Number", _VT.Int32, "Canister number"),
+                    ("Quantity", _VT.Int32, "Tablets put in, > 0"),
+                ),
+                self._refill,
+            )
+        )
+        return specs
+
+    def _make_method(self, spec: _MethodSpec) -> Callable[..., Any]:
+        async def call(parent: ua.NodeId, *args: ua.Variant) -> Any:
+            try:
+                values = _check_arguments(spec, args)
+                spec.handler(*values)
+            except MethodError as exc:
+                _log.info("packer %s refused %s: %s", self.name, spec.name, exc.message)
+                return _error_result(exc, len(args))
+            self._changed.set()
+            await self._publish()
+            return []
+
+        return call
+
+    def _command(self, command: PackMLCommand) -> None:
+        state = self._packml.state
+        if command not in self._packml.allowed_commands():
+            raise MethodError(
+                _STATUS.BadInvalidState,
+                f"{command.value} not allowed in state {state.name} ({int(state)})",
+            )
+        if command is PackMLCommand.START and self._job is None:
+            raise MethodError(_STATUS.BadInvalidState, "Start needs a job: no job loaded")
+        self._packml.command(command)
+        if command in (
+            PackMLCommand.STOP,
+            PackMLCommand.HOLD,
+            PackMLCommand.SUSPEND,
+            PackMLCommand.ABORT,
+        ):
+            if self._stop_reason is StopReason.NONE:
+                self._stop_reason = StopReason.OPERATOR
+        elif command in (
+            PackMLCommand.START,
+            PackMLCommand.UNHOLD,
+            PackMLCommand.UNSUSPEND,
+            PackMLCommand.RESET,
+        ):
+            self._stop_reason = StopReason.NONE
+            self._stop_canister = 0
+
+    def _load_job(self, job_id: str, pouches_json: str) -> None:
+        state = self._packml.state
+        if state is not PackMLState.IDLE:
+            raise MethodError(
+                _STATUS.BadInvalidState,
+                f"LoadJob: machine is in state {state.name} ({int(state)}), not IDLE",
+            )
+        if self._job is not None:
+            raise MethodError(
+                _STATUS.BadInvalidState,
+                f"LoadJob: job {self._job.job_id!r} is already loaded",
+            )
+        if not job_id or not job_id.strip():
+            raise MethodError(_STATUS.BadInvalidArgument, "JobId: must not be empty", 0)
+        pouches = self._parse_pouches(pouches_json)
+        self._job = _Job(job_id, pouches)
+        _log.info("packer %s loaded job %s with %d pouches", self.name, job_id, len(pouches))
+
+    def _parse_pouches(self, text: str | None) -> tuple[_Pouch, ...]:
+        def bad(message: str) -> MethodError:
+            return MethodError(_STATUS.BadInvalidArgument, f"Pouches{message}", 1)
+
+        try:
+            data = json.loads(text or "")
+        except json.JSONDecodeError as exc:
+            raise bad(f": not valid JSON ({exc})") from exc
+        if not isinstance(data, list) or not data:
+            raise bad(": must be a non-empty JSON list of pouches")
+        pouches: list[_Pouch] = []
+        seen: set[int] = set()
+        for i, entry in enumerate(data):
+            where = f"[{i}]"
+            if not isinstance(entry, dict):
+                raise bad(f"{where}: must be an object with seq, label and items")
+            unknown = set(entry) - {"seq", "label", "items"}
+            if unknown:
+                raise bad(f"{where}: unknown field(s) {sorted(unknown)}")
+            seq = entry.get("seq")
+            if not _is_int(seq):
+                raise bad(f"{where}.seq: must be an integer, got {seq!r}")
+            if seq in seen:
+                raise bad(f"{where}.seq: duplicate sequence {seq}")
+            seen.add(seq)
+            label = entry.get("label", "")
+            if not isinstance(label, str):
+                raise bad(f"{where}.label: must be a string")
+            items = entry.get("items")
+            if not isinstance(items, list) or not items:
+                raise bad(f"{where}.items: must be a non-empty list of [canister, quantity]")
+            parsed: list[tuple[int, int]] = []
+            for j, item in enumerate(items):
+                at = f"{where}.items[{j}]"
+                if not (isinstance(item, list) and len(item) == 2 and all(map(_is_int, item))):
+                    raise bad(f"{at}: must be [canister, quantity] integers, got {item!r}")
+                number, qty = item
+                canister = self._canisters.get(number)
+                if canister is None:
+                    raise bad(f"{at}: unknown canister {number}")
+                if qty <= 0:
+                    raise bad(f"{at}: quantity must be > 0, got {qty}")
+                if qty > canister.capacity:
+                    raise bad(
+                        f"{at}: quantity {qty} exceeds capacity {canister.capacity}"
+                        f" of canister {number}"
+                    )
+                if any(n == number for n, _ in parsed):
+                    raise bad(f"{at}: canister {number} appears twice in one pouch")
+                parsed.append((number, qty))
+            pouches.append(_Pouch(seq, label, tuple(parsed)))
+        return tuple(pouches)
+
+    def _refill(self, number: int, quantity: int) -> None:
+        state = self._packml.state
+        if state is PackMLState.EXECUTE:
+            raise MethodError(
+                _STATUS.BadInvalidState,
+                "RefillCanister: machine is in EXECUTE; Hold, Suspend or Stop it first",
+            )
+        canister = self._canisters.get(number)
+        if canister is None:
+            raise MethodError(_STATUS.BadInvalidArgument, f"Number: unknown canister {number}", 0)
+        if quantity <= 0:
+            raise MethodError(
+                _STATUS.BadInvalidArgument, f"Quantity: must be > 0, got {quantity}", 1
+            )
+        if canister.count + quantity > canister.capacity:
+            raise MethodError(
+                _STATUS.BadInvalidArgument,
+                f"Quantity: {quantity} would overfill canister {number}"
+                f" (count {canister.count}, capacity {canister.capacity})",
+                1,
+            )
+        canister.count += quantity
+
+    # -- physics ---------------------------------------------------------------------
+
+    def _delay(self) -> float | None:
+        """How long the current state lasts before the machine acts, None = until told."""
+        state = self._packml.state
+        if self._packml.is_acting:
+            return self.transient_seconds
+        if state is PackMLState.EXECUTE:
+            return 60.0 / (self.pouches_per_minute * self.speed_factor)
+        return None
+
+    async def _run(self) -> None:
+        """Advance acting states and pack pouches; a method call wakes it early."""
+        while True:
+            self._changed.clear()
+            delay = self._delay()
+            if delay is None:
+                await self._changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
+                continue  # a command changed things before the dwell ended: start over
+            except TimeoutError:
+                pass
+            if self._packml.state is PackMLState.EXECUTE:
+                self._pack_one()
+            else:
+                self._complete_acting()
+            await self._publish()
+
+    def _complete_acting(self) -> None:
+        new = self._packml.state_complete()
+        if new is PackMLState.IDLE:  # end of Resetting: the machine forgets the job
+            self._job = None
+        elif new is PackMLState.EXECUTE and self._job_done():
+            self._packml.state_complete()  # nothing left to pack: go Completing
+
+    def _job_done(self) -> bool:
+        return self._job is None or self._job.index >= len(self._job.pouches)
+
+    def _internal_hold(self, reason: StopReason, canister: int = 0) -> None:
+        self._packml.command(PackMLCommand.HOLD)
+        self._stop_reason = reason
+        self._stop_canister = canister
+        _log.info("packer %s holds: %s %s", self.name, reason.name, canister or "")
+
+    def _pack_one(self) -> None:
+        """One pouch attempt: check stock, maybe jam, dispense, vision check."""
+        job = self._job
+        if job is None or self._job_done():
+            self._packml.state_complete()
+            return
+        pouch = job.pouches[job.index]
+        for number, qty in pouch.items:
+            if self._canisters[number].count < qty:
+                self._internal_hold(StopReason.CANISTER_EMPTY, number)
+                return
+        jammed = self._rng.random() < self.jam_rate
+        if jammed or self._jam_next:
+            self._jam_next = False
+            self._internal_hold(StopReason.JAM)
+            return
+        for number, qty in pouch.items:
+            canister = self._canisters[number]
+            canister.count -= qty
+            canister.dispensed_total += qty
+        self._processed += 1
+        if self._rng.random() < self.reject_rate:
+            self._defective += 1
+            job.rejected += 1  # same pouch again next cycle; its tablets are waste
+        else:
+            job.good += 1
+            job.index += 1
+            if self._job_done():
+                self._packml.state_complete()
+
+
+async def _init_server(server: Server, cache: Path | None) -> None:
+    """Load the standard address space, from a shelf file when one is given.
+
+    Filling it from code takes about 1.5 s of CPU per server; a shelf (asyncua's own
+    feature) loads in about 0.1 s. The first start with a new path writes the shelf.
+    asyncua only recognises an existing shelf by `path` or `path.db`; the dbm.dumb
+    backend (the only one in some Python builds) writes `path.dat`/`path.dir`, so an
+    empty marker at `path` makes the next start load it instead of rebuilding.
+    """
+    if cache is None:
+        await server.init()
+        return
+    await asyncio.to_thread(cache.parent.mkdir, parents=True, exist_ok=True)
+    await server.init(cache)
+    await asyncio.to_thread(_mark_dumb_shelf, cache)
+
+
+def _mark_dumb_shelf(cache: Path) -> None:
+    dumb = cache.with_name(cache.name + ".dat")
+    if not cache.exists() and not cache.with_suffix(".db").exists() and dumb.exists():
+        cache.touch()
+
+
+def _canister_name(number: int) -> str:
+    return f"Canister_{number:02d}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bind_command(
+    func: Callable[[PackMLCommand], None], command: PackMLCommand
+) -> Callable[[], None]:
+    def handler() -> None:
+        func(command)
+
+    return handler
+
+
+def _check_arguments(spec: _MethodSpec, args: Sequence[ua.Variant]) -> list[Any]:
+    """Count and types are not checked by asyncua, so the method does it."""
+    expected = len(spec.arguments)
+    if len(args) < expected:
+        missing = [a[0] for a in spec.arguments[len(args) :]]
+        raise MethodError(_STATUS.BadArgumentsMissing, f"{spec.name}: missing {missing}")
+    if len(args) > expected:
+        raise MethodError(
+            _STATUS.BadTooManyArguments,
+            f"{spec.name}: takes {expected} argument(s), got {len(args)}",
+        )
+    values = []
+    for i, ((arg_name, vtype, _), variant) in enumerate(zip(spec.arguments, args, strict=True)):
+        if variant.VariantType != vtype:
+            raise MethodError(
+                _STATUS.BadTypeMismatch,
+                f"{arg_name}: expected {vtype.name}, got {variant.VariantType.name}",
+                i,
+            )
+        values.append(variant.Value)
+    return values
+
+
+def _error_result(exc: MethodError, n_args: int) -> ua.CallMethodResult:
+    """A Bad result whose text rides in InputArgumentDiagnosticInfos[].AdditionalInfo.
+
+    OPC UA has no message field on CallMethodResult; the per-argument diagnostics are the
+    place a client can read. A method without arguments still gets one entry so the
+    client sees why a command was refused.
+    """
+    result = ua.CallMethodResult()
+    if exc.argument is not None:
+        result.StatusCode = ua.StatusCode(_STATUS.BadInvalidArgument)
+        result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
+        result.InputArgumentResults[exc.argument] = ua.StatusCode(exc.code)
+        result.InputArgumentDiagnosticInfos = [ua.DiagnosticInfo() for _ in range(n_args)]
+        result.InputArgumentDiagnosticInfos[exc.argument] = ua.DiagnosticInfo(
+            AdditionalInfo=exc.message
+        )
+    else:
+        result.StatusCode = ua.StatusCode(exc.code)
+        result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
+        result.InputArgumentDiagnosticInfos = [
+            ua.DiagnosticInfo(AdditionalInfo=exc.message) for _ in range(max(n_args, 1))
+        ]
+    return result
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Simulated OPC UA dose-packing machine")
+    parser.add_argument("--name", default="P1", help="machine name (object under Objects)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=4840, help="TCP port, 0 = any free")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed", type=float, default=1.0, help="speed factor (time scale)")
+    parser.add_argument("--ppm", type=float, default=60.0, help="pouches per minute")
+    parser.add_argument("--reject-rate", type=float, default=0.0)
+    parser.add_argument("--jam-rate", type=float, default=0.0)
+    parser.add_argument("--transient", type=float, default=0.5, help="seconds in acting states")
+    parser.add_argument(
+        "--address-space-cache",
+        type=Path,
+        default=None,
+        help="shelf file for the OPC UA standard address space (faster start)",
+    )
+    parser.add_argument(
+        "--initial-state",
+        choices=[s.name for s in PackMLState if s is not PackMLState.UNDEFINED],
+        default="STOPPED",
+    )
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    sim = PackerSimulator(
+        args.name,
+        host=args.host,
+        port=args.port,
+        pouches_per_minute=args.ppm,
+        speed_factor=args.speed,
+        reject_rate=args.reject_rate,
+        jam_rate=args.jam_rate,
+        seed=args.seed,
+        transient_seconds=args.transient,
+        initial_state=PackMLState[args.initial_state],
+        address_space_cache=args.address_space_cache,
+    )
+    await sim.start()
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"packer {sim.name} on {sim.endpoint} (Ctrl-C to stop)", flush=True)
+    try:
+        await stop.wait()  # SIGTERM (docker stop); Ctrl-C cancels this instead
+    finally:
+        await sim.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one simulated packer until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    args = _parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

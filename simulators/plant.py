@@ -1,0 +1,168 @@
+"""The whole simulated plant of a site file: packers, cabinets and scanners on loopback.
+
+`python -m simulators.plant --site config/demo.yaml` starts one simulator per machine
+in the file, at the addresses it names (or at free ports with `--free-ports`), and
+prints one JSON line with the addresses actually bound, so that a controller (or a
+test) can be pointed at them. It stops on SIGTERM, Ctrl-C or when its standard input
+closes, so it never outlives the process that started it.
+
+The plant reads the site file on its own: machines, their `sim:` keys and the
+catalogue's article numbers. It shares no code with the controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
+from simulators.packer_opcua import PackerSimulator
+from simulators.scanner_serial import ScannerSimulator
+
+DAY_SECONDS = 86400.0
+
+
+def _port(address: str, free: bool) -> int:
+    if free:
+        return 0
+    port = urlsplit(address).port
+    if port is None:
+        raise ValueError(f"address {address!r} names no port")
+    return port
+
+
+class Plant:
+    def __init__(
+        self, site: dict[str, Any], *, day_seconds: float, free_ports: bool, seed: int | None = None
+    ) -> None:
+        seed = int(site.get("seed", 0)) if seed is None else seed
+        articles = {str(p["gtin"]).zfill(14): int(p["article"]) for p in site["catalogue"]}
+        self.packers = [
+            PackerSimulator(
+                p["name"],
+                port=_port(p["address"], free_ports),
+                canisters=[
+                    (c["number"], str(c["gtin"]).zfill(14), 0, c["capacity"])
+                    for c in p["canisters"]
+                ],
+                pouches_per_minute=float(p.get("pouches_per_minute", 60)),
+                speed_factor=float(p.get("sim", {}).get("speed_factor", 1.0)),
+                reject_rate=float(p.get("sim", {}).get("reject_rate", 0.0)),
+                jam_rate=float(p.get("sim", {}).get("jam_rate", 0.0)),
+                seed=seed + i,
+            )
+            for i, p in enumerate(site.get("packers", []))
+        ]
+        self.cabinet_names = [c["name"] for c in site.get("cabinets", [])]
+        self.cabinets = [
+            CabinetSimulator(
+                port=_port(c["address"], free_ports),
+                cabinets=[
+                    CabinetSpec(
+                        cabinet_id=int(c.get("unit_id", 1)),
+                        pockets=[
+                            PocketSpec(
+                                number=p["number"],
+                                article=articles[str(p["gtin"]).zfill(14)],
+                                count=int(p.get("sim", {}).get("initial", 0)),
+                                min_level=p["min"],
+                                max_level=p["max"],
+                                capacity=p["max"],
+                                daily_withdrawals=float(
+                                    p.get("sim", {}).get("daily_withdrawals", 0)
+                                ),
+                            )
+                            for p in c["pockets"]
+                        ],
+                    )
+                ],
+                time_factor=DAY_SECONDS / day_seconds,
+                seed=seed + 100 + i,
+            )
+            for i, c in enumerate(site.get("cabinets", []))
+        ]
+        self.scanner_names = [s["name"] for s in site.get("scanners", [])]
+        self.scanners = [
+            ScannerSimulator(port=_port(s["address"], free_ports), seed=seed + 200 + i)
+            for i, s in enumerate(site.get("scanners", []))
+        ]
+
+    async def start(self) -> None:
+        for sim in [*self.packers, *self.cabinets, *self.scanners]:
+            await sim.start()
+
+    async def stop(self) -> None:
+        for sim in [*self.scanners, *self.cabinets, *self.packers]:
+            with contextlib.suppress(Exception):
+                await sim.stop()
+
+    def addresses(self) -> dict[str, Any]:
+        return {
+            "packers": {p.name: p.endpoint for p in self.packers},
+            "cabinets": {
+                n: c.address for n, c in zip(self.cabinet_names, self.cabinets, strict=True)
+            },
+            "scanners": {
+                n: {"address": f"socket://127.0.0.1:{s.port}", "trigger_port": s.trigger_port}
+                for n, s in zip(self.scanner_names, self.scanners, strict=True)
+            },
+        }
+
+
+async def _stdin_closed() -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.buffer.read)
+
+
+async def _serve(args: argparse.Namespace, site: dict[str, Any]) -> None:
+    plant = Plant(site, day_seconds=args.day_seconds, free_ports=args.free_ports, seed=args.seed)
+    await plant.start()
+    print(json.dumps({"ready": plant.addresses()}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchers = [asyncio.create_task(stop.wait())]
+    if args.exit_on_stdin_close:
+        watchers.append(asyncio.create_task(_stdin_closed()))
+    try:
+        await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in watchers:
+            w.cancel()
+        await plant.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the simulated plant of a site file")
+    parser.add_argument("--site", default="config/demo.yaml")
+    parser.add_argument(
+        "--day-seconds",
+        type=float,
+        default=DAY_SECONDS,
+        help="real seconds one simulated day at the cabinets lasts",
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="bind free loopback ports instead of those in the site file",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--exit-on-stdin-close", action="store_true")
+    args = parser.parse_args()
+    site = yaml.safe_load(Path(args.site).read_text(encoding="utf-8"))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args, site))
+
+
+if __name__ == "__main__":
+    main()

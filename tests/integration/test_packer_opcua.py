@@ -1,0 +1,501 @@
+"""The OPC UA packer driver against the packer simulator over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+
+from drivers.base import (
+    DriverError,
+    PackerJobSpec,
+    PackerStatus,
+    PackMLCommand,
+    PackMLState,
+    Pouch,
+    PouchItem,
+    StopReason,
+)
+from drivers.opcua_packer import NAMESPACE_URI, OpcUaPackerDriver
+from simulators.packer_opcua import PackerSimulator
+
+S = PackMLState
+C = PackMLCommand
+
+CANISTERS = [
+    (1, "07350000010015", 200, 300),
+    (2, "07350000010022", 200, 300),
+    (3, "07350000010039", 100, 300),
+    (4, "07350000010046", 50, 60),
+]
+FAST = {"speed_factor": 100.0, "transient_seconds": 0.005}  # 10 ms per pouch
+
+Factory = Callable[..., Awaitable[tuple[PackerSimulator, OpcUaPackerDriver]]]
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Set up first, torn down last: every task a test started must be gone by then."""
+    before = asyncio.all_tasks()
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
+    assert not leaked, f"tasks left running: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def address_space_cache(pytestconfig: pytest.Config, tmp_path_factory: Any) -> Path:
+    """Shelf of the OPC UA standard address space: servers start in 0.1 s, not 1.5 s."""
+    version = importlib.metadata.version("asyncua")
+    cache = getattr(pytestconfig, "cache", None)
+    base = cache.mkdir("asyncua-address-space") if cache else tmp_path_factory.mktemp("ua")
+    return Path(base) / f"standard-{version}"
+
+
+@pytest.fixture
+async def make_packer(address_space_cache: Path) -> AsyncIterator[Factory]:
+    """Start simulators with connected drivers; everything is closed after the test."""
+    started: list[tuple[PackerSimulator, OpcUaPackerDriver]] = []
+
+    async def make(**kwargs: Any) -> tuple[PackerSimulator, OpcUaPackerDriver]:
+        params: dict[str, Any] = {
+            "canisters": CANISTERS,
+            "address_space_cache": address_space_cache,
+            "server_clock": False,
+            **FAST,
+        }
+        params.update(kwargs)
+        sim = PackerSimulator("P1", **params)
+        driver = OpcUaPackerDriver("P1", "opc.tcp://127.0.0.1:1/", timeout=2.0)
+        started.append((sim, driver))
+        await sim.start()
+        driver.address = sim.endpoint
+        await driver.connect()
+        return sim, driver
+
+    yield make
+    for sim, driver in reversed(started):
+        await driver.close()
+        await sim.stop()
+
+
+def job(job_id: str, contents: list[list[tuple[int, int]]]) -> PackerJobSpec:
+    return PackerJobSpec(
+        job_id,
+        tuple(
+            Pouch(seq, f"pt-{seq % 3:04x}/08:00", tuple(PouchItem(c, q) for c, q in items))
+            for seq, items in enumerate(contents, start=1)
+        ),
+    )
+
+
+#: Ten pouches of varying contents: (canister, quantity) per item.
+TEN_POUCHES: list[list[tuple[int, int]]] = [
+    [(1, 1), (2, 2)],
+    [(1, 1)],
+    [(3, 1), (4, 1)],
+    [(2, 1), (3, 2)],
+    [(1, 2), (2, 1), (3, 1)],
+    [(4, 2)],
+    [(1, 1), (4, 1)],
+    [(2, 3)],
+    [(3, 1)],
+    [(1, 1), (2, 1), (3, 1), (4, 1)],
+]
+
+
+def totals(contents: list[list[tuple[int, int]]]) -> Counter[int]:
+    out: Counter[int] = Counter()
+    for items in contents:
+        for canister, qty in items:
+            out[canister] += qty
+    return out
+
+
+async def wait_state(
+    driver: OpcUaPackerDriver, state: PackMLState, within: float = 5.0
+) -> PackerStatus:
+    deadline = time.monotonic() + within
+    while True:
+        status = await driver.read_status()
+        if status.state is state:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"state {status.state.name}, wanted {state.name}: {status}")
+        await asyncio.sleep(0.005)
+
+
+async def to_idle(driver: OpcUaPackerDriver) -> None:
+    await driver.command(C.RESET)
+    await wait_state(driver, S.IDLE)
+
+
+async def canister_map(driver: OpcUaPackerDriver) -> dict[int, tuple[int, int]]:
+    return {c.number: (c.count, c.dispensed_total) for c in await driver.read_canisters()}
+
+
+# -- production ---------------------------------------------------------------------
+
+
+async def test_job_completes_with_exact_counters(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    status = await driver.read_status()
+    assert status.state is S.STOPPED and status.unit_mode == 1 and status.job_id == ""
+    before = await canister_map(driver)
+    assert {n: gtin for n, gtin, _, _ in CANISTERS} == {
+        c.number: c.gtin for c in await driver.read_canisters()
+    }
+
+    await to_idle(driver)
+    await driver.load_job(job("J-1", TEN_POUCHES))
+    status = await driver.read_status()
+    assert (status.job_id, status.job_pouches_total, status.job_pouches_good) == ("J-1", 10, 0)
+    await driver.command(C.START)
+    status = await wait_state(driver, S.COMPLETE)
+
+    assert status.processed_total == 10 and status.defective_total == 0
+    assert (status.job_pouches_total, status.job_pouches_good, status.job_pouches_rejected) == (
+        10,
+        10,
+        0,
+    )
+    assert status.stop_reason == StopReason.NONE and status.machine_speed == 0.0
+    used = totals(TEN_POUCHES)
+    after = await canister_map(driver)
+    for number, (count, dispensed) in before.items():
+        assert after[number] == (count - used[number], dispensed + used[number])
+    assert sim.canister_counts() == {n: c for n, (c, _) in after.items()}
+
+    await driver.command(C.RESET)
+    status = await wait_state(driver, S.IDLE)
+    assert (status.job_id, status.job_pouches_total, status.job_pouches_good) == ("", 0, 0)
+    assert status.processed_total == 10  # PackTags counters survive the job
+
+
+async def test_rejected_pouch_is_packed_again_and_its_tablets_are_gone(
+    make_packer: Factory,
+) -> None:
+    sim, driver = await make_packer(reject_rate=0.3, seed=7)
+    contents = [[(1, 2), (3, 1)]] * 10  # identical pouches: dispensed = attempts * contents
+    await to_idle(driver)
+    await driver.load_job(job("J-rej", contents))
+    await driver.command(C.START)
+    status = await wait_state(driver, S.COMPLETE)
+
+    rejected = status.job_pouches_rejected
+    assert rejected > 0
+    assert status.job_pouches_good == 10
+    assert status.processed_total == 10 + rejected
+    assert status.defective_total == rejected
+    after = await canister_map(driver)
+    assert after[1] == (200 - 2 * (10 + rejected), 2 * (10 + rejected))
+    assert after[3] == (100 - (10 + rejected), 10 + rejected)
+    assert after[2] == (200, 0)
+
+    # Same seed, same commands: the same pouches are rejected.
+    sim2, driver2 = await make_packer(reject_rate=0.3, seed=7)
+    await to_idle(driver2)
+    await driver2.load_job(job("J-rej", contents))
+    await driver2.command(C.START)
+    status2 = await wait_state(driver2, S.COMPLETE)
+    assert status2.job_pouches_rejected == rejected
+    assert sim2.dispensed_totals() == sim.dispensed_totals()
+
+
+async def test_empty_canister_holds_then_refill_and_unhold_completes(
+    make_packer: Factory,
+) -> None:
+    canisters = [(1, "07350000010015", 100, 100), (3, "07350000010039", 5, 50)]
+    sim, driver = await make_packer(canisters=canisters)
+    contents = [[(1, 1), (3, 2)]] * 10
+    await to_idle(driver)
+    await driver.load_job(job("J-empty", contents))
+    await driver.command(C.START)
+
+    status = await wait_state(driver, S.HELD)
+    assert status.stop_reason == StopReason.CANISTER_EMPTY == 101
+    assert sim.stop_canister == 3
+    assert status.job_pouches_good == 2  # 5 tablets: two pouches, the third would need 2
+    assert await canister_map(driver) == {1: (98, 2), 3: (1, 4)}  # nothing of pouch 3
+
+    with pytest.raises(DriverError, match=r"capacity 50"):
+        await driver.refill_canister(3, 50)
+    await driver.refill_canister(3, 30)
+    assert (await canister_map(driver))[3] == (31, 4)
+    await driver.command(C.UNHOLD)
+    status = await wait_state(driver, S.COMPLETE)
+    assert status.stop_reason == StopReason.NONE and sim.stop_canister == 0
+    assert status.job_pouches_good == 10 and status.processed_total == 10
+    assert await canister_map(driver) == {1: (90, 10), 3: (15, 20)}
+
+
+async def test_stop_canister_is_published_over_opc_ua(make_packer: Factory) -> None:
+    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)])
+    await to_idle(driver)
+    await driver.load_job(job("J-sc", [[(4, 1)]]))
+    await driver.command(C.START)
+    await wait_state(driver, S.HELD)
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+        node = await client.nodes.objects.get_child(
+            [f"{ns}:P1", f"{ns}:Admin", f"{ns}:StopCanister"]
+        )
+        assert await node.read_value() == 4
+        assert await node.read_data_type_as_variant_type() == ua.VariantType.Int32
+
+
+async def test_jam_holds_without_dispensing(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    sim.inject_jam()
+    await to_idle(driver)
+    await driver.load_job(job("J-jam", [[(2, 1)]] * 3))
+    await driver.command(C.START)
+    status = await wait_state(driver, S.HELD)
+    assert status.stop_reason == StopReason.JAM
+    assert status.processed_total == 0 and sim.dispensed_totals()[2] == 0
+    await driver.command(C.UNHOLD)
+    status = await wait_state(driver, S.COMPLETE)
+    assert status.processed_total == 3 and sim.dispensed_totals()[2] == 3
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+async def test_stop_keeps_counters_and_reset_clears_the_job(make_packer: Factory) -> None:
+    _sim, driver = await make_packer(speed_factor=5.0)  # 200 ms per pouch
+    await to_idle(driver)
+    await driver.load_job(job("J-stop", TEN_POUCHES))
+    await driver.command(C.START)
+    status = await wait_state(driver, S.EXECUTE)
+    assert status.machine_speed == 300.0
+
+    with pytest.raises(DriverError, match=r"EXECUTE"):
+        await driver.refill_canister(1, 1)
+    with pytest.raises(DriverError, match=r"LoadJob: machine is in state EXECUTE"):
+        await driver.load_job(job("J-other", TEN_POUCHES))
+
+    await driver.command(C.STOP)
+    status = await wait_state(driver, S.STOPPED)
+    assert status.stop_reason == StopReason.OPERATOR
+    assert status.job_id == "J-stop" and status.job_pouches_total == 10
+    good = status.job_pouches_good
+    assert good < 10
+    assert status.processed_total == good and status.machine_speed == 0.0
+
+    await driver.command(C.RESET)
+    status = await wait_state(driver, S.IDLE)
+    assert status.job_id == "" and status.stop_reason == StopReason.NONE
+    assert status.processed_total == good
+
+
+async def test_hold_unhold_suspend_unsuspend(make_packer: Factory) -> None:
+    _sim, driver = await make_packer(speed_factor=5.0)
+    await to_idle(driver)
+    await driver.load_job(job("J-hold", TEN_POUCHES))
+    await driver.command(C.START)
+    await wait_state(driver, S.EXECUTE)
+
+    await driver.command(C.HOLD)
+    status = await wait_state(driver, S.HELD)
+    assert status.stop_reason == StopReason.OPERATOR
+    await driver.command(C.UNHOLD)
+    status = await wait_state(driver, S.EXECUTE)
+    assert status.stop_reason == StopReason.NONE
+
+    await driver.command(C.SUSPEND)
+    await wait_state(driver, S.SUSPENDED)
+    await driver.command(C.UNSUSPEND)
+    await wait_state(driver, S.EXECUTE)
+    await driver.command(C.ABORT)
+
+
+async def test_abort_then_clear_then_reset(make_packer: Factory) -> None:
+    _sim, driver = await make_packer(speed_factor=5.0)
+    await to_idle(driver)
+    await driver.load_job(job("J-abort", TEN_POUCHES))
+    await driver.command(C.START)
+    await wait_state(driver, S.EXECUTE)
+    await driver.command(C.ABORT)
+    status = await wait_state(driver, S.ABORTED)
+    assert status.stop_reason == StopReason.OPERATOR
+
+    with pytest.raises(
+        DriverError, match=r"Reset not allowed in state ABORTED \(9\) \(BadInvalidState\)"
+    ):
+        await driver.command(C.RESET)
+    await driver.command(C.CLEAR)
+    status = await wait_state(driver, S.STOPPED)
+    assert status.job_id == "J-abort"
+    await to_idle(driver)
+    assert (await driver.read_status()).job_id == ""
+
+
+async def test_invalid_commands_are_refused_with_the_state(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    with pytest.raises(DriverError) as info:
+        await driver.command(C.UNHOLD)
+    text = str(info.value)
+    assert "P1" in text and "command Unhold" in text and "STOPPED" in text
+    assert "BadInvalidState" in text
+    await to_idle(driver)
+    with pytest.raises(
+        DriverError, match=r"command Start: refused: Start needs a job: no job loaded"
+    ):
+        await driver.command(C.START)
+    assert sim.state is S.IDLE
+
+
+# -- bad input ----------------------------------------------------------------------
+
+
+async def test_bad_load_job_is_refused_with_clear_text(
+    make_packer: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim, driver = await make_packer()
+    with pytest.raises(DriverError, match=r"load_job 'J-x'.*state STOPPED \(2\), not IDLE"):
+        await driver.load_job(job("J-x", TEN_POUCHES))
+    await to_idle(driver)
+
+    cases: list[tuple[PackerJobSpec, str]] = [
+        (job("J-x", [[(1, 1)], [(99, 1)]]), r"Pouches\[1\]\.items\[0\]: unknown canister 99"),
+        (job("J-x", [[(1, 0)]]), r"Pouches\[0\]\.items\[0\]: quantity must be > 0, got 0"),
+        (job("J-x", [[(4, 61)]]), r"quantity 61 exceeds capacity 60 of canister 4"),
+        (job("J-x", []), r"Pouches: must be a non-empty JSON list"),
+        (job("", [[(1, 1)]]), r"JobId: must not be empty"),
+        (
+            PackerJobSpec("J-x", (Pouch(1, "a", (PouchItem(1, 1),)),) * 2),
+            r"Pouches\[1\]\.seq: duplicate sequence 1",
+        ),
+    ]
+    for spec, pattern in cases:
+        with pytest.raises(DriverError, match=pattern) as info:
+            await driver.load_job(spec)
+        assert "BadInvalidArgument" in str(info.value)
+
+    class BrokenJson:
+        @staticmethod
+        def dumps(*_: Any, **__: Any) -> str:
+            return '[{"seq": 1,'
+
+    monkeypatch.setattr("drivers.opcua_packer.json", BrokenJson)
+    with pytest.raises(DriverError, match=r"Pouches: not valid JSON") as info:
+        await driver.load_job(job("J-x", [[(1, 1)]]))
+    assert "Pouches: BadInvalidArgument" in str(info.value)
+    monkeypatch.undo()
+
+    assert sim.state is S.IDLE and (await driver.read_status()).job_id == ""
+    await driver.load_job(job("J-ok", [[(1, 1)]]))
+    with pytest.raises(DriverError, match=r"job 'J-ok' is already loaded"):
+        await driver.load_job(job("J-2", [[(1, 1)]]))
+
+
+async def test_refill_validation(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    with pytest.raises(DriverError, match=r"Number: unknown canister 99"):
+        await driver.refill_canister(99, 1)
+    with pytest.raises(DriverError, match=r"Quantity: must be > 0, got 0"):
+        await driver.refill_canister(1, 0)
+    with pytest.raises(DriverError, match=r"would overfill canister 4 \(count 50, capacity 60\)"):
+        await driver.refill_canister(4, 11)
+    await driver.refill_canister(4, 10)
+    assert sim.canister_counts()[4] == 60
+
+
+async def test_method_argument_types_are_checked(make_packer: Factory) -> None:
+    sim, _driver = await make_packer()
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+        command = await client.nodes.objects.get_child([f"{ns}:P1", f"{ns}:Command"])
+        refill = await command.get_child(f"{ns}:RefillCanister")
+        request = ua.CallMethodRequest(
+            ObjectId=command.nodeid,
+            MethodId=refill.nodeid,
+            InputArguments=[
+                ua.Variant("1", ua.VariantType.String),
+                ua.Variant(1, ua.VariantType.Int32),
+            ],
+        )
+        (result,) = await client.uaclient.call([request])
+        assert result.StatusCode.name == "BadInvalidArgument"
+        assert result.InputArgumentResults[0].name == "BadTypeMismatch"
+        assert "Number: expected Int32, got String" in str(result.InputArgumentDiagnosticInfos)
+        request.InputArguments = request.InputArguments[1:]
+        (result,) = await client.uaclient.call([request])
+        assert result.StatusCode.name == "BadArgumentsMissing"
+
+
+# -- transport failures -------------------------------------------------------------
+
+
+async def test_nothing_listening_is_a_driver_error(free_port: int) -> None:
+    driver = OpcUaPackerDriver("PX", f"opc.tcp://127.0.0.1:{free_port}/", timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(DriverError, match=r"packer PX .*connect"):
+        await driver.connect()
+    assert time.monotonic() - started < 1.5
+    with pytest.raises(DriverError, match=r"not connected"):
+        await driver.read_status()
+    await driver.close()
+    await driver.close()
+
+
+async def test_silent_peer_times_out_within_the_timeout(free_port: int) -> None:
+    """A socket that accepts and never answers: connect must give up on time."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", free_port)
+    try:
+        driver = OpcUaPackerDriver("PS", f"opc.tcp://127.0.0.1:{free_port}/", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(DriverError, match=r"packer PS .*connect.*no answer within 0.5 s"):
+            await driver.connect()
+        assert time.monotonic() - started < 1.0
+        await driver.close()
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_wrong_machine_name_is_reported(make_packer: Factory) -> None:
+    sim, _driver = await make_packer()
+    other = OpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
+    with pytest.raises(
+        DriverError, match=r"packer line-2 .*connect: node Objects/P9/\S+ not found"
+    ):
+        await other.connect()
+    await other.close()
+
+
+async def test_server_gone_gives_driver_error_and_reconnect_works(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    await sim.stop()
+    started = time.monotonic()
+    with pytest.raises(DriverError, match=r"packer P1 .*read_status"):
+        await driver.read_status()
+    assert time.monotonic() - started < driver.timeout + 0.5
+    with pytest.raises(DriverError, match=r"connect"):
+        await driver.connect()
+
+    await sim.start()  # same port as before
+    driver.address = sim.endpoint
+    await driver.connect()
+    assert (await driver.read_status()).state is S.STOPPED
+
+
+def test_driver_rejects_a_non_opc_tcp_address() -> None:
+    with pytest.raises(ValueError, match=r"address"):
+        OpcUaPackerDriver("P1", "tcp://127.0.0.1:502")
