@@ -233,7 +233,11 @@ class Site(Strict):
                         f"packers.{packer.name}.canister {can.number}.gtin: {can.gtin!r} "
                         "is not in the catalogue"
                     )
-        names = [m.name for m in [*self.packers, *self.cabinets, *self.scanners]]
+        names = [
+            *(p.name for p in self.packers),
+            *(c.name for c in self.cabinets),
+            *(s.name for s in self.scanners),
+        ]
         if len(set(names)) != len(names):
             raise ValueError(f"machine names repeat: {names}")
         for cab in self.cabinets:

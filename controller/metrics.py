@@ -6,6 +6,8 @@ counters. Labels name machines, pockets and outcomes, never patients or jobs.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
@@ -98,7 +100,7 @@ class Metrics:
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the port (a free one if 0)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
+        self._server: Any = server
         return int(server.server_port)
 
     def shutdown(self) -> None:

@@ -103,6 +103,7 @@ class CanisterStatus:
     gtin: str
     count: int
     dispensed_total: int
+    capacity: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class PackerStatus:
 
     `processed_total` counts every pouch made (good and rejected) since power-on,
     `defective_total` the rejected ones (PackTags ProdProcessedCount and
-    ProdDefectiveCount). The job counters belong to `job_id`.
+    ProdDefectiveCount). The job counters belong to `job_id`. `stop_canister` names
+    the canister that ran empty when `stop_reason` is CANISTER_EMPTY.
     """
 
     state: PackMLState
@@ -124,6 +126,7 @@ class PackerStatus:
     job_pouches_total: int
     job_pouches_good: int
     job_pouches_rejected: int
+    stop_canister: int = 0
 
 
 class PackerDriver(ABC):

@@ -37,13 +37,14 @@ _STATUS_PATHS: tuple[tuple[str, str], ...] = (
     ("Admin", "ProdProcessedCount"),
     ("Admin", "ProdDefectiveCount"),
     ("Admin", "StopReason"),
+    ("Admin", "StopCanister"),
     ("Job", "JobId"),
     ("Job", "PouchesTotal"),
     ("Job", "PouchesGood"),
     ("Job", "PouchesRejected"),
 )
 #: Canister variables read by `read_canisters`, per canister.
-_CANISTER_VARS = ("Number", "Gtin", "Count", "DispensedTotal")
+_CANISTER_VARS = ("Number", "Gtin", "Count", "Capacity", "DispensedTotal")
 #: Methods of the Command object and their argument names (for error messages).
 _METHODS: dict[str, tuple[str, ...]] = {
     **{c.value: () for c in PackMLCommand},
@@ -167,10 +168,10 @@ class OpcUaPackerDriver(PackerDriver):
         relative = [
             ua.RelativePath(
                 Elements=[
-                    ua.RelativePathElement(
-                        ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
-                        IsInverse=False,
-                        IncludeSubtypes=True,
+                    ua.RelativePathElement(  # asyncua hints bools as its ua.Boolean marker
+                        ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences)),
+                        IsInverse=False,  # type: ignore[arg-type]
+                        IncludeSubtypes=True,  # type: ignore[arg-type]
                         TargetName=ua.QualifiedName(name, ns),
                     )
                     for name in path
@@ -201,6 +202,7 @@ class OpcUaPackerDriver(PackerDriver):
                 processed,
                 defective,
                 reason,
+                stop_canister,
                 job_id,
                 total,
                 good,
@@ -213,6 +215,7 @@ class OpcUaPackerDriver(PackerDriver):
                 processed_total=_int(processed, "Admin/ProdProcessedCount"),
                 defective_total=_int(defective, "Admin/ProdDefectiveCount"),
                 stop_reason=_int(reason, "Admin/StopReason"),
+                stop_canister=_int(stop_canister, "Admin/StopCanister"),
                 job_id=_str(job_id, "Job/JobId"),
                 job_pouches_total=_int(total, "Job/PouchesTotal"),
                 job_pouches_good=_int(good, "Job/PouchesGood"),
@@ -228,13 +231,14 @@ class OpcUaPackerDriver(PackerDriver):
         result: list[CanisterStatus] = []
         try:
             for k in range(0, len(values), n):
-                number, gtin, count, dispensed = values[k : k + n]
+                number, gtin, count, capacity, dispensed = values[k : k + n]
                 where = f"Canisters[{k // n}]"
                 result.append(
                     CanisterStatus(
                         number=_int(number, f"{where}/Number"),
                         gtin=_str(gtin, f"{where}/Gtin"),
                         count=_int(count, f"{where}/Count"),
+                        capacity=_int(capacity, f"{where}/Capacity"),
                         dispensed_total=_int(dispensed, f"{where}/DispensedTotal"),
                     )
                 )

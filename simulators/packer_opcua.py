@@ -254,20 +254,20 @@ class PackerSimulator:
 
     async def _build_address_space(self, server: Server, idx: int) -> None:
         root = await server.nodes.objects.add_object(
-            ua.NodeId(self.name, idx), ua.QualifiedName(self.name, idx)
+            _node_id(self.name, idx), ua.QualifiedName(self.name, idx)
         )
 
         async def folder(parent: Any, path: str) -> Any:
             bname = path.rsplit(".", 1)[-1]
             return await parent.add_object(
-                ua.NodeId(f"{self.name}.{path}", idx), ua.QualifiedName(bname, idx)
+                _node_id(f"{self.name}.{path}", idx), ua.QualifiedName(bname, idx)
             )
 
         async def var(parent: Any, path: str, vtype: ua.VariantType) -> None:
             value = self._values()[path]
             bname = path.rsplit(".", 1)[-1]
             node = await parent.add_variable(
-                ua.NodeId(f"{self.name}.{path}", idx),
+                _node_id(f"{self.name}.{path}", idx),
                 ua.QualifiedName(bname, idx),
                 ua.Variant(value, vtype),
                 vtype,
@@ -304,14 +304,14 @@ class PackerSimulator:
             inputs = [
                 ua.Argument(
                     Name=arg_name,
-                    DataType=ua.NodeId(vtype.value),
+                    DataType=ua.NodeId(ua.Int32(vtype.value)),
                     ValueRank=-1,
                     Description=ua.LocalizedText(desc),
                 )
                 for arg_name, vtype, desc in spec.arguments
             ]
             await command.add_method(
-                ua.NodeId(f"{self.name}.Command.{spec.name}", idx),
+                _node_id(f"{self.name}.Command.{spec.name}", idx),
                 ua.QualifiedName(spec.name, idx),
                 self._make_method(spec),
                 inputs,
@@ -359,11 +359,9 @@ class PackerSimulator:
             if self._published.get(path) == value:
                 continue
             nodeid, vtype = self._nodes[path]
-            result = await server.write_attribute_value(
-                nodeid, ua.DataValue(ua.Variant(value, vtype))
-            )
-            if result is not None and not result.is_good():  # a bug here, not a device fault
-                raise RuntimeError(f"writing {path}={value!r} failed: {result}")
+            # Node.write_value raises on a Bad result; Server.write_attribute_value
+            # would drop it (asyncua 2.1 returns None there even on BadTypeMismatch).
+            await server.get_node(nodeid).write_value(ua.DataValue(ua.Variant(value, vtype)))
             self._published[path] = value
 
     # -- methods ---------------------------------------------------------------------
@@ -473,7 +471,7 @@ class PackerSimulator:
             if unknown:
                 raise bad(f"{where}: unknown field(s) {sorted(unknown)}")
             seq = entry.get("seq")
-            if not _is_int(seq):
+            if not isinstance(seq, int) or isinstance(seq, bool):
                 raise bad(f"{where}.seq: must be an integer, got {seq!r}")
             if seq in seen:
                 raise bad(f"{where}.seq: duplicate sequence {seq}")
@@ -630,6 +628,14 @@ def _mark_dumb_shelf(cache: Path) -> None:
         cache.touch()
 
 
+def _node_id(identifier: str, idx: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(identifier), ua.Int16(idx))
+
+
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
+
+
 def _canister_name(number: int) -> str:
     return f"Canister_{number:02d}"
 
@@ -679,18 +685,18 @@ def _error_result(exc: MethodError, n_args: int) -> ua.CallMethodResult:
     """
     result = ua.CallMethodResult()
     if exc.argument is not None:
-        result.StatusCode = ua.StatusCode(_STATUS.BadInvalidArgument)
+        result.StatusCode = _status(_STATUS.BadInvalidArgument)
         result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
-        result.InputArgumentResults[exc.argument] = ua.StatusCode(exc.code)
+        result.InputArgumentResults[exc.argument] = _status(exc.code)
         result.InputArgumentDiagnosticInfos = [ua.DiagnosticInfo() for _ in range(n_args)]
         result.InputArgumentDiagnosticInfos[exc.argument] = ua.DiagnosticInfo(
-            AdditionalInfo=exc.message
+            AdditionalInfo=ua.String(exc.message)
         )
     else:
-        result.StatusCode = ua.StatusCode(exc.code)
+        result.StatusCode = _status(exc.code)
         result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
         result.InputArgumentDiagnosticInfos = [
-            ua.DiagnosticInfo(AdditionalInfo=exc.message) for _ in range(max(n_args, 1))
+            ua.DiagnosticInfo(AdditionalInfo=ua.String(exc.message)) for _ in range(max(n_args, 1))
         ]
     return result
 

@@ -19,7 +19,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -29,6 +29,11 @@ from simulators.packer_opcua import PackerSimulator
 from simulators.scanner_serial import ScannerSimulator
 
 DAY_SECONDS = 86400.0
+
+
+class Simulator(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 def _port(address: str, free: bool) -> int:
@@ -96,12 +101,15 @@ class Plant:
             for i, s in enumerate(site.get("scanners", []))
         ]
 
+    def _all(self) -> list[Simulator]:
+        return [*self.packers, *self.cabinets, *self.scanners]
+
     async def start(self) -> None:
-        for sim in [*self.packers, *self.cabinets, *self.scanners]:
+        for sim in self._all():
             await sim.start()
 
     async def stop(self) -> None:
-        for sim in [*self.scanners, *self.cabinets, *self.packers]:
+        for sim in reversed(self._all()):
             with contextlib.suppress(Exception):
                 await sim.stop()
 
@@ -131,7 +139,7 @@ async def _serve(args: argparse.Namespace, site: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watchers = [asyncio.create_task(stop.wait())]
+    watchers: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if args.exit_on_stdin_close:
         watchers.append(asyncio.create_task(_stdin_closed()))
     try:

@@ -28,6 +28,7 @@ from controller.config import Cabinet, Pocket
 from controller.gs1 import PackId, ScanError, parse_pack
 from controller.ledger import Allocation, InsufficientStock, LedgerError, Need, Use
 from controller.metrics import Metrics
+from controller.packing.job import Trigger
 from drivers.base import DriverError
 
 log = logging.getLogger("doseline.refills")
@@ -52,6 +53,10 @@ REFILL_TRANSITIONS: list[dict[str, Any]] = [
 
 class Refill:
     state: RefillState
+    # Triggers added by the state machine, from REFILL_TRANSITIONS.
+    listed: Trigger
+    confirmed: Trigger
+    cancelled: Trigger
 
     def __init__(
         self, refill_id: str, cabinet: str, pocket: Pocket, quantity: int, urgent: bool

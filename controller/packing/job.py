@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from transitions.extensions.asyncio import AsyncMachine
 
 log = logging.getLogger("doseline.jobs")
+Trigger = Callable[[], Awaitable[bool]]
 
 
 class JobState(enum.Enum):
@@ -51,6 +53,16 @@ class Job:
     """A job's state; `history` keeps each transition for the summary and the audit."""
 
     state: JobState
+    # Triggers added by the state machine, from TRANSITIONS.
+    reserved: Trigger
+    loaded: Trigger
+    started: Trigger
+    held: Trigger
+    resumed: Trigger
+    completed: Trigger
+    ended_partial: Trigger
+    failed: Trigger
+    cancelled: Trigger
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id

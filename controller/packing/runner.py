@@ -218,8 +218,10 @@ class PackerRunner:
         free = await self.ledger.call("available", location, gtin)
         if free >= units:
             return
-        held = await self.ledger.call("on_hand", location, gtin)
-        room = canister.capacity - held
+        # Room is what the machine says: during a job the ledger still counts tablets
+        # that are already in pouches (they are booked when the job ends).
+        physical = {c.number: c.count for c in await self.driver.read_canisters()}
+        room = canister.capacity - physical.get(canister.number, 0)
         if room < units - free:
             raise PackingError(
                 f"canister {canister.number} of {self.name} holds at most {canister.capacity}, "
@@ -296,13 +298,16 @@ class PackerRunner:
 
     async def _clear_hold(self, planned: PlannedJob, status: PackerStatus, holds: int) -> None:
         if status.stop_reason == StopReason.CANISTER_EMPTY:
-            canisters = {c.number: c for c in await self.driver.read_canisters()}
-            for gtin, canister in self.canister_of.items():
-                if gtin in planned.units_by_gtin() and canisters[canister.number].count < 20:
-                    free = await self.ledger.call(
-                        "available", canister_location(self.name, canister.number), gtin
-                    )
-                    await self._ensure_canister(gtin, free + 1, f"{planned.job_id}:hold{holds}")
+            by_number = {c.number: gtin for gtin, c in self.canister_of.items()}
+            gtin = by_number.get(status.stop_canister)
+            if gtin is None:
+                raise PackingError(
+                    f"packer {self.name} held for empty canister {status.stop_canister}, "
+                    "which the site file does not know"
+                )
+            location = canister_location(self.name, status.stop_canister)
+            free = await self.ledger.call("available", location, gtin)
+            await self._ensure_canister(gtin, free + 1, f"{planned.job_id}:hold{holds}")
         else:
             # A jam or an operator hold: the operator clears it at the machine.
             await asyncio.sleep(self.settings.operator_clear_s)

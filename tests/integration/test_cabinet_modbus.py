@@ -60,19 +60,6 @@ def busy_pockets(daily: float) -> list[PocketSpec]:
     ]
 
 
-@pytest.fixture(autouse=True)
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fails a test that leaves tasks running (after every other fixture is torn down)."""
-    yield
-    me = asyncio.current_task()
-    for _ in range(50):
-        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not others:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"leaked tasks: {others}")
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[CabinetSimulator]:
     """Two cabinets on one server, manual clock (time_factor 0) for exact assertions."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,27 +37,6 @@ CANISTERS = [
 FAST = {"speed_factor": 100.0, "transient_seconds": 0.005}  # 10 ms per pouch
 
 Factory = Callable[..., Awaitable[tuple[PackerSimulator, OpcUaPackerDriver]]]
-
-
-@pytest.fixture(autouse=True)
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Set up first, torn down last: every task a test started must be gone by then."""
-    before = asyncio.all_tasks()
-    yield
-    for _ in range(3):
-        await asyncio.sleep(0)
-    current = asyncio.current_task()
-    leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
-    assert not leaked, f"tasks left running: {leaked}"
-
-
-@pytest.fixture(scope="session")
-def address_space_cache(pytestconfig: pytest.Config, tmp_path_factory: Any) -> Path:
-    """Shelf of the OPC UA standard address space: servers start in 0.1 s, not 1.5 s."""
-    version = importlib.metadata.version("asyncua")
-    cache = getattr(pytestconfig, "cache", None)
-    base = cache.mkdir("asyncua-address-space") if cache else tmp_path_factory.mktemp("ua")
-    return Path(base) / f"standard-{version}"
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+# Everything runs from a local virtual environment that the targets create themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: one simulated day end to end (SQLite ledger, bundled simulators)
+demo: $(STAMP)
+	$(BIN)/doseline demo $(ARGS)
+
+## test: the whole test suite (PostgreSQL tests skip when no server answers, except under CI=true)
+test: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+## test-fast: unit tests only
+test-fast: $(STAMP)
+	$(BIN)/pytest tests/unit $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check controller drivers simulators tests
+	$(BIN)/mypy controller drivers simulators
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""The whole demo in a subprocess: its summary, its live metrics and `ledger verify`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def doseline(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    url = f"sqlite:///{db}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "demo", "--minutes", "0.4", "--json", "--db", url],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    metrics_url = None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        found = re.match(r"metrics: (http://\S+)", line)
+        if found:
+            metrics_url = found.group(1)
+            break
+    assert metrics_url, "the demo did not print its metrics address:\n" + "\n".join(lines)
+
+    time.sleep(10)  # a part of the day in: machines have run, cabinets have been polled
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        scraped = response.read().decode()
+    out, err = proc.communicate(timeout=200)
+    lines += out.splitlines()
+    assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{out}\n{err[-3000:]}"
+
+    for name in (
+        'doseline_packer_state{packer="PACKER-1"}',
+        'doseline_packer_pouches_processed_total{packer="PACKER-2"}',
+        "doseline_packer_pouches_defective_total",
+        'doseline_cabinet_pocket_count{cabinet="CAB-MED1",pocket="1"}',
+        "doseline_ledger_open_reservations",
+        'doseline_ledger_operation_seconds_bucket{le="0.01",operation="reserve"}',
+        "doseline_cabinet_withdrawals_total",
+    ):
+        assert name in scraped, f"{name} missing from /metrics"
+    assert "PT-" not in scraped  # no patient pseudonyms as labels, let alone names
+
+    summary = json.loads(lines[-1])
+    assert summary["pouches_packed"] > 0
+    assert summary["withdrawals"] > 0
+    assert summary["refills_done"] > 0
+    assert summary["jobs_failed"] == 0
+    assert summary["negative_balances"] == 0
+    assert summary["open_reservations"] == 0
+    assert summary["ledger_verified"] is True
+    assert summary["physical_mismatches"] == []
+    assert summary["scans_refused"] >= 1  # the demo's deliberately wrong pack
+    assert "demo summary" in out
+
+    verified = doseline("ledger", "verify", "--db", url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # Tampering with a cached balance is caught and named.
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE balances SET on_hand = on_hand + 5 WHERE rowid = "
+            "(SELECT min(rowid) FROM balances)"
+        )
+    tampered = doseline("ledger", "verify", "--db", url)
+    assert tampered.returncode == 1
+    assert "balance-mismatch" in tampered.stdout
+
+
+def test_verify_refuses_an_unreadable_database(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    result = doseline("ledger", "verify", "--db", f"sqlite:///{junk}")
+    assert result.returncode == 2
+    assert "cannot be read" in result.stderr
+
+
+def test_demo_refuses_a_bad_minutes_value() -> None:
+    result = doseline("demo", "--minutes", "0")
+    assert result.returncode == 2
+    assert "--minutes must be above 0, got 0.0" in result.stderr

@@ -1,0 +1,198 @@
+"""Packing jobs through the controller against the OPC UA packer simulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+import pytest
+
+from controller.app import Controller
+from controller.ledger import verify_ledger
+from controller.packing.job import JobState
+from controller.packing.planner import PlannedJob, PlannedPouch
+from controller.packing.runner import canister_location
+from simulators.packer_opcua import PackerSimulator
+from tests.sites import FURO, METO, OXY, PARA, make_site
+
+DAY = date(2026, 11, 23)
+
+
+def job(job_id: str, pouches: int, items: tuple[tuple[str, int], ...]) -> PlannedJob:
+    return PlannedJob(
+        job_id,
+        "W1",
+        DAY,
+        time(8),
+        tuple(PlannedPouch(i, f"PT-{i:04d}", items) for i in range(1, pouches + 1)),
+    )
+
+
+async def start_plant(cache: Path, **knobs: float) -> PackerSimulator:
+    sim = PackerSimulator(
+        "PK1",
+        canisters=[(1, PARA, 0, 200), (2, METO, 0, 200), (3, FURO, 0, 200)],
+        speed_factor=100,
+        seed=3,
+        transient_seconds=0.01,
+        address_space_cache=cache,
+        server_clock=False,
+        **knobs,
+    )
+    await sim.start()
+    return sim
+
+
+@pytest.fixture
+async def packing(
+    ledger_url: str, address_space_cache: Path
+) -> AsyncIterator[tuple[Controller, PackerSimulator]]:
+    """A packer on loopback, the controller on SQLite and on PostgreSQL."""
+    sim = await start_plant(address_space_cache, reject_rate=0.25)
+    site = make_site(packer_address=sim.endpoint)
+    controller = Controller(site, ledger_url=ledger_url)
+    controller.prepare_ledger()
+    controller.receive_opening_stock(datetime.now(UTC).date())
+    runner = controller.runners["PK1"]
+    runner.settings.poll_interval_s = 0.02
+    await runner.driver.connect()
+    try:
+        yield controller, sim
+    finally:
+        await runner.driver.close()
+        controller.close()
+        await sim.stop()
+
+
+async def test_job_books_good_pouches_and_rejects(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    controller, sim = packing
+    runner = controller.runners["PK1"]
+    result = await runner.run_job(job("J1", 12, ((PARA, 2), (METO, 1))))
+    led = controller.ledger
+
+    assert result.job.state == JobState.COMPLETED
+    assert result.job.pouches_good == 12
+    assert result.job.pouches_rejected == sim.defective_count > 0
+    assert result.consumed == {PARA: 24, METO: 12}
+    # Every rejected pouch held 2 + 1 tablets, and they are waste.
+    assert result.wasted == {PARA: 2 * sim.defective_count, METO: sim.defective_count}
+    assert led.moved_quantity("consume") == 36
+    assert led.moved_quantity("waste") == 3 * sim.defective_count
+    # The ledger's canisters hold exactly what the machine's canisters hold.
+    counts = sim.canister_counts()
+    assert led.on_hand(canister_location("PK1", 1), PARA) == counts[1]
+    assert led.on_hand(canister_location("PK1", 2), METO) == counts[2]
+    # The canister was filled first expiry first, never from the lot inside the
+    # 30-day minimum shelf life.
+    batches = {s.batch for s in led.stock(location=canister_location("PK1", 1))}
+    assert "P-EARLY" in batches and "P-SHORT" not in batches
+    assert led.open_reservation_count() == 0
+    assert verify_ledger(led.engine) == []
+    history = [dest for _, dest in result.job.history]
+    assert history == ["RESERVED", "LOADED", "PACKING", "COMPLETED"]
+
+
+async def test_two_jobs_in_a_row_reuse_the_machine(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    controller, sim = packing
+    runner = controller.runners["PK1"]
+    first = await runner.run_job(job("J1", 5, ((PARA, 1),)))
+    second = await runner.run_job(job("J2", 5, ((PARA, 1), (METO, 2))))
+    assert first.job.state == second.job.state == JobState.COMPLETED
+    assert controller.ledger.moved_quantity("consume") == 5 + 5 + 10
+    assert controller.ledger.on_hand(canister_location("PK1", 1), PARA) == sim.canister_counts()[1]
+
+
+async def test_product_without_canister_fails_cleanly(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    controller, _sim = packing
+    result = await controller.runners["PK1"].run_job(job("J1", 3, ((PARA, 1), (OXY, 1))))
+    assert result.job.state == JobState.FAILED
+    assert f"no canister on PK1 for GTIN {OXY}" in result.job.reason
+    assert controller.ledger.open_reservation_count() == 0
+    assert controller.ledger.movement_count() == 5  # the opening stock only
+
+
+async def test_short_central_stock_fails_before_anything_moves(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    controller, sim = packing
+    result = await controller.runners["PK1"].run_job(job("J1", 15, ((FURO, 1),)))
+    assert result.job.state == JobState.FAILED
+    assert "insufficient stock of 07359990000037" in result.job.reason
+    assert sim.canister_counts()[3] == 0
+    assert controller.ledger.open_reservation_count() == 0
+    assert verify_ledger(controller.ledger.engine) == []
+
+
+async def test_a_jam_holds_the_machine_and_the_job_resumes(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    controller, sim = packing
+    runner = controller.runners["PK1"]
+    runner.settings.operator_clear_s = 0.05
+    sim.inject_jam()
+    result = await runner.run_job(job("J1", 6, ((METO, 1),)))
+    states = [dest for _, dest in result.job.history]
+    assert "HELD" in states and states[-1] == "COMPLETED"
+    assert controller.ledger.moved_quantity("consume") == 6
+
+
+async def test_canister_running_empty_is_refilled_and_the_job_completes(
+    ledger_url: str,
+    address_space_cache: Path,
+) -> None:
+    sim = PackerSimulator(
+        "PK1",
+        canisters=[(1, PARA, 0, 200), (2, METO, 0, 30), (3, FURO, 0, 200)],
+        speed_factor=100,
+        seed=5,
+        reject_rate=0.3,
+        transient_seconds=0.01,
+        address_space_cache=address_space_cache,
+        server_clock=False,
+    )
+    await sim.start()
+    raw_site = make_site(packer_address=sim.endpoint)
+    site = raw_site.model_copy(
+        update={
+            "packers": [
+                raw_site.packers[0].model_copy(
+                    update={
+                        "canisters": [
+                            c if c.number != 2 else c.model_copy(update={"capacity": 30})
+                            for c in raw_site.packers[0].canisters
+                        ]
+                    }
+                )
+            ]
+        }
+    )
+    controller = Controller(site, ledger_url=ledger_url)
+    controller.prepare_ledger()
+    controller.receive_opening_stock(datetime.now(UTC).date())
+    runner = controller.runners["PK1"]
+    runner.settings.poll_interval_s = 0.02
+    await runner.driver.connect()
+    try:
+        result = await runner.run_job(job("J1", 25, ((METO, 1),)))
+        states = [dest for _, dest in result.job.history]
+        assert "HELD" in states and states[-1] == "COMPLETED"
+        assert result.consumed == {METO: 25}
+        assert result.wasted == {METO: sim.defective_count}
+        assert sim.dispensed_totals()[2] == 25 + sim.defective_count > 30
+        assert (
+            controller.ledger.on_hand(canister_location("PK1", 2), METO)
+            == (sim.canister_counts()[2])
+        )
+        assert controller.ledger.open_reservation_count() == 0
+        assert verify_ledger(controller.ledger.engine) == []
+    finally:
+        await runner.driver.close()
+        controller.close()
+        await sim.stop()

@@ -1,0 +1,110 @@
+"""Small site files for tests, built as dicts and validated like real ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.config import Site, parse_site
+
+PARA = "07359990000013"
+METO = "07359990000020"
+FURO = "07359990000037"
+OXY = "07359990000044"
+
+
+def site_dict(
+    *,
+    packer_address: str = "opc.tcp://127.0.0.1:1/",
+    cabinet_address: str = "tcp://127.0.0.1:1",
+    scanner_address: str = "socket://127.0.0.1:1",
+    ledger_url: str = "sqlite://",
+) -> dict[str, Any]:
+    def product(gtin: str, article: int, name: str, atc: str) -> dict[str, Any]:
+        return {
+            "gtin": gtin,
+            "article": article,
+            "name": name,
+            "substance": name.split()[0],
+            "atc": atc,
+            "strength": name.split()[1] + " mg",
+            "unit_price": "0.50",
+        }
+
+    return {
+        "site": {"name": "Test pharmacy"},
+        "ledger": {"url": ledger_url, "reservation_timeout_s": 60, "min_shelf_life_days": 30},
+        "catalogue": [
+            product(PARA, 100001, "Paracetamol 500", "N02BE01"),
+            product(METO, 100002, "Metoprolol 50", "C07AB02"),
+            product(FURO, 100003, "Furosemide 40", "C03CA01"),
+            product(OXY, 100004, "Oxycodone 5", "N02AA05"),
+        ],
+        "store": {"code": "CENTRAL", "bins": ["CENTRAL/A01", "CENTRAL/A02"]},
+        "stock": [
+            {
+                "gtin": PARA,
+                "batch": "P-LATE",
+                "expires_in_days": 400,
+                "quantity": 500,
+                "bin": "CENTRAL/A01",
+            },
+            {
+                "gtin": PARA,
+                "batch": "P-EARLY",
+                "expires_in_days": 90,
+                "quantity": 50,
+                "bin": "CENTRAL/A02",
+            },
+            {
+                "gtin": PARA,
+                "batch": "P-SHORT",
+                "expires_in_days": 5,
+                "quantity": 100,
+                "bin": "CENTRAL/A02",
+            },
+            {
+                "gtin": METO,
+                "batch": "M-1",
+                "expires_in_days": 200,
+                "quantity": 300,
+                "bin": "CENTRAL/A01",
+            },
+            {
+                "gtin": FURO,
+                "batch": "F-1",
+                "expires_in_days": 200,
+                "quantity": 10,
+                "bin": "CENTRAL/A01",
+            },
+        ],
+        "packers": [
+            {
+                "name": "PK1",
+                "address": packer_address,
+                "pouches_per_minute": 60,
+                "canisters": [
+                    {"number": 1, "gtin": PARA, "capacity": 200},
+                    {"number": 2, "gtin": METO, "capacity": 200},
+                    {"number": 3, "gtin": FURO, "capacity": 200},
+                ],
+            }
+        ],
+        "cabinets": [
+            {
+                "name": "CAB1",
+                "ward": "W1",
+                "address": cabinet_address,
+                "unit_id": 1,
+                "poll_interval_s": 0.05,
+                "pockets": [
+                    {"number": 1, "gtin": PARA, "min": 5, "max": 20, "sim": {"initial": 12}},
+                    {"number": 2, "gtin": METO, "min": 4, "max": 10, "sim": {"initial": 8}},
+                ],
+            }
+        ],
+        "scanners": [{"name": "SC1", "address": scanner_address}],
+    }
+
+
+def make_site(**kwargs: Any) -> Site:
+    return parse_site(site_dict(**kwargs))
