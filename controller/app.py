@@ -227,3 +227,35 @@ class Controller:
             log.error(
                 "service %s died: %r", task.get_name(), task.exception(), exc_info=task.exception()
             )
+
+
+async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = False) -> int:
+    """Runs a controller until SIGTERM or Ctrl-C: cabinets polled, refills planned,
+    scans checked, packers ready for jobs, metrics served."""
+    import signal
+
+    controller = Controller(site, ledger_url=ledger_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.to_thread(controller.prepare_ledger)
+        port = controller.metrics.serve(site.metrics.host, site.metrics.port)
+        print(f"metrics: http://{site.metrics.host}:{port}/metrics", flush=True)
+        if adopt:
+            await controller.adopt_cabinets()
+        await controller.start()
+        print(
+            f"running {site.site.name}: {len(site.packers)} packers, {len(site.cabinets)} "
+            f"cabinets, {len(site.scanners)} scanners; Ctrl-C stops",
+            flush=True,
+        )
+        await stop.wait()
+        return 0
+    except DriverError as exc:
+        print(f"doseline run: {exc}", flush=True)
+        return 1
+    finally:
+        await controller.stop()
+        controller.close()

@@ -105,6 +105,33 @@ def _cmd_stock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from controller.app import Controller
+
+    site = load_site(args.site)
+    controller = Controller(site, ledger_url=args.db)
+    try:
+        controller.prepare_ledger()
+        print(
+            f"ledger {args.db or site.ledger.url}: schema and master data of {args.site} in place"
+        )
+        if args.opening_stock:
+            units = controller.receive_opening_stock(datetime.now(UTC).date())
+            print(f"opening stock: {len(site.stock)} lots, {units} units booked")
+    finally:
+        controller.close()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from controller.app import run_site
+
+    site = load_site(args.site)
+    return asyncio.run(run_site(site, ledger_url=args.db, adopt=args.adopt_cabinets))
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     print(
@@ -154,6 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     stock.add_argument("--location")
     stock.add_argument("--gtin")
     stock.set_defaults(func=_cmd_stock)
+
+    init = lsub.add_parser("init", help="create the schema and the site's master data")
+    init.add_argument("--site", default=DEFAULT_SITE)
+    init.add_argument("--db", default=None, help="ledger URL (default from the site file)")
+    init.add_argument(
+        "--opening-stock", action="store_true", help="also book the site file's opening lots (once)"
+    )
+    init.set_defaults(func=_cmd_init)
+
+    run = sub.add_parser("run", help="run the controller against the machines of a site file")
+    run.add_argument("--site", required=True)
+    run.add_argument("--db", default=None, help="ledger URL (default from the site file)")
+    run.add_argument(
+        "--adopt-cabinets",
+        action="store_true",
+        help="commissioning: book the pockets' current counts from the store",
+    )
+    run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a site file")
     check.add_argument("--site", default=DEFAULT_SITE)

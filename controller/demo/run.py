@@ -233,7 +233,13 @@ async def run_demo(
         tech_task = asyncio.create_task(technician.work(), name="technician")
 
         deadline = started + day_seconds
-        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        ticker = asyncio.create_task(_progress(controller, say, started, day_seconds, pouches))
+        try:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
         if not await controller.wait_for_jobs(timeout_s=max(30.0, day_seconds)):
             log.error("packing did not finish in time")
         # Give the technician a moment to finish the list in hand.
@@ -256,6 +262,24 @@ async def run_demo(
             await controller.stop()
             controller.close()
         await plant.stop()
+
+
+async def _progress(
+    controller: Controller, say: Any, started: float, day_seconds: float, pouches: int
+) -> None:
+    """One line every three simulated hours, so the day can be followed as it runs."""
+    step = day_seconds / 8
+    for tick in range(1, 8):
+        await asyncio.sleep(max(0.0, started + tick * step - time.monotonic()))
+        jobs = [r.job for runner in controller.runners.values() for r in runner.results]
+        packed = sum(j.pouches_good for j in jobs)
+        withdrawals = sum(p.withdrawals_booked for p in controller.pollers.values())
+        refills = controller.replenishment
+        pending = sum(1 for r in refills.refills if r.open)
+        say(
+            f"  {tick * 3:02d}:00  pouches {packed}/{pouches}  withdrawals {withdrawals}  "
+            f"refills confirmed {refills.confirmed}, open {pending}"
+        )
 
 
 async def _wind_down(controller: Controller, technician: Technician) -> dict[str, Any]:
