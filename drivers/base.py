@@ -129,8 +129,9 @@ class PackerStatus:
     stop_canister: int = 0
 
 
-class PackerDriver(ABC):
-    """A dose-packing machine."""
+class Device(ABC):
+    """Anything reached at an address: connect() may be called again after a
+    DriverError to re-establish the link; close() is idempotent."""
 
     name: str
 
@@ -139,6 +140,10 @@ class PackerDriver(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+class PackerDriver(Device):
+    """A dose-packing machine."""
 
     @abstractmethod
     async def read_status(self) -> PackerStatus: ...
@@ -203,16 +208,8 @@ class CabinetCommand(enum.IntEnum):
     SET_COUNT = 2
 
 
-class CabinetDriver(ABC):
+class CabinetDriver(Device):
     """A ward dispensing cabinet."""
-
-    name: str
-
-    @abstractmethod
-    async def connect(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None: ...
 
     @abstractmethod
     async def read_status(self) -> CabinetStatus: ...
@@ -228,16 +225,8 @@ class CabinetDriver(ABC):
         """
 
 
-class ScannerDriver(ABC):
+class ScannerDriver(Device):
     """A barcode scanner that delivers one decoded symbol per read."""
-
-    name: str
-
-    @abstractmethod
-    async def connect(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None: ...
 
     @abstractmethod
     async def read_scan(self) -> str:

@@ -46,6 +46,11 @@ class ScannerSimulator:
         assert self._trigger is not None, "not started"
         return int(self._trigger.sockets[0].getsockname()[1])
 
+    @property
+    def lines_connected(self) -> int:
+        """How many hosts hold the serial side open."""
+        return len(self._writers)
+
     async def start(self) -> None:
         self._line = await asyncio.start_server(self._on_line, self.host, self._port)
         self._trigger = await asyncio.start_server(self._on_trigger, self.host, self._trigger_port)

@@ -53,6 +53,7 @@ class CabinetPoller:
         self.connected = False
         self.last_status: CabinetStatus | None = None
         self.withdrawals_booked = 0
+        self.returns_booked = 0
         self._bus = asyncio.Lock()  # one owner of the device link
         self._sequence: int | None = None
         self._outage_logged = False
@@ -167,6 +168,10 @@ class CabinetPoller:
             await self.ledger.call(
                 "set_counter_mark", CounterMark(device, counter, pocket.withdrawals_total)
             )
+            await self.ledger.call(
+                "set_counter_mark",
+                CounterMark(device, f"pocket{pocket.number}.returns", pocket.returns_total),
+            )
 
     async def poll_status_only(self) -> CabinetStatus:
         async with self._bus:
@@ -181,28 +186,56 @@ class CabinetPoller:
         self.metrics.pocket_fill.labels(*labels).set(pocket.count / config.max)
 
     async def _book_withdrawals(self, config: Pocket, pocket: PocketStatus) -> None:
-        device, counter = self.name, f"pocket{pocket.number}.withdrawals"
+        booked = await self._book_counter(
+            config,
+            pocket,
+            "withdrawals",
+            pocket.withdrawals_total,
+            "consume",
+            f"withdrawal at {self.config.ward}",
+        )
+        self.withdrawals_booked += booked
+        self.metrics.withdrawals.labels(self.name).inc(booked)
+        self.returns_booked += await self._book_counter(
+            config,
+            pocket,
+            "returns",
+            pocket.returns_total,
+            "return_consumed",
+            f"dose returned at {self.config.ward}",
+        )
+
+    async def _book_counter(
+        self,
+        config: Pocket,
+        pocket: PocketStatus,
+        counter_name: str,
+        now: int,
+        operation: str,
+        reason: str,
+    ) -> int:
+        """Books the growth of one pocket counter since the last booked value."""
+        device, counter = self.name, f"pocket{pocket.number}.{counter_name}"
         mark = await self.ledger.call("counter_mark", device, counter)
-        now = pocket.withdrawals_total
         if mark is None:
             log.warning(
-                "cabinet %s pocket %d: no booked counter yet; withdrawals from %d on are booked",
+                "cabinet %s pocket %d: no booked %s counter yet; counting from %d on",
                 self.name,
                 pocket.number,
+                counter_name,
                 now,
             )
             await self.ledger.call("set_counter_mark", CounterMark(device, counter, now))
-            return
+            return 0
         delta = (now - mark) % COUNTER_WRAP
         if delta == 0:
-            return
+            return 0
         location = pocket_location(self.name, pocket.number)
-        key = f"withdrawal:{self.name}:{pocket.number}:{mark}-{now}"
+        key = f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}"
         new_mark = CounterMark(device, counter, now)
-        reason = f"withdrawal at {self.config.ward}"
         try:
             await self.ledger.call(
-                "consume",
+                operation,
                 key,
                 gtin=config.gtin,
                 quantity=delta,
@@ -211,28 +244,26 @@ class CabinetPoller:
                 reason=reason,
                 mark=new_mark,
             )
-            booked = delta
+            return delta
         except InsufficientStock as exc:
-            # The cabinet says doses were taken that the ledger does not see in the
-            # pocket: book what is there, make the rest visible as a discrepancy.
-            booked = exc.available
+            # The cabinet reports more than the ledger can account for at this pocket:
+            # book what it can, make the rest visible as a discrepancy.
             log.error("cabinet %s pocket %d: %s", self.name, pocket.number, exc)
-            self.metrics.discrepancies.labels("pocket").inc(delta - booked)
-            if booked:
+            self.metrics.discrepancies.labels("pocket").inc(delta - exc.available)
+            if exc.available:
                 await self.ledger.call(
-                    "consume",
+                    operation,
                     key,
                     gtin=config.gtin,
-                    quantity=booked,
+                    quantity=exc.available,
                     location=location,
                     actor=ACTOR,
-                    reason=f"{reason} (short by {delta - booked})",
+                    reason=f"{reason} (short by {delta - exc.available})",
                     mark=new_mark,
                 )
             else:
                 await self.ledger.call("set_counter_mark", new_mark)
-        self.withdrawals_booked += booked
-        self.metrics.withdrawals.labels(self.name).inc(booked)
+            return exc.available
 
     def _went_offline(self, exc: DriverError) -> None:
         """Logs the first failure of an outage once; recovery is logged by poll_once."""

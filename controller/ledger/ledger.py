@@ -281,6 +281,67 @@ class Ledger:
             key, "consume", gtin, quantity, location, CONSUMED, actor, reason, mark=mark
         )
 
+    def return_consumed(
+        self,
+        key: str,
+        *,
+        gtin: str,
+        quantity: int,
+        location: str,
+        actor: str,
+        reason: str,
+        mark: CounterMark | None = None,
+    ) -> None:
+        """Books doses put back at a location after they were booked as consumed.
+
+        A returned dose comes from the lots most recently consumed there, latest first;
+        more than was ever consumed there is refused.
+        """
+        _positive("quantity", quantity)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            if mark is not None:
+                self._set_mark(conn, mark)
+            product_id = self._product_id(conn, gtin)
+            loc_id = self._internal_location_id(conn, location)
+            consumed_id = self._location_id(conn, CONSUMED)
+            remaining = quantity
+            net: dict[int, int] = {}
+            for m in conn.execute(
+                select(movements.c.lot_id, movements.c.from_location_id, movements.c.quantity)
+                .join(lots, lots.c.id == movements.c.lot_id)
+                .where(
+                    lots.c.product_id == product_id,
+                    (
+                        (movements.c.from_location_id == loc_id)
+                        & (movements.c.to_location_id == consumed_id)
+                    )
+                    | (
+                        (movements.c.from_location_id == consumed_id)
+                        & (movements.c.to_location_id == loc_id)
+                    ),
+                )
+                .order_by(movements.c.id.desc())
+            ):
+                sign = 1 if m.from_location_id == loc_id else -1
+                net[m.lot_id] = net.get(m.lot_id, 0) + sign * m.quantity
+            for lot_id, returnable in net.items():  # latest consumed lot first
+                take = min(remaining, returnable)
+                if take > 0:
+                    self._book(
+                        conn, key, "return", lot_id, consumed_id, loc_id, take, actor, reason
+                    )
+                    remaining -= take
+                if remaining == 0:
+                    break
+            if remaining:
+                raise InsufficientStock(
+                    gtin, f"consumed from {location}", quantity, quantity - remaining
+                )
+            return {"quantity": quantity}
+
+        self._run(key, "return", run)
+
     def set_counter_mark(self, mark: CounterMark) -> None:
         """Records a counter value with no movement (commissioning, or nothing to book)."""
         with self.engine.begin() as conn:

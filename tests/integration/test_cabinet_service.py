@@ -211,3 +211,16 @@ async def test_cabinet_outage_is_survived(cabinet: tuple[Controller, Plant]) -> 
         await asyncio.sleep(0.05)
     assert poller.online and poller.withdrawals_booked == 2
     assert pocket_stock(controller, 1, PARA) == 10
+
+
+async def test_returned_doses_go_back_into_the_pocket(cabinet: tuple[Controller, Plant]) -> None:
+    controller, plant = cabinet
+    poller = controller.pollers["CAB1"]
+    plant.cabinet.withdraw(1, 1, 3)
+    await poller.poll_once()
+    plant.cabinet.return_doses(1, 1, 2)
+    await poller.poll_once()
+    assert poller.returns_booked == 2
+    assert pocket_stock(controller, 1, PARA) == plant.cabinet.pocket(1, 1).count == 11
+    assert controller.ledger.moved_quantity("return") == 2
+    assert verify_ledger(controller.ledger.engine) == []

@@ -16,13 +16,22 @@ from simulators.scanner_serial import ScannerSimulator
 PACK = PackId(gtin="07359990000013", batch="N0201A", expiry=date(2027, 3, 31), serial="SN1")
 
 
+async def wait_for_line(sim: ScannerSimulator) -> None:
+    """Until the driver's end of the serial line is connected to the simulator."""
+    for _ in range(100):
+        if sim.lines_connected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the driver never connected its line")
+
+
 @pytest.fixture
 async def scanner() -> AsyncIterator[tuple[ScannerSimulator, SerialScannerDriver]]:
     sim = ScannerSimulator(seed=1)
     await sim.start()
     driver = SerialScannerDriver("S1", f"socket://127.0.0.1:{sim.port}", reconnect_s=0.1)
     await driver.connect()
-    await asyncio.sleep(0.05)  # let the simulator register the line
+    await wait_for_line(sim)
     try:
         yield sim, driver
     finally:
@@ -71,14 +80,12 @@ async def test_line_comes_back_after_simulator_restart() -> None:
     driver = SerialScannerDriver("S1", f"socket://127.0.0.1:{port}", reconnect_s=0.1)
     await driver.connect()
     try:
+        await wait_for_line(sim)
         await sim.stop()
         await asyncio.sleep(0.3)
         sim = ScannerSimulator(port=port)
         await sim.start()
-        for _ in range(50):
-            if sim._writers:
-                break
-            await asyncio.sleep(0.1)
+        await wait_for_line(sim)
         await sim.scan(encode_pack(PACK))
         assert parse_pack(await asyncio.wait_for(driver.read_scan(), 3)) == PACK
     finally:

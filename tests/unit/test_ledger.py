@@ -336,3 +336,31 @@ def test_counter_mark_is_written_with_the_movement(ledger: Ledger) -> None:
             mark=CounterMark("CAB", "p1.withdrawals", 1102),
         )
     assert ledger.counter_mark("CAB", "p1.withdrawals") == 103  # rolled back together
+
+
+def test_return_goes_back_to_the_latest_consumed_lot(ledger: Ledger) -> None:
+    stock_in(ledger)
+    ledger.transfer(
+        "t1",
+        gtin=PARA,
+        quantity=30,
+        from_location="STORE/A2",
+        to_location="W1/CAB/P01",
+        actor="t",
+        reason="refill",
+    )
+    ledger.consume("c1", gtin=PARA, quantity=5, location="W1/CAB/P01", actor="t", reason="x")
+    ledger.return_consumed(
+        "r1", gtin=PARA, quantity=2, location="W1/CAB/P01", actor="t", reason="dose returned"
+    )
+    assert ledger.on_hand("W1/CAB/P01", PARA) == 27
+    with pytest.raises(InsufficientStock, match="wanted 4, available 3"):
+        ledger.return_consumed(
+            "r2",
+            gtin=PARA,
+            quantity=4,
+            location="W1/CAB/P01",
+            actor="t",
+            reason="more than was taken",
+        )
+    assert verify_ledger(ledger.engine) == []
