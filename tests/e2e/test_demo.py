@@ -107,3 +107,15 @@ def test_demo_refuses_a_bad_minutes_value() -> None:
     result = doseline("demo", "--minutes", "0")
     assert result.returncode == 2
     assert "--minutes must be above 0, got 0.0" in result.stderr
+
+
+@pytest.mark.timeout(240)
+def test_demo_on_postgresql(postgres_url: str) -> None:
+    result = doseline("demo", "--minutes", "0.3", "--json", "--db", postgres_url, timeout=220)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["pouches_packed"] > 0 and summary["withdrawals"] > 0
+    assert summary["ledger_verified"] is True and summary["open_reservations"] == 0
+    assert summary["physical_mismatches"] == []
+    verified = doseline("ledger", "verify", "--db", postgres_url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
