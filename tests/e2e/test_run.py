@@ -111,7 +111,7 @@ def test_run_polls_the_site_and_stops_cleanly(tmp_path: Path) -> None:
         assert 'doseline_packer_state{packer="PACKER-1"}' not in scraped  # no job yet
 
         run.send_signal(signal.SIGTERM)
-        out, err = run.communicate(timeout=30)
+        _out, err = run.communicate(timeout=30)
         assert run.returncode == 0, err[-3000:]
 
         verified = subprocess.run(
