@@ -34,7 +34,7 @@ class Controller:
         )
         self.aledger = AsyncLedger(self.ledger, self.metrics)
         settings = PackingSettings(
-            store_bins=site.store.bins,
+            store_bins=site.store.all_bins,
             reservation_timeout_s=site.ledger.reservation_timeout_s,
         )
         self.packer_drivers: dict[str, PackerDriver] = {
@@ -54,7 +54,7 @@ class Controller:
             self.aledger,
             self.metrics,
             self.pollers,
-            site.store.bins,
+            site.store.all_bins,
             reservation_timeout_s=site.ledger.reservation_timeout_s,
         )
         for c in site.cabinets:
@@ -93,6 +93,8 @@ class Controller:
         led.add_location(store.code, "store")
         for code in store.bins:
             led.add_location(code, "bin", parent=store.code)
+        for code in store.preparedness:
+            led.add_location(code, "preparedness", parent=store.code)
         led.add_location(f"{store.code}/QUARANTINE", "quarantine", parent=store.code)
         for packer in self.site.packers:
             led.add_location(packer.name, "store")
@@ -112,6 +114,16 @@ class Controller:
                     parent=cab.name,
                     product_gtin=pocket.gtin,
                 )
+
+        for exemption in self.site.exemptions:
+            led.set_exemption(
+                gtin=exemption.gtin,
+                reason=exemption.reason,
+                risk_assessment=exemption.risk_assessment,
+                review_date=exemption.review_date,
+                decided_by=exemption.decided_by,
+                actor="site-setup",
+            )
 
     def receive_opening_stock(self, today: date) -> int:
         """Books the site file's opening lots into their bins; returns units booked."""
@@ -150,7 +162,7 @@ class Controller:
     async def adopt_cabinets(self) -> None:
         """Commissioning of cabinets the ledger does not know yet."""
         for poller in self.pollers.values():
-            await poller.adopt(self.site.store.bins)
+            await poller.adopt(self.site.store.all_bins)
 
     async def submit(self, jobs: Iterable[PlannedJob]) -> int:
         count = 0

@@ -73,12 +73,16 @@ class Product(Strict):
     article: int = Field(gt=0, lt=2**32)
     name: str
     substance: str
-    atc: str = Field(pattern=r"^[A-Z]\d{2}[A-Z]{2}\d{2}$")
+    atc: str = Field(default="", pattern=r"^([A-Z]\d{2}[A-Z]{2}\d{2})?$")  # drugs only
     strength: str
     form: str = "tablet"
     unit: str = "tablet"
     pack_size: int = Field(default=100, gt=0)
     unit_price: Decimal = Field(ge=0)
+    category: Literal["drug", "medical_device", "special_food", "protective_equipment"] = "drug"
+    storage: Literal["room", "cold", "frozen"] = "room"
+    controlled_class: str | None = Field(default=None, max_length=10)
+    substitution_group: str | None = Field(default=None, max_length=50)
 
 
 class StockLot(Strict):
@@ -106,6 +110,11 @@ class StockLot(Strict):
 class StoreConfig(Strict):
     code: str = "CENTRAL"
     bins: list[str] = Field(min_length=1)
+    preparedness: list[str] = []  # bins of the preparedness stock inside the store
+
+    @property
+    def all_bins(self) -> list[str]:
+        return [*self.bins, *self.preparedness]
 
 
 class Canister(Strict):
@@ -198,6 +207,16 @@ class DemoConfig(Strict):
     minutes: float = Field(default=1.0, gt=0)
 
 
+class Exemption(Strict):
+    """A product exempted from the one-month obligation, for a documented reason."""
+
+    gtin: Gtin
+    reason: str = Field(min_length=10)
+    risk_assessment: str = Field(min_length=10)
+    review_date: date
+    decided_by: str
+
+
 class Site(Strict):
     site: SiteInfo
     ledger: LedgerConfig = LedgerConfig()
@@ -209,6 +228,7 @@ class Site(Strict):
     cabinets: list[Cabinet] = []
     scanners: list[Scanner] = []
     replenishment: Replenishment = Replenishment()
+    exemptions: list[Exemption] = []
     seed: int = 7
     demo: DemoConfig | None = None
 
@@ -220,7 +240,15 @@ class Site(Strict):
         articles = [p.article for p in self.catalogue]
         if len(set(articles)) != len(articles):
             raise ValueError("catalogue: an article number appears twice")
-        bins = set(self.store.bins)
+        for i, exemption in enumerate(self.exemptions):
+            if exemption.gtin not in known:
+                raise ValueError(
+                    f"exemptions[{i}].gtin: {exemption.gtin!r} is not in the catalogue"
+                )
+        for p in self.catalogue:
+            if p.category == "drug" and not p.atc:
+                raise ValueError(f"catalogue {p.gtin}: atc: a drug needs an ATC code")
+        bins = set(self.store.all_bins)
         for i, lot in enumerate(self.stock):
             if lot.gtin not in known:
                 raise ValueError(f"stock[{i}].gtin: {lot.gtin!r} is not in the catalogue")

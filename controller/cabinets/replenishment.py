@@ -26,7 +26,7 @@ from controller.async_ledger import AsyncLedger
 from controller.cabinets.poller import CabinetPoller, pocket_location
 from controller.config import Cabinet, Pocket
 from controller.gs1 import PackId, ScanError, parse_pack
-from controller.ledger import Allocation, InsufficientStock, LedgerError, Need, Use
+from controller.ledger import Allocation, LedgerError, Need, Use
 from controller.metrics import Metrics
 from controller.packing.job import Trigger
 from drivers.base import DriverError
@@ -187,31 +187,22 @@ class Replenishment:
         return refill
 
     async def _reserve(self, refill: Refill, quantity: int) -> tuple[Allocation, ...]:
-        try:
-            view = await self.ledger.call(
-                "reserve",
-                refill.reservation,
-                purpose=f"refill {refill.refill_id}",
-                needs=[Need(refill.pocket.gtin, quantity)],
-                from_locations=self.store_bins,
-                timeout_s=self.reservation_timeout_s,
-                actor=ACTOR,
-            )
-        except InsufficientStock as exc:
-            if exc.available <= 0:
-                raise
-            log.warning(
-                "refill %s: only %d of %d in store", refill.refill_id, exc.available, quantity
-            )
-            view = await self.ledger.call(
-                "reserve",
-                refill.reservation,
-                purpose=f"refill {refill.refill_id} (short)",
-                needs=[Need(refill.pocket.gtin, exc.available)],
-                from_locations=self.store_bins,
-                timeout_s=self.reservation_timeout_s,
-                actor=ACTOR,
-            )
+        """Reserves what the store has, up to `quantity`; a short refill is still a
+        refill, and the order line records that it was not filled in full."""
+        view = await self.ledger.call(
+            "reserve",
+            refill.reservation,
+            purpose=f"refill {refill.refill_id}",
+            needs=[Need(refill.pocket.gtin, quantity)],
+            from_locations=self.store_bins,
+            timeout_s=self.reservation_timeout_s,
+            actor=ACTOR,
+            partial=True,
+            order_source="refill",
+        )
+        reserved = sum(line.quantity for line in view.lines)
+        if reserved < quantity:
+            log.warning("refill %s: only %d of %d in store", refill.refill_id, reserved, quantity)
         return tuple(view.lines)
 
     # ------------------------------------------------------------ pick lists

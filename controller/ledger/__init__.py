@@ -9,6 +9,8 @@ from controller.ledger.errors import (
 from controller.ledger.ledger import (
     Allocation,
     CounterMark,
+    DeliveryError,
+    DeliveryLine,
     Ledger,
     LotStock,
     Need,
@@ -20,6 +22,8 @@ from controller.ledger.verify import Violation, verify_ledger
 __all__ = [
     "Allocation",
     "CounterMark",
+    "DeliveryError",
+    "DeliveryLine",
     "InsufficientStock",
     "Ledger",
     "LedgerError",

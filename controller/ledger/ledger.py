@@ -5,22 +5,29 @@ its result under the key, a retry with the same key returns that result and book
 nothing. Stock only leaves a (location, lot) row through a conditional UPDATE whose
 WHERE clause checks that enough is there, so concurrent writers (several controllers on
 one PostgreSQL) can never drive a balance below zero or reserve the same tablet twice.
+Every change is written to the hash-chained audit trail in the same transaction.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from controller.ledger.audit import Change, movement_record, write_audit
 from controller.ledger.errors import (
     InsufficientStock,
     InvalidQuantity,
@@ -31,13 +38,18 @@ from controller.ledger.errors import (
 from controller.ledger.schema import (
     EXTERNAL_KINDS,
     INTERNAL_KINDS,
+    PRODUCT_CATEGORIES,
+    STORAGE,
+    WASTE_REASONS,
     balances,
     commands,
     counter_marks,
+    exemptions,
     locations,
     lots,
     metadata,
     movements,
+    order_lines,
     products,
     reservation_lines,
     reservations,
@@ -46,30 +58,14 @@ from controller.ledger.schema import (
 SUPPLIER = "SUPPLIER"
 CONSUMED = "CONSUMED"
 WASTE = "WASTE"
+ADJUSTMENT = "ADJUSTMENT"
 LOT_STATUSES = ("released", "quarantined", "recalled")
+# PostgreSQL: deadlock detected, serialization failure. Both are safe to run again.
+RETRYABLE_SQLSTATES = ("40P01", "40001")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Need:
-    """So much of a product, wanted from a reservation."""
-
-    gtin: str
-    quantity: int
-
-
-@dataclass(frozen=True)
-class Use:
-    """What became of reserved stock: `quantity` of `gtin` went to `to_location`."""
-
-    gtin: str
-    quantity: int
-    to_location: str
-    kind: str = "consume"
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +78,30 @@ class CounterMark:
 
 
 @dataclass(frozen=True)
+class Need:
+    """So much of a product, wanted from a reservation."""
+
+    gtin: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Use:
+    """What became of reserved stock: `quantity` of `gtin` went to `to_location`.
+
+    `gtin` is the product that was ordered; lines that substituted another product
+    of its substitution group serve it too, and the movement says so.
+    """
+
+    gtin: str
+    quantity: int
+    to_location: str
+    kind: str = "consume"
+    reason: str = ""
+    reason_code: str | None = None
+
+
+@dataclass(frozen=True)
 class Allocation:
     """One reservation line: a lot at a location, held for a reservation."""
 
@@ -91,6 +111,7 @@ class Allocation:
     location: str
     quantity: int
     posted: int
+    substituted_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +141,44 @@ class LotStock:
         return self.on_hand - self.reserved
 
 
+@dataclass(frozen=True)
+class DeliveryLine:
+    """One line of a delivery: a lot of a product into a location."""
+
+    gtin: str
+    batch: str
+    expiry: date
+    quantity: int
+    location: str
+
+
+class DeliveryError(LedgerError):
+    """A delivery with bad lines; nothing of it was booked."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("delivery refused:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
 def _positive(field: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InvalidQuantity(field, value)
     return value
+
+
+def _dialect_insert(conn: Connection) -> Any:
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+@dataclass
+class _Line:
+    id: int
+    product_id: int
+    location_id: int
+    lot_id: int
+    quantity: int
+    posted: int
+    substituted_for: int | None
 
 
 class Ledger:
@@ -139,15 +194,26 @@ class Ledger:
         self.engine = engine
         self.clock = clock
         self.min_shelf_life_days = min_shelf_life_days
+        self._local = threading.local()
+        self._names: dict[tuple[str, int], str] = {}
 
     # ------------------------------------------------------------------ set-up
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            for code in (SUPPLIER, CONSUMED, WASTE):
+        """Brings the schema up to date and creates the standard external locations."""
+        from controller.ledger.migrations import upgrade
+
+        upgrade(self.engine)
+        with self._tx("system", "schema", "ledger set-up") as conn:
+            for code, kind in (
+                (SUPPLIER, "supplier"),
+                (CONSUMED, "consumed"),
+                (WASTE, "waste"),
+                (ADJUSTMENT, "adjustment"),
+            ):
                 if self._location_id(conn, code, required=False) is None:
-                    conn.execute(insert(locations).values(code=code, kind=code.lower()))
+                    conn.execute(insert(locations).values(code=code, kind=kind))
+                    self._note("location", code, None, {"kind": kind})
 
     def add_product(
         self,
@@ -162,25 +228,43 @@ class Ledger:
         unit: str = "tablet",
         pack_size: int = 1,
         unit_price: Decimal | float | str = 0,
+        category: str = "drug",
+        storage: str = "room",
+        controlled_class: str | None = None,
+        substitution_group: str | None = None,
+        actor: str = "site-setup",
     ) -> None:
-        """Adds a product, or leaves it as it is if its GTIN is already known."""
-        with self.engine.begin() as conn:
-            if conn.execute(select(products.c.id).where(products.c.gtin == gtin)).first():
+        """Adds a product, or updates its descriptive fields and price if known."""
+        if category not in PRODUCT_CATEGORIES:
+            raise LedgerError(f"invalid category: {category!r} (one of {PRODUCT_CATEGORIES})")
+        if storage not in STORAGE:
+            raise LedgerError(f"invalid storage: {storage!r} (one of {STORAGE})")
+        values = {
+            "gtin": gtin,
+            "article": article,
+            "name": name,
+            "substance": substance,
+            "atc": atc,
+            "strength": strength,
+            "form": form,
+            "unit": unit,
+            "pack_size": pack_size,
+            "unit_price": Decimal(str(unit_price)),
+            "category": category,
+            "storage": storage,
+            "controlled_class": controlled_class,
+            "substitution_group": substitution_group,
+        }
+        with self._tx(actor, "product", "catalogue") as conn:
+            row = conn.execute(select(products).where(products.c.gtin == gtin)).first()
+            if row is None:
+                conn.execute(insert(products).values(**values))
+                self._note("product", gtin, None, values)
                 return
-            conn.execute(
-                insert(products).values(
-                    gtin=gtin,
-                    article=article,
-                    name=name,
-                    substance=substance,
-                    atc=atc,
-                    strength=strength,
-                    form=form,
-                    unit=unit,
-                    pack_size=pack_size,
-                    unit_price=Decimal(str(unit_price)),
-                )
-            )
+            old = {k: row._mapping[k] for k in values}
+            if old != values:
+                conn.execute(update(products).where(products.c.id == row.id).values(**values))
+                self._note("product", gtin, old, values)
 
     def add_location(
         self, code: str, kind: str, *, parent: str | None = None, product_gtin: str | None = None
@@ -188,26 +272,64 @@ class Ledger:
         """Adds a location (idempotent by code). Canisters and pockets name their product."""
         if kind not in INTERNAL_KINDS + EXTERNAL_KINDS:
             raise LedgerError(f"invalid location kind: {kind!r}")
-        with self.engine.begin() as conn:
+        with self._tx("site-setup", "location", "site layout") as conn:
             if self._location_id(conn, code, required=False) is not None:
                 return
-            conn.execute(
-                insert(locations).values(
-                    code=code,
-                    kind=kind,
-                    parent_id=self._location_id(conn, parent) if parent else None,
-                    product_id=self._product_id(conn, product_gtin) if product_gtin else None,
-                )
+            values = {
+                "code": code,
+                "kind": kind,
+                "parent_id": self._location_id(conn, parent) if parent else None,
+                "product_id": self._product_id(conn, product_gtin) if product_gtin else None,
+            }
+            conn.execute(insert(locations).values(**values))
+            self._note(
+                "location", code, None, {"kind": kind, "parent": parent, "product": product_gtin}
             )
 
-    def set_lot_status(self, gtin: str, batch: str, status: str) -> None:
-        if status not in LOT_STATUSES:
-            raise LedgerError(f"invalid lot status: {status!r}")
-        with self.engine.begin() as conn:
-            lot_id = self._lot_id(conn, gtin, batch)
-            conn.execute(update(lots).where(lots.c.id == lot_id).values(status=status))
+    def set_exemption(
+        self,
+        *,
+        gtin: str,
+        reason: str,
+        risk_assessment: str,
+        review_date: date,
+        decided_by: str,
+        actor: str,
+    ) -> None:
+        """Exempts a product from the one-month obligation, for a documented reason."""
+        if len(reason.strip()) < 10 or len(risk_assessment.strip()) < 10:
+            raise LedgerError(
+                f"exemption of {gtin}: reason and risk_assessment must be written out "
+                f"(got {reason!r}, {risk_assessment!r})"
+            )
+        with self._tx(actor, "exemption", reason) as conn:
+            product_id = self._product_id(conn, gtin)
+            row = conn.execute(
+                select(exemptions).where(exemptions.c.product_id == product_id)
+            ).first()
+            new = {
+                "reason": reason,
+                "risk_assessment": risk_assessment,
+                "review_date": review_date,
+                "decided_by": decided_by,
+            }
+            if row is not None:
+                old = {k: row._mapping[k] for k in new}
+                if old == new:
+                    return
+                conn.execute(
+                    update(exemptions)
+                    .where(exemptions.c.product_id == product_id)
+                    .values(**new, decided_at=self.clock())
+                )
+            else:
+                old = None
+                conn.execute(
+                    insert(exemptions).values(product_id=product_id, **new, decided_at=self.clock())
+                )
+            self._note("exemption", gtin, old, new)
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ receiving
 
     def receive(
         self,
@@ -222,30 +344,123 @@ class Ledger:
         reason: str = "delivery",
     ) -> None:
         """Books goods in from a supplier. An expired lot is refused."""
-        _positive("quantity", quantity)
-        if not batch or len(batch) > 20:
-            raise LedgerError(f"invalid batch: {batch!r}")
-        if expiry < self.clock().date():
-            raise LedgerError(f"expired lot: batch {batch!r} of {gtin} expired on {expiry}")
+        self.receive_many(
+            key,
+            [DeliveryLine(gtin, batch, expiry, quantity, to_location)],
+            actor=actor,
+            reason=reason,
+        )
+
+    def receive_many(
+        self, key: str, lines: Sequence[DeliveryLine], *, actor: str, reason: str = "delivery"
+    ) -> None:
+        """Books a whole delivery in one transaction: every line, or none of them.
+
+        A single line fails with its own error; a file of lines fails with every bad
+        line listed by number, field and value.
+        """
+        if not lines:
+            raise LedgerError("a delivery needs at least one line")
+        today = self.clock().date()
+        found = [
+            (i, e)
+            for i, line in enumerate(lines, start=1)
+            if (e := _line_problem(line, today)) is not None
+        ]
+        if found and len(lines) == 1:
+            raise found[0][1]
+        if found:
+            raise DeliveryError([f"line {i}: {e}" for i, e in found])
 
         def run(conn: Connection) -> dict[str, Any]:
-            product_id = self._product_id(conn, gtin)
-            lot_id = self._ensure_lot(conn, product_id, gtin, batch, expiry)
-            dest = self._internal_location_id(conn, to_location)
-            self._book(
-                conn,
-                key,
-                "receive",
-                lot_id,
-                self._location_id(conn, SUPPLIER),
-                dest,
-                quantity,
-                actor,
-                reason,
-            )
-            return {"quantity": quantity}
+            supplier = self._location_id(conn, SUPPLIER)
+            problems: list[str] = []
+            for number, line in enumerate(lines, start=1):
+                try:
+                    product_id = self._product_id(conn, line.gtin)
+                    dest = self._internal_location_id(conn, line.location)
+                    lot_id = self._ensure_lot(conn, product_id, line.gtin, line.batch, line.expiry)
+                except LedgerError as exc:
+                    if len(lines) == 1:
+                        raise
+                    problems.append(f"line {number}: {exc}")
+                    continue
+                self._book(conn, key, "receive", lot_id, supplier, dest, line.quantity)
+            if problems:
+                raise DeliveryError(problems)
+            return {"lines": len(lines), "units": sum(line.quantity for line in lines)}
 
-        self._run(key, "receive", run)
+        self._run(key, "receive", run, actor, reason)
+
+    def receive_scan(
+        self,
+        key: str,
+        *,
+        data: str,
+        quantity: int,
+        to_location: str,
+        actor: str,
+        reason: str = "delivery",
+    ) -> DeliveryLine:
+        """Books goods in from a GS1 scan of the pack (GTIN, expiry, batch)."""
+        from controller.gs1 import ScanError, parse_pack
+
+        try:
+            pack = parse_pack(data)
+        except ScanError as exc:
+            raise LedgerError(str(exc)) from exc
+        line = DeliveryLine(pack.gtin, pack.batch, pack.expiry, quantity, to_location)
+        self.receive_many(key, [line], actor=actor, reason=reason)
+        return line
+
+    @staticmethod
+    def parse_delivery_csv(text: str, default_location: str | None = None) -> list[DeliveryLine]:
+        """Reads a delivery file: `gtin;batch;expiry;quantity[;location]`, header first.
+
+        Every bad line is reported with its number, field and value; none is booked.
+        """
+        from controller.config import valid_gtin
+
+        reader = csv.DictReader(io.StringIO(text), delimiter=";")
+        wanted = {"gtin", "batch", "expiry", "quantity"}
+        if reader.fieldnames is None or not wanted <= set(reader.fieldnames):
+            raise DeliveryError(
+                [
+                    f"header: expected gtin;batch;expiry;quantity[;location], "
+                    f"got {';'.join(reader.fieldnames or [])!r}"
+                ]
+            )
+        lines: list[DeliveryLine] = []
+        problems: list[str] = []
+        for number, row in enumerate(reader, start=2):
+            where = f"line {number}"
+            try:
+                gtin = valid_gtin(row["gtin"] or "")
+            except ValueError as exc:
+                problems.append(f"{where}: gtin: {exc}")
+                continue
+            try:
+                expiry = date.fromisoformat((row["expiry"] or "").strip())
+            except ValueError:
+                problems.append(f"{where}: expiry: {row['expiry']!r} is not a date (YYYY-MM-DD)")
+                continue
+            try:
+                quantity = int(row["quantity"])
+            except (TypeError, ValueError):
+                problems.append(f"{where}: quantity: {row['quantity']!r} is not a whole number")
+                continue
+            location = (row.get("location") or default_location or "").strip()
+            if not location:
+                problems.append(f"{where}: location: missing")
+                continue
+            lines.append(
+                DeliveryLine(gtin, (row["batch"] or "").strip(), expiry, quantity, location)
+            )
+        if problems:
+            raise DeliveryError(problems)
+        return lines
+
+    # ------------------------------------------------------------------ moving stock
 
     def transfer(
         self,
@@ -281,6 +496,23 @@ class Ledger:
             key, "consume", gtin, quantity, location, CONSUMED, actor, reason, mark=mark
         )
 
+    def waste(
+        self,
+        key: str,
+        *,
+        gtin: str,
+        quantity: int,
+        location: str,
+        actor: str,
+        reason: str,
+        reason_code: str = "other",
+    ) -> None:
+        """Books stock destroyed at a location, with the reason why."""
+        _check_waste_reason(reason_code)
+        self._take_free(
+            key, "waste", gtin, quantity, location, WASTE, actor, reason, reason_code=reason_code
+        )
+
     def return_consumed(
         self,
         key: str,
@@ -305,7 +537,6 @@ class Ledger:
             product_id = self._product_id(conn, gtin)
             loc_id = self._internal_location_id(conn, location)
             consumed_id = self._location_id(conn, CONSUMED)
-            remaining = quantity
             net: dict[int, int] = {}
             for m in conn.execute(
                 select(movements.c.lot_id, movements.c.from_location_id, movements.c.quantity)
@@ -325,12 +556,11 @@ class Ledger:
             ):
                 sign = 1 if m.from_location_id == loc_id else -1
                 net[m.lot_id] = net.get(m.lot_id, 0) + sign * m.quantity
+            remaining = quantity
             for lot_id, returnable in net.items():  # latest consumed lot first
                 take = min(remaining, returnable)
                 if take > 0:
-                    self._book(
-                        conn, key, "return", lot_id, consumed_id, loc_id, take, actor, reason
-                    )
+                    self._book(conn, key, "return", lot_id, consumed_id, loc_id, take)
                     remaining -= take
                 if remaining == 0:
                     break
@@ -340,27 +570,113 @@ class Ledger:
                 )
             return {"quantity": quantity}
 
-        self._run(key, "return", run)
+        self._run(key, "return", run, actor, reason)
 
-    def set_counter_mark(self, mark: CounterMark) -> None:
-        """Records a counter value with no movement (commissioning, or nothing to book)."""
-        with self.engine.begin() as conn:
-            self._set_mark(conn, mark)
+    def stocktake(
+        self,
+        key: str,
+        *,
+        location: str,
+        counted: Mapping[tuple[str, str], int],
+        actor: str,
+        reason: str = "stocktake",
+        complete: bool = True,
+    ) -> dict[str, int]:
+        """Turns a counted snapshot of a location into adjustment movements.
 
-    def counter_mark(self, device: str, counter: str) -> int | None:
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(counter_marks.c.value).where(
-                    counter_marks.c.device == device, counter_marks.c.counter == counter
-                )
-            ).scalar()
-        return None if value is None else int(value)
+        `counted` maps (gtin, batch) to the units found. With `complete`, a lot that is
+        on record at the location but not in the count was not found: it is counted as
+        zero. A loss of stock that open reservations hold takes the reservations along:
+        they are re-allocated to other lots, or shrink. Returns the differences.
+        """
+        for (gtin, batch), units in counted.items():
+            if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+                raise InvalidQuantity(f"count of {gtin}/{batch}", units)
 
-    def waste(
-        self, key: str, *, gtin: str, quantity: int, location: str, actor: str, reason: str
-    ) -> None:
-        """Books stock destroyed at a location, with the reason why."""
-        self._take_free(key, "waste", gtin, quantity, location, WASTE, actor, reason)
+        def run(conn: Connection) -> dict[str, Any]:
+            loc_id = self._internal_location_id(conn, location)
+            adjustment = self._location_id(conn, ADJUSTMENT)
+            targets: dict[int, int] = {}
+            for (gtin, batch), units in counted.items():
+                targets[self._lot_id_in(conn, gtin, batch)] = units
+            if complete:
+                for row in conn.execute(
+                    select(balances.c.lot_id).where(
+                        balances.c.location_id == loc_id, balances.c.on_hand > 0
+                    )
+                ):
+                    targets.setdefault(int(row.lot_id), 0)
+            differences: dict[str, int] = {}
+            for lot_id, units in sorted(targets.items()):
+                bal = conn.execute(
+                    select(balances.c.on_hand, balances.c.reserved).where(
+                        balances.c.location_id == loc_id, balances.c.lot_id == lot_id
+                    )
+                ).first()
+                on_hand = int(bal.on_hand) if bal else 0
+                reserved = int(bal.reserved) if bal else 0
+                diff = units - on_hand
+                if diff == 0:
+                    continue
+                differences[self._lot_name(conn, lot_id)] = diff
+                if diff > 0:
+                    self._book(conn, key, "adjust", lot_id, adjustment, loc_id, diff)
+                    continue
+                loss = -diff
+                if loss > on_hand - reserved:
+                    self._reallocate(conn, loc_id, lot_id, loss - (on_hand - reserved))
+                took = self._take(conn, loc_id, lot_id, loss)
+                if took != loss:
+                    raise LedgerError(f"stocktake of {location}: could not book a loss of {loss}")
+                self._book(conn, key, "adjust", lot_id, loc_id, adjustment, loss)
+            return {"differences": differences}
+
+        return dict(self._run(key, "stocktake", run, actor, reason)["differences"])
+
+    # ------------------------------------------------------------------ lot status
+
+    def set_lot_status(
+        self,
+        gtin: str,
+        batch: str,
+        status: str,
+        *,
+        key: str | None = None,
+        actor: str = "pharmacist",
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Quarantines, recalls or releases a lot.
+
+        A blocked lot is never allocated again, anywhere. Open reservations on it are
+        moved to other usable lots in their locations, first expiry first; what cannot
+        be moved is released (the reservation shrinks, or is voided when nothing is
+        left). Returns how much was moved and released.
+        """
+        if status not in LOT_STATUSES:
+            raise LedgerError(f"invalid lot status: {status!r} (one of {LOT_STATUSES})")
+        key = key or f"lot-status:{gtin}:{batch}:{status}:{self.clock().isoformat()}"
+
+        def run(conn: Connection) -> dict[str, Any]:
+            lot_id = self._lot_id_in(conn, gtin, batch)
+            old = conn.execute(select(lots.c.status).where(lots.c.id == lot_id)).scalar_one()
+            moved = released = 0
+            if old != status:
+                conn.execute(update(lots).where(lots.c.id == lot_id).values(status=status))
+                self._note("lot", f"{gtin}/{batch}", {"status": old}, {"status": status})
+            if status != "released":
+                for row in conn.execute(
+                    select(balances.c.location_id).where(
+                        balances.c.lot_id == lot_id, balances.c.reserved > 0
+                    )
+                ).all():
+                    m, r = self._reallocate(conn, int(row.location_id), lot_id, None)
+                    moved += m
+                    released += r
+            return {"moved": moved, "released": released}
+
+        return self._run(key, "lot-status", run, actor, reason or f"lot {status}")
+
+    # ------------------------------------------------------------------ reservations
 
     def reserve(
         self,
@@ -371,10 +687,17 @@ class Ledger:
         from_locations: Sequence[str],
         timeout_s: float,
         actor: str,
+        substitute: bool = False,
+        partial: bool = False,
+        order_source: str | None = None,
     ) -> ReservationView:
-        """Holds stock for a purpose, first expiry first, all or nothing.
+        """Holds stock for a purpose, first expiry first.
 
         Only released lots with at least the minimum remaining shelf life are taken.
+        All or nothing, unless `partial`. With `substitute`, a product that is short is
+        made up from other products of its substitution group, and the lines say so.
+        With `order_source`, each need is recorded as an order line (requested, filled)
+        for the service level, also when the reservation is refused.
         """
         if not needs:
             raise LedgerError("a reservation needs at least one line")
@@ -395,37 +718,53 @@ class Ledger:
                     created_at=now,
                     expires_at=now + timedelta(seconds=timeout_s),
                     actor=actor,
+                    locations=json.dumps(list(from_locations)),
                 )
                 .returning(reservations.c.id)
             ).scalar_one()
-            for need in needs:
+            self._note("reservation", key, None, {"status": "open", "purpose": purpose})
+            filled: list[int] = []
+            for number, need in enumerate(needs):
                 product_id = self._product_id(conn, need.gtin)
+                candidates: list[tuple[int, int | None]] = [(product_id, None)]
+                if substitute:
+                    candidates += [(p, product_id) for p in self._substitutes(conn, product_id)]
                 remaining = need.quantity
-                for loc_id, lot_id, available in self._fefo_candidates(conn, product_id, loc_ids):
+                for give_id, substituted_for in candidates:
+                    remaining -= self._hold_fefo(
+                        conn, res_id, give_id, loc_ids, remaining, substituted_for
+                    )
                     if remaining == 0:
                         break
-                    took = self._hold(conn, loc_id, lot_id, min(remaining, available))
-                    if took:
-                        conn.execute(
-                            insert(reservation_lines).values(
-                                reservation_id=res_id,
-                                product_id=product_id,
-                                location_id=loc_id,
-                                lot_id=lot_id,
-                                quantity=took,
-                            )
-                        )
-                        remaining -= took
-                if remaining:
+                filled.append(need.quantity - remaining)
+                if remaining and not partial:
                     raise InsufficientStock(
                         need.gtin,
                         ",".join(from_locations),
                         need.quantity,
                         need.quantity - remaining,
                     )
+                if order_source:
+                    self._order_line(
+                        conn,
+                        f"{key}:{number}",
+                        product_id,
+                        need.quantity,
+                        need.quantity - remaining,
+                        order_source,
+                    )
+            if not any(filled):
+                raise InsufficientStock(
+                    needs[0].gtin, ",".join(from_locations), needs[0].quantity, 0
+                )
             return {"reservation": key}
 
-        self._run(key, "reserve", run)
+        try:
+            self._run(key, "reserve", run, actor, purpose)
+        except InsufficientStock:
+            if order_source:
+                self._record_refused(key, needs, order_source)
+            raise
         return self.reservation(key)
 
     def post(
@@ -439,13 +778,16 @@ class Ledger:
     ) -> ReservationView:
         """Resolves a reservation with what was really used; the rest is released.
 
-        Each use is taken from the reservation's lines of its product, first expiry
-        first. More than was reserved is refused, unless `allow_overdraw`: then the
-        excess comes from free stock at the reservation's locations (a machine that
-        packed a rejected pouch again used more than planned, and that is a fact).
+        Each use is taken from the reservation's lines of its product (and of products
+        that substitute it), first expiry first. More than was reserved is refused,
+        unless `allow_overdraw`: then the excess comes from free stock at the
+        reservation's locations (a machine that packed a rejected pouch again used more
+        than planned, and that is a fact).
         """
         for use in uses:
             _positive(f"quantity of {use.gtin}", use.quantity)
+            if use.kind == "waste":
+                _check_waste_reason(use.reason_code or "other")
 
         def run(conn: Connection) -> dict[str, Any]:
             res = self._open_reservation(conn, reservation_key)
@@ -453,11 +795,12 @@ class Ledger:
             for use in uses:
                 product_id = self._product_id(conn, use.gtin)
                 dest = self._location_id(conn, use.to_location)
+                code = (use.reason_code or "other") if use.kind == "waste" else use.reason_code
                 remaining = use.quantity
                 for line in lines:
                     if remaining == 0:
                         break
-                    if line.product_id != product_id:
+                    if product_id not in (line.product_id, line.substituted_for):
                         continue
                     take = min(remaining, line.quantity - line.posted)
                     if take <= 0:
@@ -477,14 +820,19 @@ class Ledger:
                         line.location_id,
                         dest,
                         take,
-                        actor,
-                        use.reason or res.purpose,
                         reservation_id=res.id,
+                        reason_code=code,
+                        substituted_for=line.substituted_for,
+                        reason=use.reason or res.purpose,
                     )
                     remaining -= take
                 if remaining and allow_overdraw:
                     loc_ids = sorted(
-                        {ln.location_id for ln in lines if ln.product_id == product_id}
+                        {
+                            ln.location_id
+                            for ln in lines
+                            if product_id in (ln.product_id, ln.substituted_for)
+                        }
                     )
                     for loc_id, lot_id, available in self._fefo_candidates(
                         conn, product_id, loc_ids, usable_only=False
@@ -501,9 +849,9 @@ class Ledger:
                                 loc_id,
                                 dest,
                                 took,
-                                actor,
-                                use.reason or res.purpose,
                                 reservation_id=res.id,
+                                reason_code=code,
+                                reason=use.reason or res.purpose,
                             )
                             remaining -= took
                 if remaining:
@@ -514,10 +862,10 @@ class Ledger:
                         use.quantity - remaining,
                     )
             self._release_rest(conn, lines)
-            self._close(conn, res.id, "posted")
+            self._close(conn, res, "posted")
             return {"reservation": reservation_key}
 
-        self._run(key, "post", run)
+        self._run(key, "post", run, actor, f"post {reservation_key}")
         return self.reservation(reservation_key)
 
     def void(self, key: str, *, reservation_key: str, actor: str, reason: str) -> ReservationView:
@@ -526,10 +874,10 @@ class Ledger:
         def run(conn: Connection) -> dict[str, Any]:
             res = self._open_reservation(conn, reservation_key)
             self._release_rest(conn, self._lines(conn, res.id))
-            self._close(conn, res.id, "voided")
-            return {"reservation": reservation_key, "reason": reason, "actor": actor}
+            self._close(conn, res, "voided")
+            return {"reservation": reservation_key}
 
-        self._run(key, "void", run)
+        self._run(key, "void", run, actor, reason)
         return self.reservation(reservation_key)
 
     def expire_overdue(self) -> list[str]:
@@ -546,10 +894,10 @@ class Ledger:
         expired: list[str] = []
         for res_key in keys:
             try:
-                with self.engine.begin() as conn:
+                with self._tx("system", "expire", "reservation timed out") as conn:
                     res = self._open_reservation(conn, res_key)
                     self._release_rest(conn, self._lines(conn, res.id))
-                    self._close(conn, res.id, "expired")
+                    self._close(conn, res, "expired")
                 expired.append(res_key)
             except ReservationClosed:
                 continue  # resolved by someone else in the meantime
@@ -562,6 +910,7 @@ class Ledger:
             row = conn.execute(select(reservations).where(reservations.c.key == key)).first()
             if row is None:
                 raise UnknownEntity("reservation", key)
+            ordered = products.alias("ordered")
             rows = conn.execute(
                 select(
                     products.c.gtin,
@@ -570,10 +919,12 @@ class Ledger:
                     locations.c.code,
                     reservation_lines.c.quantity,
                     reservation_lines.c.posted,
+                    ordered.c.gtin,
                 )
                 .join(products, products.c.id == reservation_lines.c.product_id)
                 .join(lots, lots.c.id == reservation_lines.c.lot_id)
                 .join(locations, locations.c.id == reservation_lines.c.location_id)
+                .outerjoin(ordered, ordered.c.id == reservation_lines.c.substituted_for)
                 .where(reservation_lines.c.reservation_id == row.id)
                 .order_by(reservation_lines.c.id)
             ).all()
@@ -645,7 +996,7 @@ class Ledger:
 
     def lot(self, gtin: str, batch: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            lot_id = self._lot_id(conn, gtin, batch)
+            lot_id = self._lot_id_in(conn, gtin, batch)
             row = conn.execute(select(lots).where(lots.c.id == lot_id)).one()
         return dict(row._mapping)
 
@@ -669,37 +1020,89 @@ class Ledger:
     def command_done(self, key: str) -> bool:
         """Whether a command with this idempotency key has been booked."""
         with self.engine.connect() as conn:
-            return (
-                conn.execute(select(commands.c.key).where(commands.c.key == key)).first()
-                is not None
-            )
+            found = conn.execute(select(commands.c.key).where(commands.c.key == key)).first()
+        return found is not None
 
-    # ------------------------------------------------------------------ internals
+    def set_counter_mark(self, mark: CounterMark) -> None:
+        """Records a counter value with no movement (commissioning, or nothing to book)."""
+        with self._tx("system", "counter", "device counter") as conn:
+            self._set_mark(conn, mark)
+
+    def counter_mark(self, device: str, counter: str) -> int | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(counter_marks.c.value).where(
+                    counter_marks.c.device == device, counter_marks.c.counter == counter
+                )
+            ).scalar()
+        return None if value is None else int(value)
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _tx(self, actor: str, action: str, reason: str) -> Iterator[Connection]:
+        """One transaction whose changes are written to the audit trail before commit."""
+        with self.engine.begin() as conn:
+            self._local.changes = []
+            self._local.actor, self._local.reason = actor, reason
+            try:
+                yield conn
+                write_audit(
+                    conn,
+                    ts=self.clock(),
+                    actor=actor,
+                    action=action,
+                    reason=reason,
+                    changes=self._local.changes,
+                )
+            finally:
+                self._local.changes = None
+
+    def _note(self, entity: str, key: str, old: Any, new: Any) -> None:
+        changes = getattr(self._local, "changes", None)
+        if changes is None:
+            raise RuntimeError("ledger change outside an audited transaction")
+        changes.append(Change(entity, key, old, new))
 
     def _run(
-        self, key: str, kind: str, fn: Callable[[Connection], dict[str, Any]]
+        self,
+        key: str,
+        kind: str,
+        fn: Callable[[Connection], dict[str, Any]],
+        actor: str,
+        reason: str,
     ) -> dict[str, Any]:
         if not key or len(key) > 200:
             raise LedgerError(f"invalid idempotency key: {key!r}")
-        try:
-            with self.engine.begin() as conn:
-                stored = self._stored(conn, key, kind)
+        if not actor:
+            raise LedgerError(f"{kind} {key!r}: actor is missing")
+        for attempt in range(6):
+            try:
+                with self._tx(actor, kind, reason) as conn:
+                    stored = self._stored(conn, key, kind)
+                    if stored is not None:
+                        self._local.changes.clear()
+                        return stored
+                    result = fn(conn)
+                    conn.execute(
+                        insert(commands).values(
+                            key=key, kind=kind, result=json.dumps(result), ts=self.clock()
+                        )
+                    )
+                    self._note("command", key, None, {"kind": kind, **result})
+                    return result
+            except IntegrityError as exc:
+                # A concurrent twin with the same key won the race: its result stands.
+                with self.engine.connect() as conn:
+                    stored = self._stored(conn, key, kind)
                 if stored is not None:
                     return stored
-                result = fn(conn)
-                conn.execute(
-                    insert(commands).values(
-                        key=key, kind=kind, result=json.dumps(result), ts=self.clock()
-                    )
-                )
-                return result
-        except IntegrityError as exc:
-            # A concurrent twin with the same key won the race: its result stands.
-            with self.engine.connect() as conn:
-                stored = self._stored(conn, key, kind)
-            if stored is not None:
-                return stored
-            raise LedgerError(f"{kind} {key!r} refused by the database: {exc.orig}") from exc
+                raise LedgerError(f"{kind} {key!r} refused by the database: {exc.orig}") from exc
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _stored(conn: Connection, key: str, kind: str) -> dict[str, Any] | None:
@@ -714,6 +1117,29 @@ class Ledger:
             )
         return dict(json.loads(row.result))
 
+    def _record_refused(self, key: str, needs: Sequence[Need], source: str) -> None:
+        """A refused reservation is still demand: its lines count as not filled."""
+        try:
+            with self._tx("system", "order-line", "reservation refused") as conn:
+                for number, need in enumerate(needs):
+                    line_key = f"{key}:{number}"
+                    exists = conn.execute(
+                        select(order_lines.c.id).where(order_lines.c.key == line_key)
+                    ).first()
+                    if exists is None:
+                        self._order_line(
+                            conn,
+                            line_key,
+                            self._product_id(conn, need.gtin),
+                            need.quantity,
+                            0,
+                            source,
+                        )
+        except (LedgerError, IntegrityError):
+            pass  # unknown product, or a twin recorded it: nothing to add
+
+    # ------------------------------------------------------------------ internals
+
     def _take_free(
         self,
         key: str,
@@ -726,6 +1152,7 @@ class Ledger:
         reason: str,
         *,
         mark: CounterMark | None = None,
+        reason_code: str | None = None,
     ) -> None:
         _positive("quantity", quantity)
 
@@ -746,13 +1173,108 @@ class Ledger:
                     break
                 took = self._take(conn, loc_id, lot_id, min(remaining, available))
                 if took:
-                    self._book(conn, key, kind, lot_id, loc_id, dest, took, actor, reason)
+                    self._book(conn, key, kind, lot_id, loc_id, dest, took, reason_code=reason_code)
                     remaining -= took
             if remaining:
                 raise InsufficientStock(gtin, from_location, quantity, quantity - remaining)
             return {"quantity": quantity}
 
-        self._run(key, kind, run)
+        self._run(key, kind, run, actor, reason)
+
+    def _hold_fefo(
+        self,
+        conn: Connection,
+        res_id: int,
+        product_id: int,
+        loc_ids: Sequence[int],
+        wanted: int,
+        substituted_for: int | None,
+        *,
+        avoid: tuple[int, int] | None = None,
+    ) -> int:
+        """Holds up to `wanted` of a product for a reservation; returns how much.
+        `avoid` is a (location, lot) that must not be used (the one being vacated)."""
+        got = 0
+        for loc_id, lot_id, available in self._fefo_candidates(conn, product_id, loc_ids):
+            if got == wanted:
+                break
+            if (loc_id, lot_id) == avoid:
+                continue
+            took = self._hold(conn, loc_id, lot_id, min(wanted - got, available))
+            if took:
+                conn.execute(
+                    insert(reservation_lines).values(
+                        reservation_id=res_id,
+                        product_id=product_id,
+                        location_id=loc_id,
+                        lot_id=lot_id,
+                        quantity=took,
+                        substituted_for=substituted_for,
+                    )
+                )
+                got += took
+        return got
+
+    def _reallocate(
+        self, conn: Connection, loc_id: int, lot_id: int, quantity: int | None
+    ) -> tuple[int, int]:
+        """Takes `quantity` (None: all) of what open reservations hold on a lot at a
+        location off it: onto other usable lots in each reservation's locations, first
+        expiry first, or released. Returns (moved, released)."""
+        moved = released = 0
+        rows = conn.execute(
+            select(reservation_lines, reservations.c.key, reservations.c.locations)
+            .join(reservations, reservations.c.id == reservation_lines.c.reservation_id)
+            .where(
+                reservations.c.status == "open",
+                reservation_lines.c.location_id == loc_id,
+                reservation_lines.c.lot_id == lot_id,
+                reservation_lines.c.quantity > reservation_lines.c.posted,
+            )
+            .order_by(reservations.c.expires_at.desc())  # the latest-needed give way first
+        ).all()
+        left = quantity
+        for row in rows:
+            if left is not None and left <= 0:
+                break
+            held = row.quantity - row.posted
+            off = held if left is None else min(held, left)
+            self._release_held(conn, loc_id, lot_id, off, consume=False)
+            if row.quantity - off == 0:
+                conn.execute(reservation_lines.delete().where(reservation_lines.c.id == row.id))
+            else:
+                conn.execute(
+                    update(reservation_lines)
+                    .where(reservation_lines.c.id == row.id)
+                    .values(quantity=reservation_lines.c.quantity - off)
+                )
+            codes = json.loads(row.locations or "[]")
+            loc_ids = [self._internal_location_id(conn, c) for c in codes] or [loc_id]
+            got = self._hold_fefo(
+                conn, row.reservation_id, row.product_id, loc_ids, off, row.substituted_for,
+                avoid=(loc_id, lot_id),
+            )
+            moved += got
+            released += off - got
+            self._note(
+                "reservation",
+                row.key,
+                {"lot": lot_id, "held": held},
+                {"moved": got, "released": off - got},
+            )
+            remaining_lines = conn.execute(
+                select(func.count())
+                .select_from(reservation_lines)
+                .where(reservation_lines.c.reservation_id == row.reservation_id)
+            ).scalar_one()
+            if remaining_lines == 0:
+                res = conn.execute(
+                    select(reservations).where(reservations.c.id == row.reservation_id)
+                ).one()
+                self._close(conn, res, "voided")
+            if left is not None:
+                left -= off
+        return moved, released
 
     def _fefo_candidates(
         self,
@@ -780,23 +1302,44 @@ class Ledger:
             query = query.where(lots.c.status == "released", lots.c.expiry >= cutoff)
         return [(int(a), int(b), int(c)) for a, b, c in conn.execute(query)]
 
+    def _substitutes(self, conn: Connection, product_id: int) -> list[int]:
+        group = conn.execute(
+            select(products.c.substitution_group).where(products.c.id == product_id)
+        ).scalar()
+        if not group:
+            return []
+        return [
+            int(p)
+            for p in conn.execute(
+                select(products.c.id)
+                .where(
+                    products.c.substitution_group == group,
+                    products.c.id != product_id,
+                    products.c.active == 1,
+                )
+                .order_by(products.c.id)
+            ).scalars()
+        ]
+
     def _conditional(
-        self, conn: Connection, loc_id: int, lot_id: int, want: int, **values: Any
+        self, conn: Connection, loc_id: int, lot_id: int, want: int, *, hold: bool
     ) -> int:
-        """Applies `values` if `want` is free on the row; retries smaller if a rival took some."""
+        """Holds (or takes) `want` if free on the row; retries smaller if a rival took some."""
+        column = balances.c.reserved if hold else balances.c.on_hand
+        sign = 1 if hold else -1
         while want > 0:
-            result = conn.execute(
+            row = conn.execute(
                 update(balances)
                 .where(
-                    and_(
-                        balances.c.location_id == loc_id,
-                        balances.c.lot_id == lot_id,
-                        balances.c.on_hand - balances.c.reserved >= want,
-                    )
+                    balances.c.location_id == loc_id,
+                    balances.c.lot_id == lot_id,
+                    balances.c.on_hand - balances.c.reserved >= want,
                 )
-                .values({k: v(want) for k, v in values.items()})
-            )
-            if result.rowcount == 1:
+                .values({column.name: column + sign * want})
+                .returning(balances.c.on_hand, balances.c.reserved)
+            ).first()
+            if row is not None:
+                self._note_balance(conn, loc_id, lot_id, row, **{column.name: sign * want})
                 return want
             free = conn.execute(
                 select(balances.c.on_hand - balances.c.reserved).where(
@@ -807,14 +1350,10 @@ class Ledger:
         return 0
 
     def _hold(self, conn: Connection, loc_id: int, lot_id: int, want: int) -> int:
-        return self._conditional(
-            conn, loc_id, lot_id, want, reserved=lambda q: balances.c.reserved + q
-        )
+        return self._conditional(conn, loc_id, lot_id, want, hold=True)
 
     def _take(self, conn: Connection, loc_id: int, lot_id: int, want: int) -> int:
-        return self._conditional(
-            conn, loc_id, lot_id, want, on_hand=lambda q: balances.c.on_hand - q
-        )
+        return self._conditional(conn, loc_id, lot_id, want, hold=False)
 
     def _release_held(
         self, conn: Connection, loc_id: int, lot_id: int, quantity: int, *, consume: bool
@@ -822,7 +1361,7 @@ class Ledger:
         values: dict[str, Any] = {"reserved": balances.c.reserved - quantity}
         if consume:
             values["on_hand"] = balances.c.on_hand - quantity
-        result = conn.execute(
+        row = conn.execute(
             update(balances)
             .where(
                 balances.c.location_id == loc_id,
@@ -831,11 +1370,15 @@ class Ledger:
                 balances.c.on_hand >= quantity,
             )
             .values(values)
-        )
-        if result.rowcount != 1:
+            .returning(balances.c.on_hand, balances.c.reserved)
+        ).first()
+        if row is None:
             raise LedgerError(
                 f"balance of lot {lot_id} at location {loc_id} holds less than {quantity} reserved"
             )
+        self._note_balance(
+            conn, loc_id, lot_id, row, reserved=-quantity, on_hand=-quantity if consume else 0
+        )
 
     def _release_rest(self, conn: Connection, lines: Sequence[_Line]) -> None:
         for line in lines:
@@ -852,14 +1395,16 @@ class Ledger:
         from_id: int,
         to_id: int,
         quantity: int,
-        actor: str,
-        reason: str,
         *,
         reservation_id: int | None = None,
+        reason_code: str | None = None,
+        substituted_for: int | None = None,
+        reason: str | None = None,
     ) -> None:
         """Appends a movement and adds it to the destination's balance."""
-        conn.execute(
-            insert(movements).values(
+        movement_id = conn.execute(
+            insert(movements)
+            .values(
                 ts=self.clock(),
                 kind=kind,
                 lot_id=lot_id,
@@ -868,37 +1413,93 @@ class Ledger:
                 quantity=quantity,
                 reservation_id=reservation_id,
                 idempotency_key=key,
-                actor=actor,
-                reason=reason[:200],
+                actor=self._actor(),
+                reason=(reason or self._reason())[:200],
+                reason_code=reason_code,
+                substituted_for=substituted_for,
             )
+            .returning(movements.c.id)
+        ).scalar_one()
+        self._note(
+            "movement",
+            str(movement_id),
+            None,
+            movement_record(
+                movement_id,
+                kind=kind,
+                lot_id=lot_id,
+                from_id=from_id,
+                to_id=to_id,
+                quantity=quantity,
+                key=key,
+                reason_code=reason_code,
+                substituted_for=substituted_for,
+            ),
         )
         kind_of_dest = conn.execute(
             select(locations.c.kind).where(locations.c.id == to_id)
         ).scalar_one()
         if kind_of_dest in INTERNAL_KINDS:
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            stmt = dialect_insert(balances).values(
+            stmt = _dialect_insert(conn)(balances).values(
                 location_id=to_id, lot_id=lot_id, on_hand=quantity, reserved=0
             )
-            conn.execute(
+            row = conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[balances.c.location_id, balances.c.lot_id],
                     set_={"on_hand": balances.c.on_hand + quantity},
-                )
+                ).returning(balances.c.on_hand, balances.c.reserved)
+            ).one()
+            self._note_balance(conn, to_id, lot_id, row, on_hand=quantity)
+
+    def _note_balance(
+        self,
+        conn: Connection,
+        loc_id: int,
+        lot_id: int,
+        row: Any,
+        *,
+        on_hand: int = 0,
+        reserved: int = 0,
+    ) -> None:
+        new = {"on_hand": int(row.on_hand), "reserved": int(row.reserved)}
+        old = {"on_hand": new["on_hand"] - on_hand, "reserved": new["reserved"] - reserved}
+        self._note(
+            "balance",
+            f"{self._location_name(conn, loc_id)} {self._lot_name(conn, lot_id)}",
+            old,
+            new,
+        )
+
+    def _order_line(
+        self, conn: Connection, key: str, product_id: int, requested: int, filled: int, source: str
+    ) -> None:
+        conn.execute(
+            insert(order_lines).values(
+                key=key,
+                ts=self.clock(),
+                product_id=product_id,
+                requested=requested,
+                filled=filled,
+                source=source,
             )
+        )
+        self._note(
+            "order-line", key, None, {"requested": requested, "filled": filled, "source": source}
+        )
 
     @staticmethod
-    def _set_mark(conn: Connection, mark: CounterMark) -> None:
-        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        stmt = dialect_insert(counter_marks).values(
+    def _set_mark_stmt(conn: Connection, mark: CounterMark) -> Any:
+        stmt = _dialect_insert(conn)(counter_marks).values(
             device=mark.device, counter=mark.counter, value=mark.value
         )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[counter_marks.c.device, counter_marks.c.counter],
-                set_={"value": mark.value},
-            )
+        return stmt.on_conflict_do_update(
+            index_elements=[counter_marks.c.device, counter_marks.c.counter],
+            set_={"value": mark.value},
         )
+
+    def _set_mark(self, conn: Connection, mark: CounterMark) -> None:
+        conn.execute(self._set_mark_stmt(conn, mark))
+        self._note("counter", f"{mark.device}/{mark.counter}", None, {"value": mark.value})
 
     def _open_reservation(self, conn: Connection, key: str) -> Any:
         query = select(reservations).where(reservations.c.key == key)
@@ -911,14 +1512,15 @@ class Ledger:
             raise ReservationClosed(key, row.status)
         return row
 
-    def _close(self, conn: Connection, res_id: int, status: str) -> None:
+    def _close(self, conn: Connection, res: Any, status: str) -> None:
         result = conn.execute(
             update(reservations)
-            .where(reservations.c.id == res_id, reservations.c.status == "open")
+            .where(reservations.c.id == res.id, reservations.c.status == "open")
             .values(status=status, resolved_at=self.clock())
         )
         if result.rowcount != 1:
-            raise ReservationClosed(str(res_id), "resolved")
+            raise ReservationClosed(res.key, "resolved")
+        self._note("reservation", res.key, {"status": "open"}, {"status": status})
 
     @staticmethod
     def _lines(conn: Connection, res_id: int) -> list[_Line]:
@@ -930,12 +1532,19 @@ class Ledger:
                 reservation_lines.c.lot_id,
                 reservation_lines.c.quantity,
                 reservation_lines.c.posted,
+                reservation_lines.c.substituted_for,
             )
             .join(lots, lots.c.id == reservation_lines.c.lot_id)
             .where(reservation_lines.c.reservation_id == res_id)
             .order_by(lots.c.expiry, reservation_lines.c.id)
         ).all()
         return [_Line(*row) for row in rows]
+
+    def _actor(self) -> str:
+        return str(getattr(self._local, "actor", "") or "")
+
+    def _reason(self) -> str:
+        return str(getattr(self._local, "reason", "") or "")[:200]
 
     @staticmethod
     def _product_id(conn: Connection, gtin: str | None) -> int:
@@ -963,7 +1572,7 @@ class Ledger:
             raise LedgerError(f"location {code!r} is a {row.kind}: it holds no stock")
         return int(row.id)
 
-    def _lot_id(self, conn: Connection, gtin: str, batch: str) -> int:
+    def _lot_id_in(self, conn: Connection, gtin: str, batch: str) -> int:
         product_id = self._product_id(conn, gtin)
         row = conn.execute(
             select(lots.c.id).where(lots.c.product_id == product_id, lots.c.batch == batch)
@@ -972,8 +1581,30 @@ class Ledger:
             raise UnknownEntity("batch", f"{gtin}/{batch}")
         return int(row.id)
 
-    @staticmethod
-    def _ensure_lot(conn: Connection, product_id: int, gtin: str, batch: str, expiry: date) -> int:
+    def _location_name(self, conn: Connection, loc_id: int) -> str:
+        cached = self._names.get(("loc", loc_id))
+        if cached is None:
+            cached = str(
+                conn.execute(select(locations.c.code).where(locations.c.id == loc_id)).scalar_one()
+            )
+            self._names[("loc", loc_id)] = cached
+        return cached
+
+    def _lot_name(self, conn: Connection, lot_id: int) -> str:
+        cached = self._names.get(("lot", lot_id))
+        if cached is None:
+            row = conn.execute(
+                select(products.c.gtin, lots.c.batch)
+                .join(products, products.c.id == lots.c.product_id)
+                .where(lots.c.id == lot_id)
+            ).one()
+            cached = f"{row.gtin}/{row.batch}"
+            self._names[("lot", lot_id)] = cached
+        return cached
+
+    def _ensure_lot(
+        self, conn: Connection, product_id: int, gtin: str, batch: str, expiry: date
+    ) -> int:
         row = conn.execute(
             select(lots.c.id, lots.c.expiry).where(
                 lots.c.product_id == product_id, lots.c.batch == batch
@@ -986,20 +1617,32 @@ class Ledger:
                     f"recorded {row.expiry}"
                 )
             return int(row.id)
-        return int(
+        lot_id = int(
             conn.execute(
                 insert(lots)
                 .values(product_id=product_id, batch=batch, expiry=expiry, status="released")
                 .returning(lots.c.id)
             ).scalar_one()
         )
+        self._note("lot", f"{gtin}/{batch}", None, {"expiry": expiry, "status": "released"})
+        return lot_id
 
 
-@dataclass
-class _Line:
-    id: int
-    product_id: int
-    location_id: int
-    lot_id: int
-    quantity: int
-    posted: int
+def _line_problem(line: DeliveryLine, today: date) -> LedgerError | None:
+    if not isinstance(line.quantity, int) or isinstance(line.quantity, bool) or line.quantity <= 0:
+        return InvalidQuantity("quantity", line.quantity)
+    if not line.batch or len(line.batch) > 20:
+        return LedgerError(f"invalid batch: {line.batch!r}")
+    if line.expiry < today:
+        return LedgerError(
+            f"expired lot: batch {line.batch!r} of {line.gtin} expired on {line.expiry}"
+        )
+    return None
+
+
+def _check_waste_reason(code: str) -> None:
+    if code not in WASTE_REASONS:
+        raise LedgerError(f"invalid waste reason_code: {code!r} (one of {WASTE_REASONS})")
+
+
+__all__ = ["Ledger", "metadata"]

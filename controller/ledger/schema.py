@@ -59,9 +59,14 @@ products = Table(
     Column("atc", String(10), nullable=False),
     Column("strength", String(50), nullable=False),
     Column("form", String(50), nullable=False),
-    Column("unit", String(20), nullable=False),
+    Column("unit", String(20), nullable=False),  # the dispensing unit: tablet, capsule, ...
     Column("pack_size", Integer, nullable=False),
     Column("unit_price", Numeric(12, 4), nullable=False),
+    Column("category", String(30), nullable=False, server_default="drug"),
+    Column("storage", String(10), nullable=False, server_default="room"),
+    Column("controlled_class", String(10), nullable=True),
+    Column("substitution_group", String(50), nullable=True),
+    Column("active", Integer, nullable=False, server_default="1"),
 )
 
 lots = Table(
@@ -75,8 +80,9 @@ lots = Table(
     UniqueConstraint("product_id", "batch", name="uq_lot_product_batch"),
 )
 
-# kind: store, bin, canister, pocket, quarantine (internal: they keep balances)
-#       supplier, consumed, waste (external: they only appear as a movement's source or sink)
+# kind: site, store, bin, preparedness, canister, drawer, pocket, quarantine (internal:
+#       they keep balances); supplier, consumed, waste, adjustment (external: they only
+#       appear as a movement's source or sink)
 locations = Table(
     "locations",
     metadata,
@@ -101,6 +107,10 @@ movements = Table(
     Column("idempotency_key", String(200), nullable=False),
     Column("actor", String(100), nullable=False),
     Column("reason", String(200), nullable=False),
+    # waste: expired, damaged, packing_reject, returned, recalled, temperature, other
+    Column("reason_code", String(30), nullable=True),
+    # generic substitution: the product that was ordered when another one was given
+    Column("substituted_for", Integer, ForeignKey("products.id"), nullable=True),
     CheckConstraint("quantity > 0", name="ck_movement_quantity_positive"),
 )
 Index("ix_movements_key", movements.c.idempotency_key)
@@ -130,6 +140,8 @@ reservations = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("resolved_at", UTCDateTime(), nullable=True),
     Column("actor", String(100), nullable=False),
+    # JSON list of the location codes it may allocate from (used to re-allocate)
+    Column("locations", Text, nullable=False, server_default="[]"),
 )
 Index("ix_reservations_status_expires", reservations.c.status, reservations.c.expires_at)
 
@@ -143,6 +155,8 @@ reservation_lines = Table(
     Column("lot_id", Integer, ForeignKey("lots.id"), nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("posted", Integer, nullable=False, server_default="0"),
+    # set when this line gives another product of the same substitution group
+    Column("substituted_for", Integer, ForeignKey("products.id"), nullable=True),
     CheckConstraint("quantity > 0", name="ck_line_quantity_positive"),
     CheckConstraint("posted >= 0 AND posted <= quantity", name="ck_line_posted"),
 )
@@ -159,8 +173,89 @@ commands = Table(
     Column("ts", UTCDateTime(), nullable=False),
 )
 
-INTERNAL_KINDS = ("store", "bin", "canister", "pocket", "quarantine")
-EXTERNAL_KINDS = ("supplier", "consumed", "waste")
+# A product exempted from the one-month stock obligation: the special reason and the
+# risk assessment are recorded, and the exemption is reviewed by a date.
+exemptions = Table(
+    "exemptions",
+    metadata,
+    Column("product_id", Integer, ForeignKey("products.id"), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("risk_assessment", Text, nullable=False),
+    Column("review_date", Date, nullable=False),
+    Column("decided_by", String(100), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=False),
+)
+
+# Demand as it was asked of the stock: one line per product of a reservation request
+# (a packing job, a pocket refill), with what could be given from stock at once.
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("product_id", Integer, ForeignKey("products.id"), nullable=False),
+    Column("requested", Integer, nullable=False),
+    Column("filled", Integer, nullable=False),
+    Column("source", String(50), nullable=False),
+    CheckConstraint(
+        "requested > 0 AND filled >= 0 AND filled <= requested", name="ck_order_line_quantities"
+    ),
+)
+
+# The audit trail: one row per change, hash-chained. `hash` covers the row's content
+# and the previous row's hash, so an altered, inserted or deleted row breaks the chain
+# from that point on. `audit_head` holds the last sequence number and hash; writers
+# lock it, which puts every change of every controller in one order.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(30), nullable=False),
+    Column("entity", String(30), nullable=False),
+    Column("entity_key", String(200), nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("old_value", Text, nullable=True),
+    Column("new_value", Text, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_entity", audit_log.c.entity, audit_log.c.entity_key)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+INTERNAL_KINDS = (
+    "site",
+    "store",
+    "bin",
+    "preparedness",
+    "canister",
+    "drawer",
+    "pocket",
+    "quarantine",
+)
+EXTERNAL_KINDS = ("supplier", "consumed", "waste", "adjustment")
+PRODUCT_CATEGORIES = ("drug", "medical_device", "special_food", "protective_equipment")
+STORAGE = ("room", "cold", "frozen")
+WASTE_REASONS = (
+    "expired",
+    "damaged",
+    "packing_reject",
+    "returned",
+    "recalled",
+    "temperature",
+    "other",
+)
 
 # The last value of a device's monotonic counter (a pocket's withdrawals) that has been
 # booked. It is written in the same transaction as the movements it accounts for, so a

@@ -2,7 +2,8 @@
 
 The cached balances must equal what the append-only movements add up to, nothing may
 be negative, and what is reserved on a row must equal the open reservation lines on it
-and never exceed what is on hand.
+and never exceed what is on hand. The audit chain must be whole, and every movement
+must be exactly what the audit trail recorded when it was booked.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ class Violation:
 
 
 def verify_ledger(engine: Engine) -> list[Violation]:
-    """Returns every broken invariant (an empty list means the ledger is sound)."""
-    found: list[Violation] = []
+    """Returns every broken invariant and every break in the audit chain (an empty list
+    means the ledger is sound)."""
+    from controller.ledger.audit import verify_chain
+
+    found: list[Violation] = [Violation(p.rule, p.detail) for p in verify_chain(engine)]
     with engine.connect() as conn:
         internal = {
             row.id: row.code

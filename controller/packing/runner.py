@@ -126,6 +126,7 @@ class PackerRunner:
                 ],
                 timeout_s=self.settings.reservation_timeout_s,
                 actor=ACTOR,
+                order_source="packing",
             )
             await job.reserved()
         except (PackingError, LedgerError, DriverError) as exc:
@@ -356,7 +357,16 @@ class PackerRunner:
             if used:
                 uses.append(Use(gtin, used, CONSUMED, "consume", f"dose pouches {job.job_id}"))
             if dispensed > used:
-                uses.append(Use(gtin, dispensed - used, WASTE, "waste", "packing reject"))
+                uses.append(
+                    Use(
+                        gtin,
+                        dispensed - used,
+                        WASTE,
+                        "waste",
+                        "packing reject",
+                        reason_code="packing_reject",
+                    )
+                )
         reservation = f"job:{planned.job_id}"
         try:
             await self.ledger.call(

@@ -1,0 +1,239 @@
+"""The hash-chained audit trail.
+
+Every change the ledger makes is written as an audit row in the same transaction: who,
+what, when, why, the old and the new value. Each row's hash covers its content and the
+previous row's hash, so altering, inserting or deleting any row breaks the chain from
+that row on. Writers take the single `audit_head` row for update, which puts every change
+of every controller sharing the database in one order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from controller.ledger.schema import audit_head, audit_log, locations, lots, movements, products
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed entity: `old` is None for a creation, `new` None for a removal."""
+
+    entity: str
+    key: str
+    old: Any = None
+    new: Any = None
+
+
+def _canonical(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def row_hash(
+    *,
+    seq: int,
+    ts: datetime,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_key: str,
+    reason: str,
+    old_value: str | None,
+    new_value: str | None,
+    prev_hash: str,
+) -> str:
+    stamp = ts.astimezone(UTC).isoformat(timespec="microseconds")
+    material = json.dumps(
+        [seq, stamp, actor, action, entity, entity_key, reason, old_value, new_value, prev_hash],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def write_audit(
+    conn: Connection,
+    *,
+    ts: datetime,
+    actor: str,
+    action: str,
+    reason: str,
+    changes: list[Change],
+) -> None:
+    """Appends the changes to the chain (inside the caller's transaction)."""
+    if not changes:
+        return
+    query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    head = conn.execute(query).first()
+    if head is None:
+        conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        seq, prev = 0, GENESIS
+    else:
+        seq, prev = int(head.seq), str(head.hash)
+    ts = ts.replace(microsecond=ts.microsecond)  # stored with microseconds on both engines
+    rows = []
+    for change in changes:
+        seq += 1
+        values: dict[str, Any] = {
+            "seq": seq,
+            "ts": ts,
+            "actor": actor[:100],
+            "action": action[:30],
+            "entity": change.entity[:30],
+            "entity_key": change.key[:200],
+            "reason": reason[:200],
+            "old_value": _canonical(change.old),
+            "new_value": _canonical(change.new),
+            "prev_hash": prev,
+        }
+        prev = row_hash(**values)
+        rows.append({**values, "hash": prev})
+    conn.execute(insert(audit_log), rows)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+def movement_record(
+    movement_id: int,
+    *,
+    kind: str,
+    lot_id: int,
+    from_id: int,
+    to_id: int,
+    quantity: int,
+    key: str,
+    reason_code: str | None,
+    substituted_for: int | None,
+) -> dict[str, Any]:
+    """What the audit keeps of a movement, to compare against the movements table."""
+    return {
+        "id": movement_id,
+        "kind": kind,
+        "lot": lot_id,
+        "from": from_id,
+        "to": to_id,
+        "quantity": quantity,
+        "key": key,
+        "reason_code": reason_code,
+        "substituted_for": substituted_for,
+    }
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    rule: str
+    detail: str
+
+
+def verify_chain(engine: Engine) -> list[ChainProblem]:
+    """Recomputes the chain and compares every movement with what the audit recorded."""
+    problems: list[ChainProblem] = []
+    audited_movements: dict[int, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        expected_seq, prev = 1, GENESIS
+        for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
+            if row.seq != expected_seq:
+                problems.append(
+                    ChainProblem(
+                        "audit-gap", f"row {expected_seq} is missing (next row is {row.seq})"
+                    )
+                )
+            if row.prev_hash != prev:
+                problems.append(
+                    ChainProblem(
+                        "audit-chain",
+                        f"row {row.seq}: previous hash does not match row {row.seq - 1}",
+                    )
+                )
+            recomputed = row_hash(
+                seq=row.seq,
+                ts=row.ts,
+                actor=row.actor,
+                action=row.action,
+                entity=row.entity,
+                entity_key=row.entity_key,
+                reason=row.reason,
+                old_value=row.old_value,
+                new_value=row.new_value,
+                prev_hash=row.prev_hash,
+            )
+            if recomputed != row.hash:
+                problems.append(
+                    ChainProblem(
+                        "audit-altered",
+                        f"row {row.seq} ({row.action} {row.entity} "
+                        f"{row.entity_key}): content does not match its hash",
+                    )
+                )
+            if row.entity == "movement" and row.new_value:
+                record = json.loads(row.new_value)
+                audited_movements[int(record["id"])] = record
+            expected_seq, prev = row.seq + 1, row.hash
+        head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+        last = expected_seq - 1
+        if head is not None and (head.seq != last or head.hash != prev):
+            problems.append(
+                ChainProblem(
+                    "audit-head", f"head says row {head.seq}, the chain ends at row {last}"
+                )
+            )
+        if head is None and last > 0:
+            problems.append(ChainProblem("audit-head", "the chain has rows but no head"))
+
+        stored = {
+            m.id: movement_record(
+                m.id,
+                kind=m.kind,
+                lot_id=m.lot_id,
+                from_id=m.from_location_id,
+                to_id=m.to_location_id,
+                quantity=m.quantity,
+                key=m.idempotency_key,
+                reason_code=m.reason_code,
+                substituted_for=m.substituted_for,
+            )
+            for m in conn.execute(select(movements))
+        }
+    for movement_id, record in sorted(stored.items()):
+        audited = audited_movements.get(movement_id)
+        if audited is None:
+            problems.append(
+                ChainProblem("movement-unaudited", f"movement {movement_id} has no audit record")
+            )
+        elif audited != record:
+            changed = sorted(k for k in record if record[k] != audited.get(k))
+            problems.append(
+                ChainProblem(
+                    "movement-altered",
+                    f"movement {movement_id}: {', '.join(changed)} differ from the audit record",
+                )
+            )
+    for movement_id in sorted(set(audited_movements) - set(stored)):
+        problems.append(
+            ChainProblem(
+                "movement-deleted",
+                f"movement {movement_id} is in the audit trail but not in the movements table",
+            )
+        )
+    return problems
+
+
+def names(conn: Connection, location_id: int, lot_id: int) -> str:
+    """A readable key for a balance row: 'CAB-MED1/P01 07359990000013/N0201A'."""
+    code = conn.execute(select(locations.c.code).where(locations.c.id == location_id)).scalar()
+    lot = conn.execute(
+        select(products.c.gtin, lots.c.batch)
+        .join(products, products.c.id == lots.c.product_id)
+        .where(lots.c.id == lot_id)
+    ).first()
+    lot_name = f"{lot.gtin}/{lot.batch}" if lot else f"lot {lot_id}"
+    return f"{code} {lot_name}"
