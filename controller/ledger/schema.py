@@ -116,6 +116,7 @@ movements = Table(
 Index("ix_movements_key", movements.c.idempotency_key)
 Index("ix_movements_lot_from", movements.c.lot_id, movements.c.from_location_id)
 Index("ix_movements_lot_to", movements.c.lot_id, movements.c.to_location_id)
+Index("ix_movements_ts", movements.c.ts)  # reports read windows of time
 
 balances = Table(
     "balances",

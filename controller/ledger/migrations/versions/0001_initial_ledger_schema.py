@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 13:27:48.610831
+Create Date: 2026-11-22 13:41:18.059930
 """
 
 from __future__ import annotations
@@ -231,6 +231,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_movements_key", ["idempotency_key"], unique=False)
         batch_op.create_index("ix_movements_lot_from", ["lot_id", "from_location_id"], unique=False)
         batch_op.create_index("ix_movements_lot_to", ["lot_id", "to_location_id"], unique=False)
+        batch_op.create_index("ix_movements_ts", ["ts"], unique=False)
 
     op.create_table(
         "reservation_lines",
@@ -279,6 +280,7 @@ def downgrade() -> None:
 
     op.drop_table("reservation_lines")
     with op.batch_alter_table("movements", schema=None) as batch_op:
+        batch_op.drop_index("ix_movements_ts")
         batch_op.drop_index("ix_movements_lot_to")
         batch_op.drop_index("ix_movements_lot_from")
         batch_op.drop_index("ix_movements_key")
