@@ -88,6 +88,10 @@ class Controller:
                 unit=p.unit,
                 pack_size=p.pack_size,
                 unit_price=p.unit_price,
+                category=p.category,
+                storage=p.storage,
+                controlled_class=p.controlled_class,
+                substitution_group=p.substitution_group,
             )
         store = self.site.store
         led.add_location(store.code, "store")
