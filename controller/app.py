@@ -22,6 +22,7 @@ from controller.packing.runner import PackerRunner, PackingSettings, canister_lo
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
+SITE_ROOT = "SITE"  # the root of the location tree
 
 
 class Controller:
@@ -94,14 +95,15 @@ class Controller:
                 substitution_group=p.substitution_group,
             )
         store = self.site.store
-        led.add_location(store.code, "store")
+        led.add_location(SITE_ROOT, "site")
+        led.add_location(store.code, "store", parent=SITE_ROOT)
         for code in store.bins:
             led.add_location(code, "bin", parent=store.code)
         for code in store.preparedness:
             led.add_location(code, "preparedness", parent=store.code)
         led.add_location(f"{store.code}/QUARANTINE", "quarantine", parent=store.code)
         for packer in self.site.packers:
-            led.add_location(packer.name, "store")
+            led.add_location(packer.name, "packer", parent=SITE_ROOT)
             for can in packer.canisters:
                 led.add_location(
                     canister_location(packer.name, can.number),
@@ -110,7 +112,7 @@ class Controller:
                     product_gtin=can.gtin,
                 )
         for cab in self.site.cabinets:
-            led.add_location(cab.name, "store")
+            led.add_location(cab.name, "cabinet", parent=SITE_ROOT)
             for pocket in cab.pockets:
                 led.add_location(
                     pocket_location(cab.name, pocket.number),

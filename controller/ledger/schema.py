@@ -239,6 +239,8 @@ INTERNAL_KINDS = (
     "site",
     "store",
     "bin",
+    "packer",
+    "cabinet",
     "preparedness",
     "canister",
     "drawer",
