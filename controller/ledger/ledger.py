@@ -1093,16 +1093,27 @@ class Ledger:
                     return result
             except IntegrityError as exc:
                 # A concurrent twin with the same key won the race: its result stands.
-                with self.engine.connect() as conn:
-                    stored = self._stored(conn, key, kind)
+                stored = self._twin_result(key, kind)
                 if stored is not None:
                     return stored
                 raise LedgerError(f"{kind} {key!r} refused by the database: {exc.orig}") from exc
+            except LedgerError:
+                # Refused because a twin with the same key committed first while this one
+                # waited for its row locks (it found the reservation resolved, or the stock
+                # gone): the twin's result is this command's result.
+                stored = self._twin_result(key, kind)
+                if stored is not None:
+                    return stored
+                raise
             except OperationalError as exc:
                 if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:
                     raise
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _twin_result(self, key: str, kind: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return self._stored(conn, key, kind)
 
     @staticmethod
     def _stored(conn: Connection, key: str, kind: str) -> dict[str, Any] | None:
