@@ -15,6 +15,7 @@ import io
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -361,6 +362,8 @@ class Ledger:
         """
         if not lines:
             raise LedgerError("a delivery needs at least one line")
+        if self.command_done(key):
+            return  # a retry of a delivery already booked (perhaps before its lot expired)
         today = self.clock().date()
         found = [
             (i, e)
@@ -654,7 +657,9 @@ class Ledger:
         """
         if status not in LOT_STATUSES:
             raise LedgerError(f"invalid lot status: {status!r} (one of {LOT_STATUSES})")
-        key = key or f"lot-status:{gtin}:{batch}:{status}:{self.clock().isoformat()}"
+        # Without a key each call is its own command; setting a status twice changes
+        # nothing the second time, so a retry is harmless either way.
+        key = key or f"lot-status:{gtin}:{batch}:{status}:{uuid.uuid4().hex}"
 
         def run(conn: Connection) -> dict[str, Any]:
             lot_id = self._lot_id_in(conn, gtin, batch)
@@ -1311,6 +1316,11 @@ class Ledger:
         if usable_only:
             cutoff = self.clock().date() + timedelta(days=self.min_shelf_life_days)
             query = query.where(lots.c.status == "released", lots.c.expiry >= cutoff)
+            if conn.dialect.name == "postgresql":
+                # A share lock on the lots allocated from: quarantining or recalling one
+                # of them waits until this transaction's lines exist (and then moves
+                # them), and an allocation that waited re-checks the lot's new status.
+                query = query.with_for_update(read=True, of=lots)
         return [(int(a), int(b), int(c)) for a, b, c in conn.execute(query)]
 
     def _substitutes(self, conn: Connection, product_id: int) -> list[int]:
