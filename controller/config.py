@@ -131,21 +131,24 @@ class PackerSim(Strict):
 
 class Packer(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    driver: Literal["opcua"] = "opcua"
+    # opcua: PackML over OPC UA (docs/packer-opcua.md); serial: the framed serial
+    # protocol of older packers (docs/packer-serial-protocol.md)
+    driver: Literal["opcua", "serial"] = "opcua"
     address: str
+    baudrate: int = Field(default=115200, gt=0)  # serial only
     pouches_per_minute: float = Field(default=60, gt=0)
     canisters: list[Canister] = Field(min_length=1)
     sim: PackerSim = PackerSim()
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if not v.startswith("opc.tcp://"):
-            raise ValueError(f"address {v!r} must be an opc.tcp:// URL")
-        return v
-
     @model_validator(mode="after")
     def _unique(self) -> Packer:
+        if self.driver == "opcua" and not self.address.startswith("opc.tcp://"):
+            raise ValueError(f"address {self.address!r} must be an opc.tcp:// URL")
+        if self.driver == "serial" and self.address.startswith(("opc.tcp://", "tcp://")):
+            raise ValueError(
+                f"address {self.address!r} must be a serial port or pyserial URL "
+                "(/dev/ttyUSB0, socket://host:port, rfc2217://host:port)"
+            )
         numbers = [c.number for c in self.canisters]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"packer {self.name}: canister numbers repeat: {numbers}")

@@ -7,6 +7,10 @@ from drivers.base import CabinetDriver, PackerDriver, ScannerDriver
 
 
 def packer_driver(config: Packer) -> PackerDriver:
+    if config.driver == "serial":
+        from drivers.serial_packer import SerialPackerDriver
+
+        return SerialPackerDriver(config.name, config.address, baudrate=config.baudrate)
     from drivers.opcua_packer import OpcUaPackerDriver
 
     return OpcUaPackerDriver(config.name, config.address)

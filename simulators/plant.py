@@ -45,6 +45,33 @@ def _port(address: str, free: bool) -> int:
     return port
 
 
+def _packer(p: dict[str, Any], seed: int, free_ports: bool) -> Any:
+    """An OPC UA or a serial packer simulator, as the site file's `driver:` says."""
+    sim = p.get("sim", {})
+    kwargs: dict[str, Any] = {
+        "port": _port(p["address"], free_ports),
+        "canisters": [
+            (c["number"], str(c["gtin"]).zfill(14), 0, c["capacity"]) for c in p["canisters"]
+        ],
+        "pouches_per_minute": float(p.get("pouches_per_minute", 60)),
+        "speed_factor": float(sim.get("speed_factor", 1.0)),
+        "reject_rate": float(sim.get("reject_rate", 0.0)),
+        "jam_rate": float(sim.get("jam_rate", 0.0)),
+        "seed": seed,
+    }
+    if p.get("driver", "opcua") == "serial":
+        from simulators.packer_serial import SerialPackerSimulator
+
+        return SerialPackerSimulator(p["name"], **kwargs)
+    return PackerSimulator(p["name"], **kwargs)
+
+
+def _endpoint(sim: Any) -> str:
+    if isinstance(sim, PackerSimulator):
+        return sim.endpoint
+    return f"socket://127.0.0.1:{sim.port}"
+
+
 class Plant:
     def __init__(
         self, site: dict[str, Any], *, day_seconds: float, free_ports: bool, seed: int | None = None
@@ -52,20 +79,7 @@ class Plant:
         seed = int(site.get("seed", 0)) if seed is None else seed
         articles = {str(p["gtin"]).zfill(14): int(p["article"]) for p in site["catalogue"]}
         self.packers = [
-            PackerSimulator(
-                p["name"],
-                port=_port(p["address"], free_ports),
-                canisters=[
-                    (c["number"], str(c["gtin"]).zfill(14), 0, c["capacity"])
-                    for c in p["canisters"]
-                ],
-                pouches_per_minute=float(p.get("pouches_per_minute", 60)),
-                speed_factor=float(p.get("sim", {}).get("speed_factor", 1.0)),
-                reject_rate=float(p.get("sim", {}).get("reject_rate", 0.0)),
-                jam_rate=float(p.get("sim", {}).get("jam_rate", 0.0)),
-                seed=seed + i,
-            )
-            for i, p in enumerate(site.get("packers", []))
+            _packer(p, seed + i, free_ports) for i, p in enumerate(site.get("packers", []))
         ]
         self.cabinet_names = [c["name"] for c in site.get("cabinets", [])]
         self.cabinets = [
@@ -115,7 +129,7 @@ class Plant:
 
     def addresses(self) -> dict[str, Any]:
         return {
-            "packers": {p.name: p.endpoint for p in self.packers},
+            "packers": {p.name: _endpoint(p) for p in self.packers},
             "cabinets": {
                 n: c.address for n, c in zip(self.cabinet_names, self.cabinets, strict=True)
             },

@@ -45,7 +45,7 @@ def test_bad_address_and_levels_are_named() -> None:
     with pytest.raises(ConfigError) as info:
         parse_site(raw)
     text = str(info.value)
-    assert "packers.0.address" in text and "'http://x'" in text
+    assert "packers.0" in text and "address 'http://x' must be an opc.tcp:// URL" in text
     assert "min 30 must be below max 20" in text
 
 
@@ -63,3 +63,12 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("site: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_site(bad)
+
+
+def test_serial_packer_needs_a_serial_address() -> None:
+    raw = site_dict(packer_address="opc.tcp://127.0.0.1:4840/")
+    raw["packers"][0]["driver"] = "serial"
+    with pytest.raises(ConfigError, match="must be a serial port or pyserial URL"):
+        parse_site(raw)
+    raw["packers"][0]["address"] = "socket://127.0.0.1:7010"
+    assert parse_site(raw).packers[0].driver == "serial"
