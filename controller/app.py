@@ -192,6 +192,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.replenishment.drain()
 
     async def stop(self) -> None:
         await self.stop_services()

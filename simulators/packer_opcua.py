@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,24 +24,15 @@ from typing import Any
 from asyncua import Server, ua
 
 from drivers.base import PackMLCommand, PackMLState, StopReason
-from simulators.packml import PackMLMachine
+from simulators.packer_physics import (
+    DEFAULT_CANISTERS,
+    PackerPhysics,
+    PouchPlan,
+    Refusal,
+    RefusalKind,
+)
 
 NAMESPACE_URI = "urn:doseline:packer"
-
-#: PackML UnitModeCurrent values used here.
-UNIT_MODE_PRODUCTION = 1
-UNIT_MODE_MAINTENANCE = 2
-UNIT_MODE_MANUAL = 3
-
-#: A small layout for running the simulator by hand: (number, gtin, count, capacity).
-DEFAULT_CANISTERS: tuple[tuple[int, str, int, int], ...] = (
-    (1, "07350000010015", 400, 500),
-    (2, "07350000010022", 400, 500),
-    (3, "07350000010039", 300, 500),
-    (4, "07350000010046", 300, 500),
-    (5, "07350000010053", 200, 250),
-    (6, "07350000010060", 200, 250),
-)
 
 _log = logging.getLogger(__name__)
 
@@ -60,29 +50,11 @@ class MethodError(Exception):
         self.argument = argument
 
 
-@dataclass
-class _Canister:
-    number: int
-    gtin: str
-    count: int
-    capacity: int
-    dispensed_total: int = 0
-
-
-@dataclass(frozen=True)
-class _Pouch:
-    seq: int
-    label: str
-    items: tuple[tuple[int, int], ...]
-
-
-@dataclass
-class _Job:
-    job_id: str
-    pouches: tuple[_Pouch, ...]
-    index: int = 0  # the pouch being packed; a rejected pouch is packed again
-    good: int = 0
-    rejected: int = 0
+#: How the machine's refusals show as OPC UA status codes.
+_REFUSAL_STATUS = {
+    RefusalKind.INVALID_STATE: _STATUS.BadInvalidState,
+    RefusalKind.INVALID_ARGUMENT: _STATUS.BadInvalidArgument,
+}
 
 
 @dataclass(frozen=True)
@@ -99,7 +71,9 @@ class PackerSimulator:
     `address_space_cache` (a shelf file path) and `server_clock=False` make start and
     stop fast for tests; neither changes what a client sees of the machine.
     Plain-Python accessors (`state`, `canister_counts()`, ...) are for tests only; a
-    controller must go through OPC UA.
+    controller must go through OPC UA. The machine itself (canisters, pouches, rejects,
+    jams, PackML) is `simulators.packer_physics.PackerPhysics`, shared with the serial
+    packer simulator; this class maps it onto an address space.
     """
 
     def __init__(
@@ -120,45 +94,24 @@ class PackerSimulator:
     ) -> None:
         if not name or any(c in name for c in "/.:<>&!#"):
             raise ValueError(f"name: {name!r} is empty or holds a browse-path reserved character")
-        if pouches_per_minute <= 0 or speed_factor <= 0:
-            raise ValueError(
-                f"pouches_per_minute ({pouches_per_minute}) and speed_factor ({speed_factor})"
-                " must be > 0"
-            )
-        for label, rate in (("reject_rate", reject_rate), ("jam_rate", jam_rate)):
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{label}: {rate} is not a probability in [0, 1]")
-        if transient_seconds < 0:
-            raise ValueError(f"transient_seconds: {transient_seconds} must be >= 0")
+        self._physics = PackerPhysics(
+            name,
+            canisters,
+            pouches_per_minute=pouches_per_minute,
+            speed_factor=speed_factor,
+            reject_rate=reject_rate,
+            jam_rate=jam_rate,
+            seed=seed,
+            transient_seconds=transient_seconds,
+            initial_state=initial_state,
+        )
         self.name = name
         self.host = host
         self.port = port
-        self.pouches_per_minute = pouches_per_minute
-        self.speed_factor = speed_factor
-        self.reject_rate = reject_rate
-        self.jam_rate = jam_rate
-        self.transient_seconds = transient_seconds
         self.address_space_cache = Path(address_space_cache) if address_space_cache else None
         self.server_clock = server_clock
-        self._canisters: dict[int, _Canister] = {}
-        for number, gtin, count, capacity in canisters:
-            if number in self._canisters:
-                raise ValueError(f"canisters: number {number} appears twice")
-            if not 0 <= count <= capacity:
-                raise ValueError(f"canisters: canister {number} count {count} not in 0..{capacity}")
-            self._canisters[number] = _Canister(number, gtin, count, capacity)
-        self._rng = random.Random(seed)
-        self._packml = PackMLMachine(initial_state)
-        self._unit_mode = UNIT_MODE_PRODUCTION
-        self._processed = 0
-        self._defective = 0
-        self._stop_reason = StopReason.NONE
-        self._stop_canister = 0
-        self._job: _Job | None = None
-        self._jam_next = False
         self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
         self._publish_lock = asyncio.Lock()
         self._nodes: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
         self._published: dict[str, Any] = {}
@@ -171,34 +124,54 @@ class PackerSimulator:
         return f"opc.tcp://{self.host}:{self.port}/"
 
     @property
+    def pouches_per_minute(self) -> float:
+        return self._physics.pouches_per_minute
+
+    @property
+    def speed_factor(self) -> float:
+        return self._physics.speed_factor
+
+    @property
+    def reject_rate(self) -> float:
+        return self._physics.reject_rate
+
+    @property
+    def jam_rate(self) -> float:
+        return self._physics.jam_rate
+
+    @property
+    def transient_seconds(self) -> float:
+        return self._physics.transient_seconds
+
+    @property
     def state(self) -> PackMLState:
-        return self._packml.state
+        return self._physics.state
 
     @property
     def stop_reason(self) -> StopReason:
-        return self._stop_reason
+        return self._physics.stop_reason
 
     @property
     def stop_canister(self) -> int:
-        return self._stop_canister
+        return self._physics.stop_canister
 
     @property
     def processed_count(self) -> int:
-        return self._processed
+        return self._physics.processed
 
     @property
     def defective_count(self) -> int:
-        return self._defective
+        return self._physics.defective
 
     def canister_counts(self) -> dict[int, int]:
-        return {n: c.count for n, c in self._canisters.items()}
+        return self._physics.canister_counts()
 
     def dispensed_totals(self) -> dict[int, int]:
-        return {n: c.dispensed_total for n, c in self._canisters.items()}
+        return self._physics.dispensed_totals()
 
     def inject_jam(self) -> None:
         """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
-        self._jam_next = True
+        self._physics.inject_jam()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -229,7 +202,9 @@ class PackerSimulator:
         # BinaryServer; the advertised endpoints are rewritten to the URL the client used.
         if server.bserver is not None:
             self.port = int(server.bserver.port)
-        self._task = asyncio.create_task(self._run(), name=f"packer-sim-{self.name}")
+        self._task = asyncio.create_task(
+            self._physics.run(self._publish), name=f"packer-sim-{self.name}"
+        )
         _log.info("packer simulator %s listening on %s", self.name, self.endpoint)
 
     async def stop(self) -> None:
@@ -290,7 +265,7 @@ class PackerSimulator:
         await var(job, "Job.PouchesGood", _VT.Int32)
         await var(job, "Job.PouchesRejected", _VT.Int32)
         canisters = await folder(root, "Canisters")
-        for number in sorted(self._canisters):
+        for number in sorted(self._physics.canisters):
             prefix = f"Canisters.{_canister_name(number)}"
             node = await folder(canisters, prefix)
             await var(node, f"{prefix}.Number", _VT.Int32)
@@ -320,24 +295,22 @@ class PackerSimulator:
 
     def _values(self) -> dict[str, Any]:
         """Every variable's current value by its dotted path below the machine object."""
-        job = self._job
-        executing = self._packml.state is PackMLState.EXECUTE
+        machine = self._physics
+        job = machine.job
         values: dict[str, Any] = {
-            "Status.StateCurrent": int(self._packml.state),
-            "Status.UnitModeCurrent": self._unit_mode,
-            "Status.CurMachSpeed": (
-                float(self.pouches_per_minute * self.speed_factor) if executing else 0.0
-            ),
-            "Admin.ProdProcessedCount": self._processed,
-            "Admin.ProdDefectiveCount": self._defective,
-            "Admin.StopReason": int(self._stop_reason),
-            "Admin.StopCanister": self._stop_canister,
+            "Status.StateCurrent": int(machine.state),
+            "Status.UnitModeCurrent": machine.unit_mode,
+            "Status.CurMachSpeed": machine.machine_speed,
+            "Admin.ProdProcessedCount": machine.processed,
+            "Admin.ProdDefectiveCount": machine.defective,
+            "Admin.StopReason": int(machine.stop_reason),
+            "Admin.StopCanister": machine.stop_canister,
             "Job.JobId": job.job_id if job else "",
             "Job.PouchesTotal": len(job.pouches) if job else 0,
             "Job.PouchesGood": job.good if job else 0,
             "Job.PouchesRejected": job.rejected if job else 0,
         }
-        for number, can in self._canisters.items():
+        for number, can in machine.canisters.items():
             prefix = f"Canisters.{_canister_name(number)}"
             values[f"{prefix}.Number"] = number
             values[f"{prefix}.Gtin"] = can.gtin
@@ -368,7 +341,8 @@ class PackerSimulator:
 
     def _method_specs(self) -> list[_MethodSpec]:
         specs = [
-            _MethodSpec(cmd.value, (), _bind_command(self._command, cmd)) for cmd in PackMLCommand
+            _MethodSpec(cmd.value, (), _bind_command(self._physics.command, cmd))
+            for cmd in PackMLCommand
         ]
         specs.append(
             _MethodSpec(
@@ -387,7 +361,7 @@ class PackerSimulator:
                     ("Number", _VT.Int32, "Canister number"),
                     ("Quantity", _VT.Int32, "Tablets put in, > 0"),
                 ),
-                self._refill,
+                self._physics.refill,
             )
         )
         return specs
@@ -396,62 +370,29 @@ class PackerSimulator:
         async def call(parent: ua.NodeId, *args: ua.Variant) -> Any:
             try:
                 values = _check_arguments(spec, args)
-                spec.handler(*values)
+                try:
+                    spec.handler(*values)
+                except Refusal as refusal:
+                    raise MethodError(
+                        _REFUSAL_STATUS[refusal.kind], refusal.message, refusal.argument
+                    ) from refusal
             except MethodError as exc:
                 _log.info("packer %s refused %s: %s", self.name, spec.name, exc.message)
                 return _error_result(exc, len(args))
-            self._changed.set()
+            self._physics.wake()
             await self._publish()
             return []
 
         return call
 
-    def _command(self, command: PackMLCommand) -> None:
-        state = self._packml.state
-        if command not in self._packml.allowed_commands():
-            raise MethodError(
-                _STATUS.BadInvalidState,
-                f"{command.value} not allowed in state {state.name} ({int(state)})",
-            )
-        if command is PackMLCommand.START and self._job is None:
-            raise MethodError(_STATUS.BadInvalidState, "Start needs a job: no job loaded")
-        self._packml.command(command)
-        if command in (
-            PackMLCommand.STOP,
-            PackMLCommand.HOLD,
-            PackMLCommand.SUSPEND,
-            PackMLCommand.ABORT,
-        ):
-            if self._stop_reason is StopReason.NONE:
-                self._stop_reason = StopReason.OPERATOR
-        elif command in (
-            PackMLCommand.START,
-            PackMLCommand.UNHOLD,
-            PackMLCommand.UNSUSPEND,
-            PackMLCommand.RESET,
-        ):
-            self._stop_reason = StopReason.NONE
-            self._stop_canister = 0
-
     def _load_job(self, job_id: str, pouches_json: str) -> None:
-        state = self._packml.state
-        if state is not PackMLState.IDLE:
-            raise MethodError(
-                _STATUS.BadInvalidState,
-                f"LoadJob: machine is in state {state.name} ({int(state)}), not IDLE",
-            )
-        if self._job is not None:
-            raise MethodError(
-                _STATUS.BadInvalidState,
-                f"LoadJob: job {self._job.job_id!r} is already loaded",
-            )
-        if not job_id or not job_id.strip():
-            raise MethodError(_STATUS.BadInvalidArgument, "JobId: must not be empty", 0)
-        pouches = self._parse_pouches(pouches_json)
-        self._job = _Job(job_id, pouches)
-        _log.info("packer %s loaded job %s with %d pouches", self.name, job_id, len(pouches))
+        self._physics.check_load(job_id)  # state and id first, as before parsing
+        self._physics.load_job(job_id, self._parse_pouches(pouches_json))
 
-    def _parse_pouches(self, text: str | None) -> tuple[_Pouch, ...]:
+    @staticmethod
+    def _parse_pouches(text: str | None) -> tuple[PouchPlan, ...]:
+        """The JSON's structure; the machine checks canisters and sequences itself."""
+
         def bad(message: str) -> MethodError:
             return MethodError(_STATUS.BadInvalidArgument, f"Pouches{message}", 1)
 
@@ -461,8 +402,7 @@ class PackerSimulator:
             raise bad(f": not valid JSON ({exc})") from exc
         if not isinstance(data, list) or not data:
             raise bad(": must be a non-empty JSON list of pouches")
-        pouches: list[_Pouch] = []
-        seen: set[int] = set()
+        pouches: list[PouchPlan] = []
         for i, entry in enumerate(data):
             where = f"[{i}]"
             if not isinstance(entry, dict):
@@ -473,9 +413,6 @@ class PackerSimulator:
             seq = entry.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool):
                 raise bad(f"{where}.seq: must be an integer, got {seq!r}")
-            if seq in seen:
-                raise bad(f"{where}.seq: duplicate sequence {seq}")
-            seen.add(seq)
             label = entry.get("label", "")
             if not isinstance(label, str):
                 raise bad(f"{where}.label: must be a string")
@@ -484,125 +421,13 @@ class PackerSimulator:
                 raise bad(f"{where}.items: must be a non-empty list of [canister, quantity]")
             parsed: list[tuple[int, int]] = []
             for j, item in enumerate(items):
-                at = f"{where}.items[{j}]"
                 if not (isinstance(item, list) and len(item) == 2 and all(map(_is_int, item))):
-                    raise bad(f"{at}: must be [canister, quantity] integers, got {item!r}")
-                number, qty = item
-                canister = self._canisters.get(number)
-                if canister is None:
-                    raise bad(f"{at}: unknown canister {number}")
-                if qty <= 0:
-                    raise bad(f"{at}: quantity must be > 0, got {qty}")
-                if qty > canister.capacity:
                     raise bad(
-                        f"{at}: quantity {qty} exceeds capacity {canister.capacity}"
-                        f" of canister {number}"
+                        f"{where}.items[{j}]: must be [canister, quantity] integers, got {item!r}"
                     )
-                if any(n == number for n, _ in parsed):
-                    raise bad(f"{at}: canister {number} appears twice in one pouch")
-                parsed.append((number, qty))
-            pouches.append(_Pouch(seq, label, tuple(parsed)))
+                parsed.append((item[0], item[1]))
+            pouches.append(PouchPlan(seq, label, tuple(parsed)))
         return tuple(pouches)
-
-    def _refill(self, number: int, quantity: int) -> None:
-        state = self._packml.state
-        if state is PackMLState.EXECUTE:
-            raise MethodError(
-                _STATUS.BadInvalidState,
-                "RefillCanister: machine is in EXECUTE; Hold, Suspend or Stop it first",
-            )
-        canister = self._canisters.get(number)
-        if canister is None:
-            raise MethodError(_STATUS.BadInvalidArgument, f"Number: unknown canister {number}", 0)
-        if quantity <= 0:
-            raise MethodError(
-                _STATUS.BadInvalidArgument, f"Quantity: must be > 0, got {quantity}", 1
-            )
-        if canister.count + quantity > canister.capacity:
-            raise MethodError(
-                _STATUS.BadInvalidArgument,
-                f"Quantity: {quantity} would overfill canister {number}"
-                f" (count {canister.count}, capacity {canister.capacity})",
-                1,
-            )
-        canister.count += quantity
-
-    # -- physics ---------------------------------------------------------------------
-
-    def _delay(self) -> float | None:
-        """How long the current state lasts before the machine acts, None = until told."""
-        state = self._packml.state
-        if self._packml.is_acting:
-            return self.transient_seconds
-        if state is PackMLState.EXECUTE:
-            return 60.0 / (self.pouches_per_minute * self.speed_factor)
-        return None
-
-    async def _run(self) -> None:
-        """Advance acting states and pack pouches; a method call wakes it early."""
-        while True:
-            self._changed.clear()
-            delay = self._delay()
-            if delay is None:
-                await self._changed.wait()
-                continue
-            try:
-                async with asyncio.timeout(delay):
-                    await self._changed.wait()
-                continue  # a command changed things before the dwell ended: start over
-            except TimeoutError:
-                pass
-            if self._packml.state is PackMLState.EXECUTE:
-                self._pack_one()
-            else:
-                self._complete_acting()
-            await self._publish()
-
-    def _complete_acting(self) -> None:
-        new = self._packml.state_complete()
-        if new is PackMLState.IDLE:  # end of Resetting: the machine forgets the job
-            self._job = None
-        elif new is PackMLState.EXECUTE and self._job_done():
-            self._packml.state_complete()  # nothing left to pack: go Completing
-
-    def _job_done(self) -> bool:
-        return self._job is None or self._job.index >= len(self._job.pouches)
-
-    def _internal_hold(self, reason: StopReason, canister: int = 0) -> None:
-        self._packml.command(PackMLCommand.HOLD)
-        self._stop_reason = reason
-        self._stop_canister = canister
-        _log.info("packer %s holds: %s %s", self.name, reason.name, canister or "")
-
-    def _pack_one(self) -> None:
-        """One pouch attempt: check stock, maybe jam, dispense, vision check."""
-        job = self._job
-        if job is None or self._job_done():
-            self._packml.state_complete()
-            return
-        pouch = job.pouches[job.index]
-        for number, qty in pouch.items:
-            if self._canisters[number].count < qty:
-                self._internal_hold(StopReason.CANISTER_EMPTY, number)
-                return
-        jammed = self._rng.random() < self.jam_rate
-        if jammed or self._jam_next:
-            self._jam_next = False
-            self._internal_hold(StopReason.JAM)
-            return
-        for number, qty in pouch.items:
-            canister = self._canisters[number]
-            canister.count -= qty
-            canister.dispensed_total += qty
-        self._processed += 1
-        if self._rng.random() < self.reject_rate:
-            self._defective += 1
-            job.rejected += 1  # same pouch again next cycle; its tablets are waste
-        else:
-            job.good += 1
-            job.index += 1
-            if self._job_done():
-                self._packml.state_complete()
 
 
 async def _init_server(server: Server, cache: Path | None) -> None:

@@ -137,6 +137,7 @@ class Replenishment:
         self._ids = itertools.count(1)
         self._today = today or (lambda: datetime.now(UTC).date())
         self._urgent = asyncio.Event()
+        self._confirming: set[asyncio.Task[ScanOutcome]] = set()
 
     # ------------------------------------------------------------ requests
 
@@ -281,7 +282,7 @@ class Replenishment:
             if line.batch == pack.batch:
                 refill.scanned.add(i)
                 if len(refill.scanned) == len(refill.lines):
-                    return await self._confirm(refill)
+                    return await self._confirm_shielded(refill)
                 return ScanOutcome(
                     True, f"{pack.gtin} batch {pack.batch} checked for {refill.refill_id}", refill
                 )
@@ -289,6 +290,19 @@ class Replenishment:
         return ScanOutcome(
             False, f"batch {pack.batch} of {pack.gtin} was not picked (pick list says {wanted})"
         )
+
+    async def _confirm_shielded(self, refill: Refill) -> ScanOutcome:
+        """Posting the transfer and telling the cabinet belong together: a shutdown
+        that cancels the scan station must not stop a confirmation half-way."""
+        task = asyncio.create_task(self._confirm(refill), name=f"confirm-{refill.refill_id}")
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Waits for confirmations under way (after the scan station was stopped)."""
+        while self._confirming:
+            await asyncio.gather(*self._confirming, return_exceptions=True)
 
     async def _confirm(self, refill: Refill) -> ScanOutcome:
         location = pocket_location(refill.cabinet, refill.pocket.number)

@@ -224,3 +224,30 @@ async def test_returned_doses_go_back_into_the_pocket(cabinet: tuple[Controller,
     assert pocket_stock(controller, 1, PARA) == plant.cabinet.pocket(1, 1).count == 11
     assert controller.ledger.moved_quantity("return") == 2
     assert verify_ledger(controller.ledger.engine) == []
+
+
+async def test_shutdown_during_a_confirmation_lets_it_finish(
+    cabinet: tuple[Controller, Plant],
+) -> None:
+    controller, plant = cabinet
+    replenishment = controller.replenishment
+    plant.cabinet.withdraw(1, 1, 8)  # 12 -> 4, below min 5
+    await controller.pollers["CAB1"].poll_once()
+    [refill] = replenishment.refills
+    [pick] = await replenishment.make_pick_lists()
+    assert (await replenishment.on_scan(pick.barcode)).accepted
+    line = refill.lines[0]
+    plant.cabinet.set_stalled(1, True)  # the cabinet holds the refill command for now
+    scan = asyncio.create_task(
+        replenishment.on_scan(encode_pack(PackId(PARA, line.batch, line.expiry, "SN7")))
+    )
+    await asyncio.sleep(0.2)
+    scan.cancel()  # the scan station is stopped mid-confirmation
+    with pytest.raises(asyncio.CancelledError):
+        await scan
+    plant.cabinet.set_stalled(1, False)
+    await replenishment.drain()
+    assert refill.state == RefillState.CONFIRMED
+    assert plant.cabinet.pocket(1, 1).count == 20 == pocket_stock(controller, 1, PARA)
+    assert await replenishment.cancel_open("shift ended") == 0
+    assert controller.ledger.open_reservation_count() == 0
