@@ -185,8 +185,13 @@ async def run_demo(
     controller: Controller | None = None
     tech_task: asyncio.Task[None] | None = None
     try:
+        kinds = ", ".join(
+            f"{sum(1 for p in site.packers if p.driver == d)} {label}"
+            for d, label in (("opcua", "OPC UA"), ("serial", "serial"))
+            if any(p.driver == d for p in site.packers)
+        )
         say(
-            f"plant: {len(site.packers)} packers (OPC UA), {len(site.cabinets)} cabinets "
+            f"plant: {len(site.packers)} packers ({kinds}), {len(site.cabinets)} cabinets "
             f"(Modbus TCP), {len(site.scanners)} scanner (serial) on loopback"
         )
         for name, url in plant.addresses["packers"].items():
@@ -320,6 +325,10 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
         "jobs_completed": sum(1 for j in jobs if j.state.value == "completed"),
         "jobs_partial": sum(1 for j in jobs if j.state.value == "partial"),
         "jobs_failed": sum(1 for j in jobs if j.state.value == "failed"),
+        "pouches_by_packer": {
+            name: sum(r.job.pouches_good for r in runner.results)
+            for name, runner in controller.runners.items()
+        },
         "tablets_consumed": sum(sum(r.consumed.values()) for r in results),
         "tablets_wasted": sum(sum(r.wasted.values()) for r in results),
         "withdrawals": sum(p.withdrawals_booked for p in controller.pollers.values()),
@@ -346,6 +355,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"by vision and packed again",
         f"  packing jobs             {s['jobs_completed']} completed, {s['jobs_partial']} partial, "
         f"{s['jobs_failed']} failed",
+        "  pouches per packer       "
+        + ", ".join(f"{name} {n}" for name, n in s["pouches_by_packer"].items()),
         f"  tablets                  {s['tablets_consumed']} in pouches, {s['tablets_wasted']} "
         f"wasted in rejects",
         f"  cabinet withdrawals      {s['withdrawals']} doses booked",

@@ -79,6 +79,9 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     assert summary["ledger_verified"] is True
     assert summary["physical_mismatches"] == []
     assert summary["scans_refused"] >= 1  # the demo's deliberately wrong pack
+    # Both packer types packed: PACKER-1 over OPC UA, PACKER-2 over the serial line.
+    assert summary["pouches_by_packer"]["PACKER-1"] > 0
+    assert summary["pouches_by_packer"]["PACKER-2"] > 0
     assert "demo summary" in out
 
     verified = doseline("ledger", "verify", "--db", url)
