@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from datetime import date, time
+from datetime import date
+from typing import Any
 
-from controller.config import DemoConfig, Product
-from controller.packing.orders import DoseOrder, pseudonym
+from controller.config import DemoConfig, Product, Site
+from controller.intake import Catalogue, parse_orders
+from controller.packing.orders import DoseOrder
 
 # ATC code -> (units per dose, administration times as hours of the day)
 REGIMENS: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -26,20 +28,76 @@ REGIMENS: dict[str, tuple[int, tuple[int, ...]]] = {
 }
 
 
-def demo_orders(
-    demo: DemoConfig, packable: Sequence[Product], day: date, *, salt: str
-) -> list[DoseOrder]:
-    """Each patient gets two to five regimens of the packable products."""
+def demo_prescriptions(demo: DemoConfig, packable: Sequence[Product], day: date) -> dict[str, Any]:
+    """The day's prescriptions as the hospital's system would send them: one FHIR R4
+    Bundle of MedicationRequests. Each patient gets two to five regimens of the
+    packable products; the patient identifiers are test identifiers, not people."""
     rng = random.Random(demo.seed)
-    times = {t.hour: t for t in demo.administration_times}
+    hours = {t.hour for t in demo.administration_times}
     choices = [p for p in packable if p.atc in REGIMENS]
-    orders = []
+    entries = []
     for n in range(1, demo.patients + 1):
-        patient = pseudonym(f"{demo.ward}-bed-{n:03d}", salt)
         for product in rng.sample(choices, rng.randint(2, min(5, len(choices)))):
-            units, hours = REGIMENS[product.atc]
-            at = tuple(times.get(h, time(h)) for h in hours if h in times)
+            units, regimen_hours = REGIMENS[product.atc]
+            at = [h for h in regimen_hours if h in hours]
             if not at:
                 continue
-            orders.append(DoseOrder(patient, demo.ward, product.gtin, units, at, day, day))
-    return orders
+            entries.append(
+                {
+                    "resource": {
+                        "resourceType": "MedicationRequest",
+                        "id": f"demo-{n:03d}-{product.article}",
+                        "status": "active",
+                        "intent": "order",
+                        "medicationCodeableConcept": {
+                            "coding": [
+                                {
+                                    "system": "http://www.gs1.org/gtin",
+                                    "code": product.gtin,
+                                    "display": product.name,
+                                },
+                            ]
+                        },
+                        "subject": {
+                            "identifier": {
+                                "system": "urn:doseline:demo-patient",
+                                "value": f"TEST-{demo.ward}-{n:04d}",
+                            }
+                        },
+                        "authoredOn": day.isoformat(),
+                        "dosageInstruction": [
+                            {
+                                "timing": {
+                                    "repeat": {
+                                        "frequency": len(at),
+                                        "period": 1,
+                                        "periodUnit": "d",
+                                        "timeOfDay": [f"{h:02d}:00:00" for h in at],
+                                    }
+                                },
+                                "doseAndRate": [
+                                    {"doseQuantity": {"value": units, "unit": product.unit}}
+                                ],
+                            }
+                        ],
+                        "dispenseRequest": {
+                            "validityPeriod": {"start": day.isoformat(), "end": day.isoformat()}
+                        },
+                    }
+                }
+            )
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def demo_orders(site: Site, demo: DemoConfig, day: date, today: date) -> list[DoseOrder]:
+    """The demo day's dose orders, through the same intake as real prescriptions."""
+    packable = list(
+        {c.gtin: site.product(c.gtin) for p in site.packers for c in p.canisters}.values()
+    )
+    return parse_orders(
+        demo_prescriptions(demo, packable, day),
+        catalogue=Catalogue.from_site(site),
+        salt=site.site.name,
+        default_ward=demo.ward,
+        today=today,
+    )

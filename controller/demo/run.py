@@ -219,14 +219,13 @@ async def run_demo(
         if demo is None:
             raise DemoError("the site file has no demo: section")
         day = today + timedelta(days=1)
-        packable = [site.product(c.gtin) for p in site.packers for c in p.canisters]
-        unique = list({p.gtin: p for p in packable}.values())
-        orders = demo_orders(demo, unique, day, salt=site.site.name)
+        orders = demo_orders(site, demo, day, today)
         jobs = plan_day(orders, day)
         pouches = sum(len(j.pouches) for j in jobs)
         say(
-            f"orders: {len(orders)} dose orders for {demo.patients} patients on ward "
-            f"{demo.ward} for {day}: {len(jobs)} jobs, {pouches} pouches"
+            f"orders: a FHIR Bundle of prescriptions for {demo.patients} patients on ward "
+            f"{demo.ward} became {len(orders)} dose orders for {day}: {len(jobs)} jobs, "
+            f"{pouches} pouches"
         )
         say(f"day: one day at the cabinets in {day_seconds:.0f} s")
         await controller.submit(jobs)
