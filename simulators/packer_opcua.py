@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
+from simulators.standalone import run, serve_until_stopped
 
 NAMESPACE_URI = "urn:doseline:packer"
 
@@ -565,25 +565,12 @@ async def _serve(args: argparse.Namespace) -> None:
         initial_state=PackMLState[args.initial_state],
         address_space_cache=args.address_space_cache,
     )
-    await sim.start()
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"packer {sim.name} on {sim.endpoint} (Ctrl-C to stop)", flush=True)
-    try:
-        await stop.wait()  # SIGTERM (docker stop); Ctrl-C cancels this instead
-    finally:
-        await sim.stop()
+    await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.endpoint}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one simulated packer until Ctrl-C."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("asyncua").setLevel(logging.WARNING)
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    args = _parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    run(_serve(_parse_args(argv)), quiet=("asyncua",))
 
 
 if __name__ == "__main__":

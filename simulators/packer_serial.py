@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
+from simulators.standalone import run, serve_until_stopped
 
 MODEL = "doseline serial packer simulator"
 FIRMWARE = "sim-1"
@@ -482,24 +482,12 @@ async def _serve(args: argparse.Namespace) -> None:
         transient_seconds=args.transient,
         initial_state=PackMLState[args.initial_state],
     )
-    await sim.start()
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"packer {sim.name} on {sim.address} (Ctrl-C to stop)", flush=True)
-    try:
-        await stop.wait()  # SIGTERM (docker stop); Ctrl-C cancels this instead
-    finally:
-        await sim.stop()
+    await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.address}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one simulated serial packer until Ctrl-C or SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    args = _parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    run(_serve(_parse_args(argv)), quiet=())
 
 
 if __name__ == "__main__":
