@@ -151,9 +151,8 @@ class Controller:
     # ------------------------------------------------------------ running
 
     async def start(self) -> None:
-        for name, driver in self.packer_drivers.items():
-            await driver.connect()
-            log.info("packer %s connected", name)
+        # Packers connect in their runners (with backoff), so one unreachable packer
+        # does not keep the rest of the site from running.
         for scanner in self.scanners.values():
             await scanner.connect()
         for runner in self.runners.values():

@@ -84,12 +84,19 @@ class PackerRunner:
         self.canister_of = {c.gtin: c for c in config.canisters}
         self.results: list[JobResult] = []
         self._seen: tuple[int, int] | None = None  # last processed/defective totals
+        self.link_ok = False  # set by ensure_connected, cleared by a failed exchange
+        self._outage_logged = False
 
     # ---------------------------------------------------------------- service loop
 
     async def serve(self, queue: asyncio.Queue[PlannedJob]) -> None:
-        """Takes jobs from the shared queue while this packer is free."""
+        """Takes jobs from the shared queue while this packer is free and reachable.
+
+        A packer whose link failed takes no job until it is connected again, so the
+        other packers carry on with the queue meanwhile.
+        """
         while True:
+            await self.ensure_connected()
             planned = await queue.get()
             try:
                 self.results.append(await self.run_job(planned))
@@ -102,6 +109,23 @@ class PackerRunner:
                 self.metrics.jobs.labels("failed").inc()
             finally:
                 queue.task_done()
+
+    async def ensure_connected(self) -> None:
+        """(Re)connects with backoff: 1 s, doubling to 30 s. Logged once per outage."""
+        backoff = 1.0
+        while not self.link_ok:
+            try:
+                await self.driver.connect()
+            except DriverError as exc:
+                if not self._outage_logged:
+                    log.warning("packer %s unreachable: %s", self.name, exc)
+                    self._outage_logged = True
+                self.metrics.driver_errors.labels(self.name).inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.link_ok, self._outage_logged = True, False
+            log.info("packer %s connected", self.name)
 
     async def run_job(self, planned: PlannedJob) -> JobResult:
         job = Job(planned.job_id)
@@ -130,6 +154,8 @@ class PackerRunner:
             )
             await job.reserved()
         except (PackingError, LedgerError, DriverError) as exc:
+            if isinstance(exc, DriverError):
+                self.link_ok = False
             job.reason = str(exc)
             log.error("job %s on %s not started: %s", planned.job_id, self.name, exc)
             await self._void(reservation, job)
@@ -146,6 +172,7 @@ class PackerRunner:
             status = await self._follow(planned, job)
             after = await self._dispensed_by_gtin()
         except DriverError as exc:
+            self.link_ok = False
             job.reason = str(exc)
             log.error("job %s on %s: machine failed: %s", planned.job_id, self.name, exc)
             self.metrics.driver_errors.labels(self.name).inc()

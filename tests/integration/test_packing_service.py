@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -193,6 +195,49 @@ async def test_canister_running_empty_is_refilled_and_the_job_completes(
         assert controller.ledger.open_reservation_count() == 0
         assert verify_ledger(controller.ledger.engine) == []
     finally:
+        await runner.driver.close()
+        controller.close()
+        await sim.stop()
+
+
+async def test_runner_reconnects_after_the_packer_restarts(
+    ledger_url: str, address_space_cache: Path
+) -> None:
+    sim = await start_plant(address_space_cache)
+    controller = Controller(make_site(packer_address=sim.endpoint), ledger_url=ledger_url)
+    controller.prepare_ledger()
+    controller.receive_opening_stock(datetime.now(UTC).date())
+    runner = controller.runners["PK1"]
+    runner.settings.poll_interval_s = 0.02
+    queue: asyncio.Queue[PlannedJob] = asyncio.Queue()
+    service = asyncio.create_task(runner.serve(queue))
+    try:
+        await queue.put(job("J1", 3, ((PARA, 1),)))
+        await asyncio.wait_for(queue.join(), 30)
+        port = sim.port
+        await sim.stop()
+        sim = PackerSimulator(
+            "PK1",
+            port=port,
+            canisters=[(1, PARA, 0, 200), (2, METO, 0, 200), (3, FURO, 0, 200)],
+            speed_factor=100,
+            seed=4,
+            transient_seconds=0.01,
+            address_space_cache=address_space_cache,
+            server_clock=False,
+        )
+        await sim.start()  # the same machine, back after a power cycle
+        await queue.put(job("J2", 3, ((METO, 1),)))  # finds the old link dead
+        await queue.put(job("J3", 3, ((METO, 1),)))  # runs after the reconnect
+        await asyncio.wait_for(queue.join(), 60)
+        states = {r.job.job_id: r.job.state for r in runner.results}
+        assert states == {"J1": JobState.COMPLETED, "J2": JobState.FAILED, "J3": JobState.COMPLETED}
+        assert "packer PK1" in runner.results[1].job.reason
+        assert controller.ledger.open_reservation_count() == 0
+    finally:
+        service.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await service
         await runner.driver.close()
         controller.close()
         await sim.stop()
