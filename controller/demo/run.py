@@ -28,7 +28,7 @@ from controller.config import Site
 from controller.demo.orders import demo_orders
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import verify_ledger
-from controller.ledger.schema import metadata
+from controller.ledger.migrations import reset
 from controller.ledger.verify import count_negative_balances
 from controller.packing.planner import plan_day
 from controller.packing.runner import canister_location
@@ -202,7 +202,7 @@ async def run_demo(
             say(f"  {name:<10} {info['address']}")
         live_site = with_plant_addresses(site, plant.addresses)
         controller = Controller(live_site, ledger_url=ledger_url)
-        metadata.drop_all(controller.ledger.engine)
+        reset(controller.ledger.engine)
         controller.prepare_ledger()
         today = datetime.now(UTC).date()
         units = controller.receive_opening_stock(today)

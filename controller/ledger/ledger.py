@@ -330,6 +330,27 @@ class Ledger:
                 )
             self._note("exemption", gtin, old, new)
 
+    def record_event(
+        self,
+        *,
+        actor: str,
+        action: str,
+        entity: str,
+        key: str,
+        old: Any,
+        new: Any,
+        reason: str,
+    ) -> None:
+        """Writes a change made outside the ledger (a packing job's transition, an
+        order's review) to the same hash-chained audit trail."""
+        if not actor or not action or not entity or not key:
+            raise LedgerError(
+                f"audit event needs actor, action, entity and key: "
+                f"{actor!r}, {action!r}, {entity!r}, {key!r}"
+            )
+        with self._tx(actor, action, reason) as _conn:
+            self._note(entity, key, old, new)
+
     # ------------------------------------------------------------------ receiving
 
     def receive(
@@ -1267,7 +1288,12 @@ class Ledger:
             codes = json.loads(row.locations or "[]")
             loc_ids = [self._internal_location_id(conn, c) for c in codes] or [loc_id]
             got = self._hold_fefo(
-                conn, row.reservation_id, row.product_id, loc_ids, off, row.substituted_for,
+                conn,
+                row.reservation_id,
+                row.product_id,
+                loc_ids,
+                off,
+                row.substituted_for,
                 avoid=(loc_id, lot_id),
             )
             moved += got

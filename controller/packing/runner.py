@@ -104,11 +104,34 @@ class PackerRunner:
                 log.exception("job %s on %s: unexpected error", planned.job_id, self.name)
                 job = Job(planned.job_id)
                 job.packer, job.reason = self.name, f"unexpected error: {exc!r}"
-                await job.failed()
+                await self._move(job, "failed")
                 self.results.append(JobResult(job))
                 self.metrics.jobs.labels("failed").inc()
             finally:
                 queue.task_done()
+
+    async def _move(self, job: Job, trigger: str) -> None:
+        """Fires a job transition, then writes it to the ledger's audit trail."""
+        before = job.state.value
+        await getattr(job, trigger)()
+        try:
+            await self.ledger.call(
+                "record_event",
+                actor=ACTOR,
+                action="job",
+                entity="job",
+                key=job.job_id,
+                old={"state": before},
+                new={
+                    "state": job.state.value,
+                    "packer": self.name,
+                    "good": job.pouches_good,
+                    "rejected": job.pouches_rejected,
+                },
+                reason=job.reason or trigger,
+            )
+        except LedgerError as exc:  # the job goes on; the gap is visible in the log
+            log.error("job %s: transition %s not audited: %s", job.job_id, trigger, exc)
 
     async def ensure_connected(self) -> None:
         """(Re)connects with backoff: 1 s, doubling to 30 s. Logged once per outage."""
@@ -152,23 +175,23 @@ class PackerRunner:
                 actor=ACTOR,
                 order_source="packing",
             )
-            await job.reserved()
+            await self._move(job, "reserved")
         except (PackingError, LedgerError, DriverError) as exc:
             if isinstance(exc, DriverError):
                 self.link_ok = False
             job.reason = str(exc)
             log.error("job %s on %s not started: %s", planned.job_id, self.name, exc)
             await self._void(reservation, job)
-            await job.failed()
+            await self._move(job, "failed")
             self.metrics.jobs.labels("failed").inc()
             return result
 
         try:
             before = await self._dispensed_by_gtin()
             await self.driver.load_job(self._spec(planned))
-            await job.loaded()
+            await self._move(job, "loaded")
             await self.driver.command(PackMLCommand.START)
-            await job.started()
+            await self._move(job, "started")
             status = await self._follow(planned, job)
             after = await self._dispensed_by_gtin()
         except DriverError as exc:
@@ -179,7 +202,7 @@ class PackerRunner:
             # What the machine did before it was lost is unknown here: the reservation
             # stays open for recovery to settle from the machine's counters, and expires
             # by itself if nobody does.
-            await job.failed()
+            await self._move(job, "failed")
             self.metrics.jobs.labels("failed").inc()
             return result
 
@@ -188,11 +211,11 @@ class PackerRunner:
         await self._book(planned, job, result, before, after)
         with_all = status.state == PackMLState.COMPLETE
         if with_all and job.pouches_good == len(planned.pouches):
-            await job.completed()
+            await self._move(job, "completed")
             self.metrics.jobs.labels("completed").inc()
         else:
             job.reason = job.reason or f"machine ended in {status.state.name}"
-            await job.ended_partial()
+            await self._move(job, "ended_partial")
             self.metrics.jobs.labels("partial").inc()
         try:
             await self._bring_to_idle()
@@ -312,12 +335,12 @@ class PackerRunner:
             if status.state == PackMLState.HELD:
                 holds += 1
                 if job.state.value == "packing":
-                    await job.held()
+                    await self._move(job, "held")
                 await self._clear_hold(planned, status, holds)
                 last_progress = time.monotonic()
                 continue
             if status.state == PackMLState.EXECUTE and job.state.value == "held":
-                await job.resumed()
+                await self._move(job, "resumed")
             if time.monotonic() - last_progress > self.settings.stall_timeout_s:
                 job.reason = f"no pouch for {self.settings.stall_timeout_s:.0f} s: stopped"
                 log.error("job %s on %s stalled; stopping the machine", job.job_id, self.name)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from controller.app import Controller
 from controller.ledger import verify_ledger
+from controller.ledger.schema import audit_log
 from controller.packing.job import JobState
 from controller.packing.planner import PlannedJob, PlannedPouch
 from controller.packing.runner import canister_location
@@ -95,6 +98,22 @@ async def test_job_books_good_pouches_and_rejects(
     assert verify_ledger(led.engine) == []
     history = [dest for _, dest in result.job.history]
     assert history == ["RESERVED", "LOADED", "PACKING", "COMPLETED"]
+    # Every transition is in the hash-chained audit trail, with who and the counts.
+    with led.engine.connect() as conn:
+        audited = [
+            (json.loads(row.old_value)["state"], json.loads(row.new_value)["state"], row.actor)
+            for row in conn.execute(
+                select(audit_log)
+                .where(audit_log.c.entity == "job", audit_log.c.entity_key == "J1")
+                .order_by(audit_log.c.seq)
+            )
+        ]
+    assert audited == [
+        ("planned", "reserved", "controller"),
+        ("reserved", "loaded", "controller"),
+        ("loaded", "packing", "controller"),
+        ("packing", "completed", "controller"),
+    ]
 
 
 async def test_two_jobs_in_a_row_reuse_the_machine(

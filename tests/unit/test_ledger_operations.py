@@ -241,3 +241,14 @@ def test_deleted_movement_is_detected(ledger: Ledger) -> None:
         conn.execute(delete(movements))
     rules = {v.rule for v in verify_ledger(ledger.engine)}
     assert {"movement-deleted", "balance-mismatch"} <= rules
+
+
+def test_reset_leaves_a_database_that_migrates_again(ledger: Ledger) -> None:
+    from controller.ledger.migrations import reset
+
+    receive(ledger, "r1", PARA, "L1", 90, 10, "A1")
+    reset(ledger.engine)
+    assert current(ledger.engine) is None
+    ledger.create_schema()  # a demo run after a demo run
+    assert current(ledger.engine) == "0001"
+    assert ledger.movement_count() == 0

@@ -33,3 +33,15 @@ def current(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def reset(engine: Engine) -> None:
+    """Drops every ledger table and the migration record: an empty database again.
+    Used by the demo, which always starts from nothing."""
+    from sqlalchemy import text
+
+    from controller.ledger.schema import metadata
+
+    metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
