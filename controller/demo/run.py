@@ -244,7 +244,7 @@ async def run_demo(
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-        if not await controller.wait_for_jobs(timeout_s=max(30.0, day_seconds)):
+        if not await controller.wait_for_jobs(timeout_s=max(120.0, day_seconds)):
             log.error("packing did not finish in time")
         # Give the technician a moment to finish the list in hand.
         await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))

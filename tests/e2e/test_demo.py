@@ -55,7 +55,7 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
         scraped = response.read().decode()
     out, err = proc.communicate(timeout=200)
     lines += out.splitlines()
-    assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{out}\n{err[-3000:]}"
+    assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}"
 
     for name in (
         'doseline_packer_state{packer="PACKER-1"}',
@@ -115,7 +115,7 @@ def test_demo_refuses_a_bad_minutes_value() -> None:
 @pytest.mark.timeout(240)
 def test_demo_on_postgresql(postgres_url: str) -> None:
     result = doseline("demo", "--minutes", "0.3", "--json", "--db", postgres_url, timeout=220)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["pouches_packed"] > 0 and summary["withdrawals"] > 0
     assert summary["ledger_verified"] is True and summary["open_reservations"] == 0
