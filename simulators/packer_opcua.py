@@ -30,7 +30,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
-from simulators.standalone import run, serve_until_stopped
+from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 NAMESPACE_URI = "urn:doseline:packer"
 
@@ -527,43 +527,23 @@ def _error_result(exc: MethodError, n_args: int) -> ua.CallMethodResult:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Simulated OPC UA dose-packing machine")
-    parser.add_argument("--name", default="P1", help="machine name (object under Objects)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
-    parser.add_argument("--port", type=int, default=4840, help="TCP port, 0 = any free")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed", type=float, default=1.0, help="speed factor (time scale)")
-    parser.add_argument("--ppm", type=float, default=60.0, help="pouches per minute")
-    parser.add_argument("--reject-rate", type=float, default=0.0)
-    parser.add_argument("--jam-rate", type=float, default=0.0)
-    parser.add_argument("--transient", type=float, default=0.5, help="seconds in acting states")
+    parser = packer_arguments(
+        "Simulated OPC UA dose-packing machine",
+        default_port=4840,
+        name_help="machine name (object under Objects)",
+    )
     parser.add_argument(
         "--address-space-cache",
         type=Path,
         default=None,
         help="shelf file for the OPC UA standard address space (faster start)",
     )
-    parser.add_argument(
-        "--initial-state",
-        choices=[s.name for s in PackMLState if s is not PackMLState.UNDEFINED],
-        default="STOPPED",
-    )
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     sim = PackerSimulator(
-        args.name,
-        host=args.host,
-        port=args.port,
-        pouches_per_minute=args.ppm,
-        speed_factor=args.speed,
-        reject_rate=args.reject_rate,
-        jam_rate=args.jam_rate,
-        seed=args.seed,
-        transient_seconds=args.transient,
-        initial_state=PackMLState[args.initial_state],
-        address_space_cache=args.address_space_cache,
+        args.name, address_space_cache=args.address_space_cache, **packer_settings(args)
     )
     await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.endpoint}")
 

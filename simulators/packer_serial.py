@@ -34,7 +34,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
-from simulators.standalone import run, serve_until_stopped
+from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 MODEL = "doseline serial packer simulator"
 FIRMWARE = "sim-1"
@@ -451,37 +451,16 @@ class SerialPackerSimulator:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Simulated serial dose-packing machine")
-    parser.add_argument("--name", default="P1", help="machine name (sent in HELLO_REPLY)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
-    parser.add_argument("--port", type=int, default=4851, help="TCP port, 0 = any free")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed", type=float, default=1.0, help="speed factor (time scale)")
-    parser.add_argument("--ppm", type=float, default=60.0, help="pouches per minute")
-    parser.add_argument("--reject-rate", type=float, default=0.0)
-    parser.add_argument("--jam-rate", type=float, default=0.0)
-    parser.add_argument("--transient", type=float, default=0.5, help="seconds in acting states")
-    parser.add_argument(
-        "--initial-state",
-        choices=[s.name for s in PackMLState if s is not PackMLState.UNDEFINED],
-        default="STOPPED",
+    parser = packer_arguments(
+        "Simulated serial dose-packing machine",
+        default_port=4851,
+        name_help="machine name (sent in HELLO_REPLY)",
     )
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    sim = SerialPackerSimulator(
-        args.name,
-        host=args.host,
-        port=args.port,
-        pouches_per_minute=args.ppm,
-        speed_factor=args.speed,
-        reject_rate=args.reject_rate,
-        jam_rate=args.jam_rate,
-        seed=args.seed,
-        transient_seconds=args.transient,
-        initial_state=PackMLState[args.initial_state],
-    )
+    sim = SerialPackerSimulator(args.name, **packer_settings(args))
     await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.address}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -35,3 +36,44 @@ def run(serve: Coroutine[Any, Any, None], *, quiet: tuple[str, ...] = ()) -> Non
         logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve)
+
+
+def packer_arguments(
+    description: str, *, default_port: int, name_help: str
+) -> argparse.ArgumentParser:
+    """The command-line options every simulated packer takes, whatever its protocol."""
+    from drivers.base import PackMLState
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--name", default="P1", help=name_help)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=default_port, help="TCP port, 0 = any free")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed", type=float, default=1.0, help="speed factor (time scale)")
+    parser.add_argument("--ppm", type=float, default=60.0, help="pouches per minute")
+    parser.add_argument("--reject-rate", type=float, default=0.0)
+    parser.add_argument("--jam-rate", type=float, default=0.0)
+    parser.add_argument("--transient", type=float, default=0.5, help="seconds in acting states")
+    parser.add_argument(
+        "--initial-state",
+        choices=[s.name for s in PackMLState if s is not PackMLState.UNDEFINED],
+        default="STOPPED",
+    )
+    return parser
+
+
+def packer_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of a packer simulator from `packer_arguments` options."""
+    from drivers.base import PackMLState
+
+    return {
+        "host": args.host,
+        "port": args.port,
+        "pouches_per_minute": args.ppm,
+        "speed_factor": args.speed,
+        "reject_rate": args.reject_rate,
+        "jam_rate": args.jam_rate,
+        "seed": args.seed,
+        "transient_seconds": args.transient,
+        "initial_state": PackMLState[args.initial_state],
+    }
