@@ -55,8 +55,26 @@ class PackMLCommand(enum.StrEnum):
     CLEAR = "Clear"
 
 
+class UnitMode(enum.IntEnum):
+    """PackML unit modes (PackTags UnitMode / OPC 30050 UnitModeCurrent).
+
+    A packer changes mode only in Stopped, Idle or Aborted, and starts a job only in
+    PRODUCTION. MAINTENANCE is for canister work (refills, calibration); in MANUAL the
+    machine dispenses nothing.
+    """
+
+    PRODUCTION = 1
+    MAINTENANCE = 2
+    MANUAL = 3
+
+
 class StopReason(enum.IntEnum):
-    """Values of Admin.StopReason (0 = none)."""
+    """Values of Admin.StopReason (0 = none).
+
+    OUTPUT_FULL: the output tray reached its capacity in Execute and the machine
+    suspended itself; once the tray is emptied (`PackerStatus.output_full` false) the
+    controller sends Unsuspend. The machine never resumes by itself.
+    """
 
     NONE = 0
     OPERATOR = 1
@@ -97,13 +115,20 @@ class PackerJobSpec:
 
 @dataclass(frozen=True)
 class CanisterStatus:
-    """A canister as the machine reports it. `dispensed_total` never decreases."""
+    """A canister as the machine reports it.
+
+    `dispensed_total` and `refilled_total` never decrease: tablets ever dispensed from
+    it and ever put into it by `refill_canister` since power-on. Comparing
+    `refilled_total` with a value read before a refill tells whether that refill
+    reached the machine (a machine that does not report it gives 0).
+    """
 
     number: int
     gtin: str
     count: int
     dispensed_total: int
     capacity: int = 0
+    refilled_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,11 @@ class PackerStatus:
     `defective_total` the rejected ones (PackTags ProdProcessedCount and
     ProdDefectiveCount). The job counters belong to `job_id`. `stop_canister` names
     the canister that ran empty when `stop_reason` is CANISTER_EMPTY.
+
+    `unit_mode` is a `UnitMode` value (1 Production, 2 Maintenance, 3 Manual).
+    `output_count` is the number of good pouches in the output tray, `output_capacity`
+    how many it holds (0 = unlimited) and `output_full` whether it is full; a full tray
+    in Execute suspends the machine with StopReason OUTPUT_FULL.
     """
 
     state: PackMLState
@@ -127,6 +157,9 @@ class PackerStatus:
     job_pouches_good: int
     job_pouches_rejected: int
     stop_canister: int = 0
+    output_count: int = 0
+    output_capacity: int = 0
+    output_full: bool = False
 
 
 class Device(ABC):
@@ -162,6 +195,17 @@ class PackerDriver(Device):
     @abstractmethod
     async def refill_canister(self, number: int, quantity: int) -> None:
         """Tell the machine that `quantity` tablets were put into canister `number`."""
+
+    async def set_unit_mode(self, mode: UnitMode) -> None:
+        """Request a PackML unit mode; raises DriverError if the machine refuses it.
+
+        The machine changes mode only in Stopped, Idle or Aborted (requesting the mode
+        it is already in is accepted in any state). Drivers for machines without unit
+        modes keep this default, which refuses.
+        """
+        raise DriverError(
+            f"packer {self.name}: set_unit_mode {int(mode)}: not supported by {type(self).__name__}"
+        )
 
 
 class CabinetStatusBit(enum.IntFlag):

@@ -4,6 +4,10 @@ The machine is the object `Objects/<name>` in the namespace `urn:doseline:packer
 address space is described in docs/packer-opcua.md. This module only maps nodes and
 methods to the plain values of `drivers.base`; what to do with them is the controller's
 business. Every failure leaves as `DriverError` naming machine, operation and cause.
+
+The output tray (`Output/*`), `Canisters/*/RefilledTotal` and `Command/SetUnitMode` came
+later than the rest of the model; they are optional: a machine without them still
+connects, reads them as 0 / False, and refuses `set_unit_mode` with a DriverError.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from drivers.base import (
     PackerStatus,
     PackMLCommand,
     PackMLState,
+    UnitMode,
 )
 
 NAMESPACE_URI = "urn:doseline:packer"
@@ -43,14 +48,25 @@ _STATUS_PATHS: tuple[tuple[str, str], ...] = (
     ("Job", "PouchesGood"),
     ("Job", "PouchesRejected"),
 )
+#: Optional status nodes (output tray), read with the status when the machine has them.
+_OUTPUT_PATHS: tuple[tuple[str, str], ...] = (
+    ("Output", "Count"),
+    ("Output", "Capacity"),
+    ("Output", "Full"),
+)
 #: Canister variables read by `read_canisters`, per canister.
 _CANISTER_VARS = ("Number", "Gtin", "Count", "Capacity", "DispensedTotal")
+#: Optional canister variable, read when the machine has it.
+_REFILLED = "RefilledTotal"
 #: Methods of the Command object and their argument names (for error messages).
 _METHODS: dict[str, tuple[str, ...]] = {
     **{c.value: () for c in PackMLCommand},
     "LoadJob": ("JobId", "Pouches"),
     "RefillCanister": ("Number", "Quantity"),
 }
+#: Optional methods (OPC 30050 SetUnitMode) and their argument names.
+_OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {"SetUnitMode": ("RequestedMode",)}
+_ARGUMENT_NAMES: dict[str, tuple[str, ...]] = {**_METHODS, **_OPTIONAL_METHODS}
 #: Requested session lifetime: short, so a crashed controller's session is freed soon.
 _SESSION_TIMEOUT_MS = 60_000
 
@@ -83,7 +99,9 @@ class OpcUaPackerDriver(PackerDriver):
         self.object_name = object_name or name
         self._client: Client | None = None
         self._status_nodes: list[Node] = []
+        self._output_nodes: list[Node] = []  # empty when the machine has no Output tray
         self._canister_nodes: list[list[Node]] = []
+        self._refilled_nodes: list[Node | None] = []  # per canister, None when absent
         self._command_node: ua.NodeId | None = None
         self._method_ids: dict[str, ua.NodeId] = {}
 
@@ -160,11 +178,51 @@ class OpcUaPackerDriver(PackerDriver):
         self._command_node = rest[0]
         self._method_ids = dict(zip(_METHODS, rest[1:], strict=True))
 
-    @staticmethod
+        optional: list[tuple[str, ...]] = [(*root, *p) for p in _OUTPUT_PATHS]
+        optional += [(*root, "Canisters", c, _REFILLED) for c in canister_names]
+        optional += [(*root, "Command", m) for m in _OPTIONAL_METHODS]
+        found = await self._translate_optional(client, ns, optional)
+        n_out = len(_OUTPUT_PATHS)
+        outputs = found[:n_out]
+        self._output_nodes = (
+            [client.get_node(i) for i in outputs if i is not None]
+            if all(i is not None for i in outputs)
+            else []
+        )
+        refilled = found[n_out : n_out + len(canister_names)]
+        self._refilled_nodes = [None if i is None else client.get_node(i) for i in refilled]
+        for name, node_id in zip(
+            _OPTIONAL_METHODS, found[n_out + len(canister_names) :], strict=True
+        ):
+            if node_id is not None:
+                self._method_ids[name] = node_id
+
+    @classmethod
     async def _translate(
-        client: Client, ns: int, paths: Sequence[tuple[str, ...]]
+        cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
     ) -> list[ua.NodeId]:
-        """Browse paths below Objects to node ids in one TranslateBrowsePaths request."""
+        """Browse paths below Objects to node ids; a path not found is a DriverError."""
+        ids: list[ua.NodeId] = []
+        for path, (node_id, status) in zip(
+            paths, await cls._browse(client, ns, paths), strict=True
+        ):
+            if node_id is None:
+                raise DriverError(f"node Objects/{'/'.join(path)} not found ({status})")
+            ids.append(node_id)
+        return ids
+
+    @classmethod
+    async def _translate_optional(
+        cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
+    ) -> list[ua.NodeId | None]:
+        """Like `_translate`, but a path the server does not have gives None."""
+        return [node_id for node_id, _ in await cls._browse(client, ns, paths)]
+
+    @staticmethod
+    async def _browse(
+        client: Client, ns: int, paths: Sequence[tuple[str, ...]]
+    ) -> list[tuple[ua.NodeId | None, str]]:
+        """One TranslateBrowsePaths request: (node id or None, status name) per path."""
         relative = [
             ua.RelativePath(
                 Elements=[
@@ -180,21 +238,28 @@ class OpcUaPackerDriver(PackerDriver):
             for path in paths
         ]
         results = await client.translate_browsepaths(client.nodes.objects.nodeid, relative)
-        ids: list[ua.NodeId] = []
-        for path, result in zip(paths, results, strict=True):
+        found: list[tuple[ua.NodeId | None, str]] = []
+        for result in results:
             if not result.StatusCode.is_good() or not result.Targets:
-                raise DriverError(
-                    f"node Objects/{'/'.join(path)} not found ({result.StatusCode.name})"
-                )
+                found.append((None, result.StatusCode.name))
+                continue
             target = result.Targets[0].TargetId
-            ids.append(ua.NodeId(target.Identifier, target.NamespaceIndex))
-        return ids
+            found.append((ua.NodeId(target.Identifier, target.NamespaceIndex), "Good"))
+        return found
 
     # -- reads -----------------------------------------------------------------------
 
     async def read_status(self) -> PackerStatus:
-        values = await self._guarded("read_status", lambda c: self._read(c, self._status_nodes))
+        nodes = [*self._status_nodes, *self._output_nodes]
+        values = await self._guarded("read_status", lambda c: self._read(c, nodes))
+        n_status = len(self._status_nodes)
+        output_count, output_capacity, output_full = 0, 0, False
         try:
+            if self._output_nodes:
+                count, capacity, full = values[n_status:]
+                output_count = _int(count, "Output/Count")
+                output_capacity = _int(capacity, "Output/Capacity")
+                output_full = _bool(full, "Output/Full")
             (
                 state,
                 mode,
@@ -207,7 +272,7 @@ class OpcUaPackerDriver(PackerDriver):
                 total,
                 good,
                 rejected,
-            ) = values
+            ) = values[:n_status]
             return PackerStatus(
                 state=_state(state),
                 unit_mode=_int(mode, "Status/UnitModeCurrent"),
@@ -220,19 +285,33 @@ class OpcUaPackerDriver(PackerDriver):
                 job_pouches_total=_int(total, "Job/PouchesTotal"),
                 job_pouches_good=_int(good, "Job/PouchesGood"),
                 job_pouches_rejected=_int(rejected, "Job/PouchesRejected"),
+                output_count=output_count,
+                output_capacity=output_capacity,
+                output_full=output_full,
             )
         except ValueError as exc:
             raise self._error("read_status", exc) from exc
 
     async def read_canisters(self) -> Sequence[CanisterStatus]:
-        flat = [node for nodes in self._canister_nodes for node in nodes]
+        """All canisters in one Read request, with RefilledTotal where the machine has it."""
+        flat: list[Node] = []
+        for nodes, refilled_node in zip(self._canister_nodes, self._refilled_nodes, strict=True):
+            flat += nodes
+            if refilled_node is not None:
+                flat.append(refilled_node)
         values = await self._guarded("read_canisters", lambda c: self._read(c, flat))
         n = len(_CANISTER_VARS)
         result: list[CanisterStatus] = []
         try:
-            for k in range(0, len(values), n):
-                number, gtin, count, capacity, dispensed = values[k : k + n]
-                where = f"Canisters[{k // n}]"
+            pos = 0
+            for k, refilled_node in enumerate(self._refilled_nodes):
+                number, gtin, count, capacity, dispensed = values[pos : pos + n]
+                pos += n
+                where = f"Canisters[{k}]"
+                refilled = 0
+                if refilled_node is not None:
+                    refilled = _int(values[pos], f"{where}/{_REFILLED}")
+                    pos += 1
                 result.append(
                     CanisterStatus(
                         number=_int(number, f"{where}/Number"),
@@ -240,6 +319,7 @@ class OpcUaPackerDriver(PackerDriver):
                         count=_int(count, f"{where}/Count"),
                         capacity=_int(capacity, f"{where}/Capacity"),
                         dispensed_total=_int(dispensed, f"{where}/DispensedTotal"),
+                        refilled_total=refilled,
                     )
                 )
         except ValueError as exc:
@@ -289,6 +369,20 @@ class OpcUaPackerDriver(PackerDriver):
             [ua.Variant(number, ua.VariantType.Int32), ua.Variant(quantity, ua.VariantType.Int32)],
         )
 
+    async def set_unit_mode(self, mode: UnitMode) -> None:
+        """OPC 30050 SetUnitMode(RequestedMode Int32) on the Command object; the machine
+        refuses it outside Stopped, Idle and Aborted (BadInvalidState)."""
+        try:
+            label = f"{UnitMode(mode).name} ({int(mode)})"
+        except ValueError:
+            label = str(int(mode))
+        operation = f"set_unit_mode {label}"
+        if self._client is not None and "SetUnitMode" not in self._method_ids:
+            raise self._error(
+                operation, DriverError("the machine has no Command/SetUnitMode method")
+            )
+        await self._call(operation, "SetUnitMode", [ua.Variant(int(mode), ua.VariantType.Int32)])
+
     async def _call(self, operation: str, method: str, args: list[ua.Variant]) -> None:
         async def call(client: Client) -> None:
             request = ua.CallMethodRequest(
@@ -334,7 +428,7 @@ def _describe(method: str, result: ua.CallMethodResult) -> str:
     (the doseline simulator does); without it the status code names stay.
     """
     parts = [result.StatusCode.name]
-    names = _METHODS.get(method, ())
+    names = _ARGUMENT_NAMES.get(method, ())
     for i, status in enumerate(result.InputArgumentResults or []):
         if status.is_bad():
             arg = names[i] if i < len(names) else f"argument {i}"
@@ -351,6 +445,12 @@ def _describe(method: str, result: ua.CallMethodResult) -> str:
 def _int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{path}: expected an integer, got {value!r}")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: expected a boolean, got {value!r}")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Wire format of the doseline serial packer protocol, version 1.0 (docs/packer-serial-protocol.md).
+"""Wire format of the doseline serial packer protocol, version 1.1 (docs/packer-serial-protocol.md).
 
 Pure functions and one incremental reader: no I/O, no clocks. The driver
 (drivers/serial_packer.py) and the simulator (simulators/packer_serial.py) both import
@@ -12,6 +12,11 @@ and the CRC-16/CCITT-FALSE over seq..payload. Inside the stuffed part STX, ETX a
 never appear raw (DLE, byte XOR 0x20 stands for each), so a raw STX always starts a
 frame and a raw ETX always ends one: after any garbage the reader finds its footing at
 the next STX.
+
+Version 1.1 adds SET_UNIT_MODE, READ_CANISTERS_EX/CANISTERS_EX (records with
+`refilled_total`) and the output tray fields appended to STATUS. Each side uses a 1.1
+feature only when the other announced 1.1 or later in the HELLO exchange
+(`MESSAGE_MINOR`, `encode_status(..., minor)`), so 1.0 and 1.1 hosts and devices mix.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from drivers.base import (
 # -- constants ------------------------------------------------------------------------
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 
 STX = 0x02
 ETX = 0x03
@@ -64,16 +69,19 @@ class MessageType(enum.IntEnum):
     HELLO = 0x01
     READ_STATUS = 0x02
     READ_CANISTERS = 0x03
+    READ_CANISTERS_EX = 0x04  # 1.1
     JOB_BEGIN = 0x10
     JOB_CHUNK = 0x11
     JOB_COMMIT = 0x12
     COMMAND = 0x20
     REFILL = 0x21
+    SET_UNIT_MODE = 0x22  # 1.1
     ACK = 0x06
     NAK = 0x15
     HELLO_REPLY = 0x81
     STATUS = 0x82
     CANISTERS = 0x83
+    CANISTERS_EX = 0x84  # 1.1
 
 
 REQUESTS = frozenset(
@@ -86,8 +94,19 @@ REQUESTS = frozenset(
         MessageType.JOB_COMMIT,
         MessageType.COMMAND,
         MessageType.REFILL,
+        MessageType.READ_CANISTERS_EX,
+        MessageType.SET_UNIT_MODE,
     }
 )
+
+#: The minor version (of major 1) that introduced each request; a side sends or accepts
+#: a request only when both announced at least that minor version in the HELLO exchange.
+MESSAGE_MINOR: dict[MessageType, int] = {
+    MessageType.READ_CANISTERS_EX: 1,
+    MessageType.SET_UNIT_MODE: 1,
+}
+#: The minor version from which STATUS carries the output tray fields.
+STATUS_OUTPUT_MINOR = 1
 
 
 class ErrorCode(enum.IntEnum):
@@ -509,10 +528,17 @@ class HelloReply:
 # STATUS ------------------------------------------------------------------------------
 
 _STATUS_FIXED = struct.Struct(">BBIQQHHIII")
+#: Appended in 1.1: output_count u32, output_capacity u32, output_flags u8.
+_STATUS_OUTPUT = struct.Struct(">IIB")
+OUTPUT_FLAG_FULL = 0x01
 
 
-def encode_status(status: PackerStatus) -> bytes:
-    """machine_speed travels as hundredths of a pouch per minute (u32)."""
+def encode_status(status: PackerStatus, minor: int = PROTOCOL_MINOR) -> bytes:
+    """machine_speed travels as hundredths of a pouch per minute (u32).
+
+    `minor` is the version the reader understands: from 1.1 on the output tray fields
+    are appended after job_id; a 1.0 reader gets the 1.0 payload.
+    """
     try:
         fixed = _STATUS_FIXED.pack(
             int(status.state),
@@ -528,16 +554,24 @@ def encode_status(status: PackerStatus) -> bytes:
         )
     except struct.error as exc:
         raise PayloadError(f"Status: a field does not fit ({exc})") from None
-    return fixed + _text8(status.job_id, "Status.job_id", MAX_JOB_ID)
+    out = fixed + _text8(status.job_id, "Status.job_id", MAX_JOB_ID)
+    if minor >= STATUS_OUTPUT_MINOR:
+        flags = OUTPUT_FLAG_FULL if status.output_full else 0
+        out += _pack("IIB", "Status.output", status.output_count, status.output_capacity, flags)
+    return out
 
 
 def decode_status(data: bytes) -> PackerStatus:
+    """A 1.0 payload (output fields default to 0 / False) or a 1.1 one; bytes a later
+    minor version appends after the 1.1 fields are ignored."""
     r = _Reader(data, "Status")
     (state, mode, speed, processed, defective, reason, stop_can, total, good, rejected) = r.unpack(
         "BBIQQHHIII", "fixed fields"
     )
     job_id = r.text8("job_id")
-    r.end()
+    output_count = output_capacity = flags = 0
+    if r.pos < len(data):
+        output_count, output_capacity, flags = r.unpack("IIB", "output")
     try:
         packml = PackMLState(state)
     except ValueError:
@@ -554,6 +588,9 @@ def decode_status(data: bytes) -> PackerStatus:
         job_pouches_total=total,
         job_pouches_good=good,
         job_pouches_rejected=rejected,
+        output_count=output_count,
+        output_capacity=output_capacity,
+        output_full=bool(flags & OUTPUT_FLAG_FULL),
     )
 
 
@@ -561,11 +598,15 @@ def decode_status(data: bytes) -> PackerStatus:
 
 GTIN_SIZE = 14
 _CANISTER = struct.Struct(">H14sIIQ")
+#: CANISTERS_EX record (1.1): the CANISTERS record followed by refilled_total u64.
+_CANISTER_EX = struct.Struct(">H14sIIQQ")
 
 
-def canisters_per_page(max_payload: int = MAX_PAYLOAD) -> int:
-    """Records that fit one CANISTERS reply: total, first and count take 5 bytes."""
-    return min((max_payload - 5) // _CANISTER.size, 255)
+def canisters_per_page(max_payload: int = MAX_PAYLOAD, *, extended: bool = False) -> int:
+    """Records that fit one CANISTERS (or CANISTERS_EX) reply: total, first and count
+    take 5 bytes."""
+    size = _CANISTER_EX.size if extended else _CANISTER.size
+    return min((max_payload - 5) // size, 255)
 
 
 def encode_read_canisters(first: int) -> bytes:
@@ -579,38 +620,52 @@ def decode_read_canisters(data: bytes) -> int:
     return first
 
 
-def encode_canisters(total: int, first: int, page: Sequence[CanisterStatus]) -> bytes:
-    """One page: `total` canisters in the machine, records `first`.. in number order."""
-    out = bytearray(_pack("HHB", "Canisters", total, first, len(page)))
+def encode_canisters(
+    total: int, first: int, page: Sequence[CanisterStatus], *, extended: bool = False
+) -> bytes:
+    """One page: `total` canisters in the machine, records `first`.. in number order.
+
+    `extended` gives the CANISTERS_EX layout (1.1), whose records end in refilled_total.
+    """
+    what = "CanistersEx" if extended else "Canisters"
+    out = bytearray(_pack("HHB", what, total, first, len(page)))
     for c in page:
         gtin = c.gtin.encode("ascii")
         if len(gtin) != GTIN_SIZE or not gtin.isdigit():
-            raise PayloadError(f"Canisters[{c.number}].gtin: {c.gtin!r} is not 14 digits")
-        out += _pack(
-            "H14sIIQ",
-            f"Canisters[{c.number}]",
-            c.number,
-            gtin,
-            c.count,
-            c.capacity,
-            c.dispensed_total,
-        )
+            raise PayloadError(f"{what}[{c.number}].gtin: {c.gtin!r} is not 14 digits")
+        fields: tuple[int | bytes, ...] = (c.number, gtin, c.count, c.capacity, c.dispensed_total)
+        if extended:
+            out += _pack("H14sIIQQ", f"{what}[{c.number}]", *fields, c.refilled_total)
+        else:
+            out += _pack("H14sIIQ", f"{what}[{c.number}]", *fields)
     return bytes(out)
 
 
-def decode_canisters(data: bytes) -> tuple[int, int, list[CanisterStatus]]:
-    """(total, first, records) of one page."""
-    r = _Reader(data, "Canisters")
+def decode_canisters(
+    data: bytes, *, extended: bool = False
+) -> tuple[int, int, list[CanisterStatus]]:
+    """(total, first, records) of one CANISTERS page, or a CANISTERS_EX page."""
+    what = "CanistersEx" if extended else "Canisters"
+    record = _CANISTER_EX if extended else _CANISTER
+    r = _Reader(data, what)
     total, first, n = r.u16("total"), r.u16("first"), r.u8("count")
     page: list[CanisterStatus] = []
     for i in range(n):
-        raw = r.take(_CANISTER.size, f"[{i}]")
-        number, gtin, count, capacity, dispensed = _CANISTER.unpack(raw)
-        if not gtin.isdigit():
-            raise PayloadError(f"Canisters[{i}].gtin: {gtin!r} is not 14 digits")
-        page.append(CanisterStatus(number, gtin.decode("ascii"), count, dispensed, capacity))
+        values = record.unpack(r.take(record.size, f"[{i}]"))
+        number, gtin, count, capacity, dispensed = values[:5]
+        refilled = values[5] if extended else 0
+        if not isinstance(gtin, bytes) or not gtin.isdigit():
+            raise PayloadError(f"{what}[{i}].gtin: {gtin!r} is not 14 digits")
+        page.append(
+            CanisterStatus(number, gtin.decode("ascii"), count, dispensed, capacity, refilled)
+        )
     r.end()
     return total, first, page
+
+
+def decode_canisters_ex(data: bytes) -> tuple[int, int, list[CanisterStatus]]:
+    """(total, first, records) of one CANISTERS_EX page (1.1)."""
+    return decode_canisters(data, extended=True)
 
 
 # JOB ---------------------------------------------------------------------------------
@@ -719,6 +774,21 @@ def decode_refill(data: bytes) -> tuple[int, int]:
     number, quantity = r.u16("number"), r.i32("quantity")
     r.end()
     return number, quantity
+
+
+# SET_UNIT_MODE (1.1) -------------------------------------------------------------------
+
+
+def encode_unit_mode(mode: int) -> bytes:
+    """`mode u8`, a PackML unit mode; the device judges the value."""
+    return _pack("B", "mode", int(mode))
+
+
+def decode_unit_mode(data: bytes) -> int:
+    r = _Reader(data, "SetUnitMode")
+    mode = r.u8("mode")
+    r.end()
+    return mode
 
 
 # NAK ---------------------------------------------------------------------------------

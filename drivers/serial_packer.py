@@ -1,5 +1,9 @@
 """Serial-line adapter for dose-packing machines (doseline serial packer protocol 1.x).
 
+With a 1.1 device it also sets the unit mode (SET_UNIT_MODE), reads the output tray in
+STATUS and each canister's `refilled_total` (READ_CANISTERS_EX); with a 1.0 device those
+read as 0 / False and `set_unit_mode` raises DriverError.
+
 The protocol is described in docs/packer-serial-protocol.md and its wire format lives
 in drivers/serial_frames.py. This module maps it to the plain values of `drivers.base`
 so the controller treats a legacy serial packer exactly like an OPC UA one.
@@ -31,6 +35,7 @@ from drivers.base import (
     PackerJobSpec,
     PackerStatus,
     PackMLCommand,
+    UnitMode,
 )
 from drivers.serial_frames import Frame, FrameError, MessageType, Nak, PayloadError
 
@@ -43,6 +48,8 @@ _ARGUMENTS: dict[MessageType, tuple[str, ...]] = {
     MessageType.JOB_COMMIT: ("JobId", "Pouches"),
     MessageType.REFILL: ("Number", "Quantity"),
     MessageType.READ_CANISTERS: ("first",),
+    MessageType.READ_CANISTERS_EX: ("first",),
+    MessageType.SET_UNIT_MODE: ("RequestedMode",),
 }
 _READ_CHUNK = 4096
 
@@ -209,6 +216,7 @@ class SerialPackerDriver(PackerDriver):
         self._closing: Future[None] | None = None  # the previous line's port being closed
         self._seq = 0
         self._max_payload = wire.MAX_PAYLOAD
+        self._minor = 0  # the protocol minor version both sides speak (after HELLO)
 
     @property
     def retransmissions(self) -> int:
@@ -267,6 +275,7 @@ class SerialPackerDriver(PackerDriver):
             raise
         self.device = hello
         self._max_payload = max(64, min(wire.MAX_PAYLOAD, hello.max_payload))
+        self._minor = min(hello.minor, wire.PROTOCOL_MINOR)
         log.info(
             "packer %s: %s %r firmware %s, protocol %d.%d, %d canisters",
             self.name,
@@ -300,18 +309,21 @@ class SerialPackerDriver(PackerDriver):
         return self._decode("read_status", reply, MessageType.STATUS, wire.decode_status)
 
     async def read_canisters(self) -> Sequence[CanisterStatus]:
-        """All canisters, read page by page under one hold of the line."""
+        """All canisters, read page by page under one hold of the line. From a 1.1
+        device with `refilled_total` (READ_CANISTERS_EX), from a 1.0 device without (0)."""
         operation = "read_canisters"
+        extended = self._minor >= wire.MESSAGE_MINOR[MessageType.READ_CANISTERS_EX]
+        request, expected, decode = (
+            (MessageType.READ_CANISTERS_EX, MessageType.CANISTERS_EX, wire.decode_canisters_ex)
+            if extended
+            else (MessageType.READ_CANISTERS, MessageType.CANISTERS, wire.decode_canisters)
+        )
         records: list[CanisterStatus] = []
         async with self._lock:
             first = 0
             while True:
-                reply = await self._exchange(
-                    operation, MessageType.READ_CANISTERS, wire.encode_read_canisters(first)
-                )
-                total, got, page = self._decode(
-                    operation, reply, MessageType.CANISTERS, wire.decode_canisters
-                )
+                reply = await self._exchange(operation, request, wire.encode_read_canisters(first))
+                total, got, page = self._decode(operation, reply, expected, decode)
                 if got != first or (not page and first < total):
                     raise self._error(
                         operation,
@@ -366,6 +378,29 @@ class SerialPackerDriver(PackerDriver):
             raise self._error(operation, f"cannot encode: {exc}") from None
         async with self._lock:
             reply = await self._exchange(operation, MessageType.REFILL, payload)
+        self._expect_ack(operation, reply)
+
+    async def set_unit_mode(self, mode: UnitMode) -> None:
+        """SET_UNIT_MODE (protocol 1.1); the device refuses it outside Stopped, Idle and
+        Aborted (INVALID_STATE) and for an unknown mode (INVALID_ARGUMENT)."""
+        try:
+            label = f"{UnitMode(mode).name} ({int(mode)})"
+        except ValueError:
+            label = str(int(mode))
+        operation = f"set_unit_mode {label}"
+        needs = wire.MESSAGE_MINOR[MessageType.SET_UNIT_MODE]
+        if self._line is not None and self.device is not None and self._minor < needs:
+            raise self._error(
+                operation,
+                f"device speaks protocol {self.device.major}.{self.device.minor};"
+                f" SET_UNIT_MODE needs 1.{needs}",
+            )
+        try:
+            payload = wire.encode_unit_mode(mode)
+        except PayloadError as exc:
+            raise self._error(operation, f"cannot encode: {exc}") from None
+        async with self._lock:
+            reply = await self._exchange(operation, MessageType.SET_UNIT_MODE, payload)
         self._expect_ack(operation, reply)
 
     # -- plumbing --------------------------------------------------------------------

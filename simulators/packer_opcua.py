@@ -22,9 +22,10 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from drivers.base import PackMLCommand, PackMLState, StopReason
+from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
+    DEFAULT_OUTPUT_EMPTY_AFTER_S,
     PackerPhysics,
     PouchPlan,
     Refusal,
@@ -91,6 +92,9 @@ class PackerSimulator:
         initial_state: PackMLState = PackMLState.STOPPED,
         address_space_cache: str | Path | None = None,
         server_clock: bool = True,
+        output_capacity: int = 0,
+        output_empty_after_s: float | None = DEFAULT_OUTPUT_EMPTY_AFTER_S,
+        unit_mode: UnitMode = UnitMode.PRODUCTION,
     ) -> None:
         if not name or any(c in name for c in "/.:<>&!#"):
             raise ValueError(f"name: {name!r} is empty or holds a browse-path reserved character")
@@ -104,6 +108,9 @@ class PackerSimulator:
             seed=seed,
             transient_seconds=transient_seconds,
             initial_state=initial_state,
+            output_capacity=output_capacity,
+            output_empty_after_s=output_empty_after_s,
+            unit_mode=unit_mode,
         )
         self.name = name
         self.host = host
@@ -148,6 +155,18 @@ class PackerSimulator:
         return self._physics.state
 
     @property
+    def unit_mode(self) -> UnitMode:
+        return self._physics.unit_mode
+
+    @property
+    def output_count(self) -> int:
+        return self._physics.output_count
+
+    @property
+    def output_full(self) -> bool:
+        return self._physics.output_full
+
+    @property
     def stop_reason(self) -> StopReason:
         return self._physics.stop_reason
 
@@ -169,9 +188,19 @@ class PackerSimulator:
     def dispensed_totals(self) -> dict[int, int]:
         return self._physics.dispensed_totals()
 
+    def refilled_totals(self) -> dict[int, int]:
+        return self._physics.refilled_totals()
+
     def inject_jam(self) -> None:
         """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
         self._physics.inject_jam()
+
+    async def empty_output(self) -> int:
+        """Operator knob: empty the output tray now (the state does not change; a machine
+        suspended for OUTPUT_FULL waits for Unsuspend). Returns the pouches taken."""
+        taken = self._physics.empty_output()
+        await self._publish()
+        return taken
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -259,6 +288,10 @@ class PackerSimulator:
         await var(admin, "Admin.ProdDefectiveCount", _VT.Int64)
         await var(admin, "Admin.StopReason", _VT.Int32)
         await var(admin, "Admin.StopCanister", _VT.Int32)
+        output = await folder(root, "Output")
+        await var(output, "Output.Count", _VT.Int32)
+        await var(output, "Output.Capacity", _VT.Int32)
+        await var(output, "Output.Full", _VT.Boolean)
         job = await folder(root, "Job")
         await var(job, "Job.JobId", _VT.String)
         await var(job, "Job.PouchesTotal", _VT.Int32)
@@ -273,6 +306,7 @@ class PackerSimulator:
             await var(node, f"{prefix}.Count", _VT.Int32)
             await var(node, f"{prefix}.Capacity", _VT.Int32)
             await var(node, f"{prefix}.DispensedTotal", _VT.Int64)
+            await var(node, f"{prefix}.RefilledTotal", _VT.Int64)
 
         command = await folder(root, "Command")
         for spec in self._method_specs():
@@ -299,12 +333,15 @@ class PackerSimulator:
         job = machine.job
         values: dict[str, Any] = {
             "Status.StateCurrent": int(machine.state),
-            "Status.UnitModeCurrent": machine.unit_mode,
+            "Status.UnitModeCurrent": int(machine.unit_mode),
             "Status.CurMachSpeed": machine.machine_speed,
             "Admin.ProdProcessedCount": machine.processed,
             "Admin.ProdDefectiveCount": machine.defective,
             "Admin.StopReason": int(machine.stop_reason),
             "Admin.StopCanister": machine.stop_canister,
+            "Output.Count": machine.output_count,
+            "Output.Capacity": machine.output_capacity,
+            "Output.Full": machine.output_full,
             "Job.JobId": job.job_id if job else "",
             "Job.PouchesTotal": len(job.pouches) if job else 0,
             "Job.PouchesGood": job.good if job else 0,
@@ -317,6 +354,7 @@ class PackerSimulator:
             values[f"{prefix}.Count"] = can.count
             values[f"{prefix}.Capacity"] = can.capacity
             values[f"{prefix}.DispensedTotal"] = can.dispensed_total
+            values[f"{prefix}.RefilledTotal"] = can.refilled_total
         return values
 
     async def _publish(self) -> None:
@@ -362,6 +400,13 @@ class PackerSimulator:
                     ("Quantity", _VT.Int32, "Tablets put in, > 0"),
                 ),
                 self._physics.refill,
+            )
+        )
+        specs.append(
+            _MethodSpec(
+                "SetUnitMode",
+                (("RequestedMode", _VT.Int32, "1 Production, 2 Maintenance, 3 Manual"),),
+                self._physics.set_unit_mode,
             )
         )
         return specs

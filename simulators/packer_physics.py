@@ -10,6 +10,12 @@ Nothing here does I/O. Refusals are raised as `Refusal` with a kind and the inde
 the argument at fault; each protocol maps them to its own error codes. Time advances in
 `run()`, which a simulator runs as a task; a protocol handler calls `wake()` after a
 command so that a dwell restarts from the new state.
+
+Good pouches drop into an output tray. With `output_capacity` > 0 a full tray suspends
+the machine (StopReason OUTPUT_FULL) before its next pouch; an operator empties the tray
+`output_empty_after_s` (scaled by `speed_factor`) after it became full, or a test calls
+`empty_output()`. The machine does not resume by itself: a client sends Unsuspend, which
+is refused while the tray is still full.
 """
 
 from __future__ import annotations
@@ -18,16 +24,15 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from drivers.base import PackMLCommand, PackMLState, StopReason
-from simulators.packml import PackMLMachine
+from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
+from simulators.packml import InvalidModeChange, PackMLMachine
 
-#: PackML UnitModeCurrent values used here.
-UNIT_MODE_PRODUCTION = 1
-UNIT_MODE_MAINTENANCE = 2
-UNIT_MODE_MANUAL = 3
+#: Seconds after the tray became full until the simulated operator empties it (at speed 1).
+DEFAULT_OUTPUT_EMPTY_AFTER_S = 30.0
 
 #: A small layout for running a simulator by hand: (number, gtin, count, capacity).
 DEFAULT_CANISTERS: tuple[tuple[int, str, int, int], ...] = (
@@ -62,7 +67,8 @@ class Refusal(Exception):
     """A refused request: nothing changed on the machine.
 
     `argument` is the index of the request argument at fault (LoadJob: 0 JobId,
-    1 Pouches; RefillCanister: 0 Number, 1 Quantity), None when no single one is.
+    1 Pouches; RefillCanister: 0 Number, 1 Quantity; SetUnitMode: 0 RequestedMode),
+    None when no single one is.
     """
 
     def __init__(self, kind: RefusalKind, message: str, argument: int | None = None) -> None:
@@ -79,6 +85,7 @@ class Canister:
     count: int
     capacity: int
     dispensed_total: int = 0
+    refilled_total: int = 0  # tablets ever put in by refill(); never decreases
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class PackerPhysics:
         seed: int = 0,
         transient_seconds: float = 0.05,
         initial_state: PackMLState = PackMLState.STOPPED,
+        output_capacity: int = 0,
+        output_empty_after_s: float | None = DEFAULT_OUTPUT_EMPTY_AFTER_S,
+        unit_mode: UnitMode = UnitMode.PRODUCTION,
     ) -> None:
         if pouches_per_minute <= 0 or speed_factor <= 0:
             raise ValueError(
@@ -124,6 +134,15 @@ class PackerPhysics:
                 raise ValueError(f"{label}: {rate} is not a probability in [0, 1]")
         if transient_seconds < 0:
             raise ValueError(f"transient_seconds: {transient_seconds} must be >= 0")
+        if isinstance(output_capacity, bool) or not isinstance(output_capacity, int):
+            raise ValueError(f"output_capacity: {output_capacity!r} is not an integer")
+        if output_capacity < 0:
+            raise ValueError(f"output_capacity: {output_capacity} must be >= 0 (0 = unlimited)")
+        if output_empty_after_s is not None and not output_empty_after_s > 0:
+            raise ValueError(
+                f"output_empty_after_s: {output_empty_after_s} must be > 0"
+                " (None = nobody empties the tray)"
+            )
         self.name = name
         self.pouches_per_minute = pouches_per_minute
         self.speed_factor = speed_factor
@@ -137,14 +156,17 @@ class PackerPhysics:
             if not 0 <= count <= capacity:
                 raise ValueError(f"canisters: canister {number} count {count} not in 0..{capacity}")
             self.canisters[number] = Canister(number, gtin, count, capacity)
-        self.unit_mode = UNIT_MODE_PRODUCTION
+        self.output_capacity = output_capacity
+        self.output_empty_after_s = output_empty_after_s
+        self.output_count = 0
+        self._output_empty_at: float | None = None  # time.monotonic() the operator comes
         self.processed = 0
         self.defective = 0
         self.stop_reason = StopReason.NONE
         self.stop_canister = 0
         self.job: JobProgress | None = None
         self._rng = random.Random(seed)
-        self._packml = PackMLMachine(initial_state)
+        self._packml = PackMLMachine(initial_state, UnitMode(unit_mode))
         self._jam_next = False
         self._changed = asyncio.Event()
 
@@ -153,6 +175,15 @@ class PackerPhysics:
     @property
     def state(self) -> PackMLState:
         return self._packml.state
+
+    @property
+    def unit_mode(self) -> UnitMode:
+        return self._packml.unit_mode
+
+    @property
+    def output_full(self) -> bool:
+        """The output tray holds `output_capacity` pouches (never with capacity 0)."""
+        return 0 < self.output_capacity <= self.output_count
 
     @property
     def machine_speed(self) -> float:
@@ -167,14 +198,35 @@ class PackerPhysics:
     def dispensed_totals(self) -> dict[int, int]:
         return {n: c.dispensed_total for n, c in self.canisters.items()}
 
+    def refilled_totals(self) -> dict[int, int]:
+        return {n: c.refilled_total for n, c in self.canisters.items()}
+
     def inject_jam(self) -> None:
         """The next pouch attempt jams (Hold with StopReason JAM)."""
         self._jam_next = True
+
+    def empty_output(self) -> int:
+        """An operator takes the pouches out of the tray; returns how many there were.
+
+        Allowed in every state and changes no state: a machine suspended for
+        OUTPUT_FULL stays Suspended until a client sends Unsuspend.
+        """
+        taken, self.output_count = self.output_count, 0
+        self._output_empty_at = None
+        _log.info("packer %s: output tray emptied (%d pouches)", self.name, taken)
+        return taken
 
     # -- requests (each either changes the machine or raises Refusal) ----------------
 
     def command(self, command: PackMLCommand) -> None:
         state = self._packml.state
+        mode = self._packml.unit_mode
+        if command is PackMLCommand.START and mode is not UnitMode.PRODUCTION:
+            raise Refusal(
+                RefusalKind.INVALID_STATE,
+                f"Start not allowed in unit mode {mode.name} ({int(mode)}):"
+                " a job starts only in PRODUCTION (1)",
+            )
         if command not in self._packml.allowed_commands():
             raise Refusal(
                 RefusalKind.INVALID_STATE,
@@ -182,6 +234,12 @@ class PackerPhysics:
             )
         if command is PackMLCommand.START and self.job is None:
             raise Refusal(RefusalKind.INVALID_STATE, "Start needs a job: no job loaded")
+        if command is PackMLCommand.UNSUSPEND and self.output_full:
+            raise Refusal(
+                RefusalKind.INVALID_STATE,
+                f"Unsuspend not allowed: output tray full ({self.output_count} of"
+                f" {self.output_capacity} pouches); empty it first",
+            )
         self._packml.command(command)
         if command in _STOPPING_COMMANDS:
             if self.stop_reason is StopReason.NONE:
@@ -189,6 +247,26 @@ class PackerPhysics:
         elif command in _CLEARING_COMMANDS:
             self.stop_reason = StopReason.NONE
             self.stop_canister = 0
+
+    def set_unit_mode(self, mode: int) -> None:
+        """PackML SetUnitMode: only in Stopped, Idle or Aborted (the current mode is
+        accepted in any state and changes nothing)."""
+        try:
+            requested = UnitMode(mode)
+        except ValueError:
+            modes = ", ".join(f"{int(m)} {m.name}" for m in UnitMode)
+            raise Refusal(
+                RefusalKind.INVALID_ARGUMENT,
+                f"RequestedMode: {mode} is not a unit mode ({modes})",
+                0,
+            ) from None
+        before = self._packml.unit_mode
+        try:
+            self._packml.set_unit_mode(requested)
+        except InvalidModeChange as exc:
+            raise Refusal(RefusalKind.INVALID_STATE, str(exc)) from None
+        if requested is not before:
+            _log.info("packer %s: unit mode %s -> %s", self.name, before.name, requested.name)
 
     def check_load(self, job_id: str) -> None:
         """Whether a job with this id could be loaded now (state, loaded job, id)."""
@@ -264,6 +342,7 @@ class PackerPhysics:
                 1,
             )
         canister.count += quantity
+        canister.refilled_total += quantity
 
     # -- time ------------------------------------------------------------------------
 
@@ -279,24 +358,41 @@ class PackerPhysics:
             return 60.0 / (self.pouches_per_minute * self.speed_factor)
         return None
 
+    def operator_due(self, now: float | None = None) -> bool:
+        """The operator's time to empty the full tray has come (at `now`, monotonic)."""
+        due = self._output_empty_at
+        return due is not None and (time.monotonic() if now is None else now) >= due
+
     async def run(self, on_step: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Advance acting states and pack pouches until cancelled; `wake()` restarts a
-        dwell. `on_step` runs after every step (the OPC UA server publishes there)."""
+        """Advance acting states, pack pouches and let the operator empty the tray until
+        cancelled; `wake()` restarts a dwell (not the operator's clock). `on_step` runs
+        after every step (the OPC UA server publishes there)."""
         while True:
             self._changed.clear()
             delay = self.delay()
-            if delay is None:
-                await self._changed.wait()
-                continue
-            try:
-                async with asyncio.timeout(delay):
-                    await self._changed.wait()
-                continue  # a command changed things before the dwell ended: start over
-            except TimeoutError:
-                pass
-            self.step()
-            if on_step is not None:
-                await on_step()
+            dwell_end = None if delay is None else time.monotonic() + delay
+            while True:
+                ends = [t for t in (dwell_end, self._output_empty_at) if t is not None]
+                try:
+                    if not ends:
+                        await self._changed.wait()
+                    else:
+                        async with asyncio.timeout(max(0.0, min(ends) - time.monotonic())):
+                            await self._changed.wait()
+                    break  # a command changed things before the dwell ended: start over
+                except TimeoutError:
+                    pass
+                now = time.monotonic()
+                if self.operator_due(now):
+                    self.empty_output()
+                    if on_step is not None:
+                        await on_step()
+                    continue  # the dwell keeps its end
+                if dwell_end is not None and now >= dwell_end:
+                    self.step()
+                    if on_step is not None:
+                        await on_step()
+                    break
 
     def step(self) -> None:
         """The dwell of the current state is over: pack one pouch or finish the state."""
@@ -321,11 +417,20 @@ class PackerPhysics:
         self.stop_canister = canister
         _log.info("packer %s holds: %s %s", self.name, reason.name, canister or "")
 
+    def _internal_suspend(self, reason: StopReason) -> None:
+        self._packml.command(PackMLCommand.SUSPEND)
+        self.stop_reason = reason
+        self.stop_canister = 0
+        _log.info("packer %s suspends: %s", self.name, reason.name)
+
     def _pack_one(self) -> None:
-        """One pouch attempt: check stock, maybe jam, dispense, vision check."""
+        """One pouch attempt: check the tray and stock, maybe jam, dispense, vision check."""
         job = self.job
         if job is None or self._job_done():
             self._packml.state_complete()
+            return
+        if self.output_full:
+            self._internal_suspend(StopReason.OUTPUT_FULL)
             return
         pouch = job.pouches[job.index]
         for number, qty in pouch.items:
@@ -348,5 +453,10 @@ class PackerPhysics:
         else:
             job.good += 1
             job.index += 1
+            self.output_count += 1
+            if self.output_full and self._output_empty_at is None:
+                after = self.output_empty_after_s
+                if after is not None:
+                    self._output_empty_at = time.monotonic() + after / self.speed_factor
             if self._job_done():
                 self._packml.state_complete()

@@ -25,10 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drivers import serial_frames as wire
-from drivers.base import CanisterStatus, PackerStatus, PackMLState, Pouch, StopReason
+from drivers.base import (
+    CanisterStatus,
+    PackerStatus,
+    PackMLState,
+    Pouch,
+    StopReason,
+    UnitMode,
+)
 from drivers.serial_frames import ErrorCode, Frame, FrameError, MessageType, Nak, PayloadError
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
+    DEFAULT_OUTPUT_EMPTY_AFTER_S,
     PackerPhysics,
     PouchPlan,
     Refusal,
@@ -46,7 +54,14 @@ _REFUSAL_CODES = {
     RefusalKind.INVALID_ARGUMENT: ErrorCode.INVALID_ARGUMENT,
 }
 #: Requests after which the physics restarts its dwell (as an OPC UA method call does).
-_WAKING = frozenset({MessageType.COMMAND, MessageType.REFILL, MessageType.JOB_COMMIT})
+_WAKING = frozenset(
+    {
+        MessageType.COMMAND,
+        MessageType.REFILL,
+        MessageType.JOB_COMMIT,
+        MessageType.SET_UNIT_MODE,
+    }
+)
 
 
 class _NakError(Exception):
@@ -90,6 +105,9 @@ class SerialPackerSimulator:
         transient_seconds: float = 0.05,
         initial_state: PackMLState = PackMLState.STOPPED,
         max_payload: int = wire.MAX_PAYLOAD,
+        output_capacity: int = 0,
+        output_empty_after_s: float | None = DEFAULT_OUTPUT_EMPTY_AFTER_S,
+        unit_mode: UnitMode = UnitMode.PRODUCTION,
     ) -> None:
         if not name or len(name.encode("utf-8")) > 255:
             raise ValueError(f"name: {name!r} must be 1..255 bytes in UTF-8")
@@ -108,13 +126,19 @@ class SerialPackerSimulator:
             seed=seed,
             transient_seconds=transient_seconds,
             initial_state=initial_state,
+            output_capacity=output_capacity,
+            output_empty_after_s=output_empty_after_s,
+            unit_mode=unit_mode,
         )
         self.name = name
         self.host = host
         self._port = port
         self.max_payload = max_payload
-        #: Version announced in HELLO_REPLY; tests change it to try a mismatch.
+        #: Version announced in HELLO_REPLY; tests change it to try a mismatch. The device
+        #: also behaves as that version: announcing (1, 0) turns the 1.1 features off.
         self.protocol_version = (wire.PROTOCOL_MAJOR, wire.PROTOCOL_MINOR)
+        #: Minor version the host announced in its last HELLO (0 until one arrives).
+        self.host_minor = 0
         self._noise = random.Random(seed + 0x5EED)  # own stream: noise never shifts physics
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -153,6 +177,18 @@ class SerialPackerSimulator:
         return self._physics.state
 
     @property
+    def unit_mode(self) -> UnitMode:
+        return self._physics.unit_mode
+
+    @property
+    def output_count(self) -> int:
+        return self._physics.output_count
+
+    @property
+    def output_full(self) -> bool:
+        return self._physics.output_full
+
+    @property
     def stop_reason(self) -> StopReason:
         return self._physics.stop_reason
 
@@ -183,9 +219,18 @@ class SerialPackerSimulator:
     def dispensed_totals(self) -> dict[int, int]:
         return self._physics.dispensed_totals()
 
+    def refilled_totals(self) -> dict[int, int]:
+        return self._physics.refilled_totals()
+
     def inject_jam(self) -> None:
         """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
         self._physics.inject_jam()
+
+    async def empty_output(self) -> int:
+        """Operator knob: empty the output tray now (the state does not change; a machine
+        suspended for OUTPUT_FULL waits for Unsuspend). Returns the pouches taken.
+        Async like the OPC UA simulator's, which publishes the change."""
+        return self._physics.empty_output()
 
     def inject_garbage(self, n: int) -> None:
         """Fault knob: `n` random bytes (any value, STX and ETX included) to the host."""
@@ -322,6 +367,14 @@ class SerialPackerSimulator:
             return self._nak(
                 ErrorCode.UNKNOWN_TYPE, f"type {wire.type_name(frame.type)} is not a request"
             )
+        needs = wire.MESSAGE_MINOR.get(msg_type, 0)
+        if needs > self._device_minor:
+            major, minor = self.protocol_version
+            return self._nak(
+                ErrorCode.UNKNOWN_TYPE,
+                f"type {msg_type.name} needs protocol 1.{needs}; this device speaks"
+                f" {major}.{minor}",
+            )
         self.executed[msg_type.name] += 1
         try:
             reply = self._execute(msg_type, frame.payload)
@@ -341,7 +394,8 @@ class SerialPackerSimulator:
         machine = self._physics
         ack = (MessageType.ACK, b"")
         if msg_type is MessageType.HELLO:
-            wire.Hello.decode(payload)  # any version may ask; the host compares
+            hello = wire.Hello.decode(payload)  # any version may ask; the host compares
+            self.host_minor = hello.minor if hello.major == wire.PROTOCOL_MAJOR else 0
             major, minor = self.protocol_version
             return MessageType.HELLO_REPLY, wire.HelloReply(
                 major, minor, self.max_payload, len(machine.canisters), self.name, MODEL, FIRMWARE
@@ -349,9 +403,13 @@ class SerialPackerSimulator:
         if msg_type is MessageType.READ_STATUS:
             if payload:
                 raise PayloadError(f"ReadStatus: takes no payload, got {len(payload)} bytes")
-            return MessageType.STATUS, wire.encode_status(self._status())
+            minor = min(self._device_minor, self.host_minor)
+            return MessageType.STATUS, wire.encode_status(self._status(), minor)
         if msg_type is MessageType.READ_CANISTERS:
             return MessageType.CANISTERS, self._canister_page(wire.decode_read_canisters(payload))
+        if msg_type is MessageType.READ_CANISTERS_EX:
+            first = wire.decode_read_canisters(payload)
+            return MessageType.CANISTERS_EX, self._canister_page(first, extended=True)
         if msg_type is MessageType.JOB_BEGIN:
             header = wire.JobHeader.decode(payload, "JobBegin")
             self._staging = None
@@ -370,7 +428,16 @@ class SerialPackerSimulator:
         if msg_type is MessageType.REFILL:
             machine.refill(*wire.decode_refill(payload))
             return ack
+        if msg_type is MessageType.SET_UNIT_MODE:
+            machine.set_unit_mode(wire.decode_unit_mode(payload))
+            return ack
         raise _NakError(ErrorCode.INTERNAL, f"no handler for {msg_type.name}")
+
+    @property
+    def _device_minor(self) -> int:
+        """The minor version whose features this device offers (0 if not major 1)."""
+        major, minor = self.protocol_version
+        return min(minor, wire.PROTOCOL_MINOR) if major == wire.PROTOCOL_MAJOR else 0
 
     def _status(self) -> PackerStatus:
         machine = self._physics
@@ -387,11 +454,16 @@ class SerialPackerSimulator:
             job_pouches_total=len(job.pouches) if job else 0,
             job_pouches_good=job.good if job else 0,
             job_pouches_rejected=job.rejected if job else 0,
+            output_count=machine.output_count,
+            output_capacity=machine.output_capacity,
+            output_full=machine.output_full,
         )
 
-    def _canister_page(self, first: int) -> bytes:
+    def _canister_page(self, first: int, *, extended: bool = False) -> bytes:
         records = [
-            CanisterStatus(c.number, c.gtin, c.count, c.dispensed_total, c.capacity)
+            CanisterStatus(
+                c.number, c.gtin, c.count, c.dispensed_total, c.capacity, c.refilled_total
+            )
             for _, c in sorted(self._physics.canisters.items())
         ]
         if first > len(records):
@@ -400,8 +472,9 @@ class SerialPackerSimulator:
                 f"first: {first} is beyond the {len(records)} canisters",
                 0,
             )
-        per_page = wire.canisters_per_page(self.max_payload)
-        return wire.encode_canisters(len(records), first, records[first : first + per_page])
+        per_page = wire.canisters_per_page(self.max_payload, extended=extended)
+        page = records[first : first + per_page]
+        return wire.encode_canisters(len(records), first, page, extended=extended)
 
     def _chunk(self, index: int, pouches: list[Pouch]) -> None:
         staging = self._staging

@@ -3,6 +3,11 @@
 No I/O and no timers: the owner (a simulator) decides when an acting state is done and
 fires `state_complete()`. Keeping the table declarative makes it easy to check against
 the standard and to test every transition.
+
+The unit mode (Production, Maintenance, Manual) lives here too, with its two rules: the
+mode changes only in Stopped, Idle or Aborted (`MODE_CHANGE_STATES`), and Start is
+accepted only in Production (`PRODUCTION_ONLY_COMMANDS`), so outside Production the
+machine never reaches Execute and dispenses nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from drivers.base import PackMLCommand, PackMLState
+from drivers.base import PackMLCommand, PackMLState, UnitMode
 
 S = PackMLState
 
@@ -42,6 +47,12 @@ ACTING_STATES: frozenset[PackMLState] = frozenset(
 _NO_STOP = frozenset({S.STOPPING, S.STOPPED, S.ABORTING, S.ABORTED, S.CLEARING})
 #: States an Abort command is refused in.
 _NO_ABORT = frozenset({S.ABORTING, S.ABORTED})
+
+
+#: States in which the unit mode may change (PackML: a mode change needs a resting state).
+MODE_CHANGE_STATES: frozenset[PackMLState] = frozenset({S.STOPPED, S.IDLE, S.ABORTED})
+#: Commands accepted only in UnitMode.PRODUCTION: a job runs only in Production.
+PRODUCTION_ONLY_COMMANDS: frozenset[PackMLCommand] = frozenset({PackMLCommand.START})
 
 
 def _sources(excluded: frozenset[PackMLState]) -> list[PackMLState]:
@@ -76,22 +87,50 @@ TRANSITIONS: tuple[dict[str, Any], ...] = (
 
 
 class InvalidCommand(Exception):
-    """A command (or SC) that the PackML model does not allow in the current state."""
+    """A command (or SC) that the PackML model does not allow in the current state, or
+    (with `unit_mode` set) not in the current unit mode."""
 
-    def __init__(self, command: str, state: PackMLState) -> None:
-        super().__init__(f"command {command} is not allowed in state {state.name} ({int(state)})")
+    def __init__(self, command: str, state: PackMLState, unit_mode: UnitMode | None = None) -> None:
+        if unit_mode is None:
+            text = f"command {command} is not allowed in state {state.name} ({int(state)})"
+        else:
+            text = (
+                f"command {command} is not allowed in unit mode {unit_mode.name}"
+                f" ({int(unit_mode)}), only in PRODUCTION (1)"
+            )
+        super().__init__(text)
         self.command = command
+        self.state = state
+        self.unit_mode = unit_mode
+
+
+class InvalidModeChange(Exception):
+    """A unit mode change requested outside Stopped, Idle and Aborted."""
+
+    def __init__(self, requested: UnitMode, current: UnitMode, state: PackMLState) -> None:
+        allowed = ", ".join(s.name for s in sorted(MODE_CHANGE_STATES))
+        super().__init__(
+            f"unit mode change to {requested.name} ({int(requested)}) is not allowed in"
+            f" state {state.name} ({int(state)}); the mode is {current.name}"
+            f" ({int(current)}) and changes only in {allowed}"
+        )
+        self.requested = requested
+        self.current = current
         self.state = state
 
 
 class PackMLMachine:
-    """One unit's PackML state; `state` is always a `PackMLState`."""
+    """One unit's PackML state and unit mode; `state` is always a `PackMLState`."""
 
     state: PackMLState
+    unit_mode: UnitMode
 
-    def __init__(self, initial: PackMLState = S.STOPPED) -> None:
+    def __init__(
+        self, initial: PackMLState = S.STOPPED, unit_mode: UnitMode = UnitMode.PRODUCTION
+    ) -> None:
         if initial not in STATES:
             raise ValueError(f"initial state {initial!r} is not a PackML state")
+        self.unit_mode = UnitMode(unit_mode)
         self._machine = Machine(
             model=self,
             states=list(STATES),
@@ -110,15 +149,44 @@ class PackMLMachine:
 
     def command(self, command: PackMLCommand) -> PackMLState:
         """Apply a PackML command; returns the new state or raises InvalidCommand."""
-        return self._fire(PackMLCommand(command).value)
+        command = PackMLCommand(command)
+        if command in PRODUCTION_ONLY_COMMANDS and self.unit_mode is not UnitMode.PRODUCTION:
+            raise InvalidCommand(command.value, self.state, self.unit_mode)
+        return self._fire(command.value)
+
+    def set_unit_mode(self, mode: UnitMode) -> UnitMode:
+        """Change the unit mode; raises InvalidModeChange outside `MODE_CHANGE_STATES`.
+
+        Requesting the current mode changes nothing and is accepted in every state, so
+        a client may repeat a request safely. A value that is not a UnitMode raises
+        ValueError.
+        """
+        requested = UnitMode(mode)
+        if requested is self.unit_mode:
+            return requested
+        if self.state not in MODE_CHANGE_STATES:
+            raise InvalidModeChange(requested, self.unit_mode, self.state)
+        self.unit_mode = requested
+        return requested
 
     def state_complete(self) -> PackMLState:
         """The current acting state (or Execute) has finished its work."""
         return self._fire(SC)
 
     def allowed_commands(self) -> Sequence[PackMLCommand]:
-        """Commands the current state accepts, in PackMLCommand order."""
-        return [c for c in PackMLCommand if self._machine.get_transitions(c.value, self.state)]
+        """Commands the current state and unit mode accept, in PackMLCommand order."""
+        production = self.unit_mode is UnitMode.PRODUCTION
+        return [
+            c
+            for c in PackMLCommand
+            if (production or c not in PRODUCTION_ONLY_COMMANDS)
+            and self._machine.get_transitions(c.value, self.state)
+        ]
+
+    @property
+    def mode_change_allowed(self) -> bool:
+        """True in the states in which the unit mode may change."""
+        return self.state in MODE_CHANGE_STATES
 
     @property
     def is_acting(self) -> bool:

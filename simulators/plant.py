@@ -26,6 +26,7 @@ import yaml
 
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from simulators.packer_opcua import PackerSimulator
+from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
 from simulators.scanner_serial import ScannerSimulator
 
 DAY_SECONDS = 86400.0
@@ -58,6 +59,12 @@ def _packer(p: dict[str, Any], seed: int, free_ports: bool) -> Any:
         "reject_rate": float(sim.get("reject_rate", 0.0)),
         "jam_rate": float(sim.get("jam_rate", 0.0)),
         "seed": seed,
+        # Output tray: 0 = unlimited; the operator empties a full tray after this many
+        # seconds (scaled by speed_factor), none (null or 0) = only by hand.
+        "output_capacity": int(sim.get("output_capacity", 0)),
+        "output_empty_after_s": (
+            float(sim.get("output_empty_after_s", DEFAULT_OUTPUT_EMPTY_AFTER_S) or 0) or None
+        ),
     }
     if p.get("driver", "opcua") == "serial":
         from simulators.packer_serial import SerialPackerSimulator

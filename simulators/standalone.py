@@ -42,7 +42,8 @@ def packer_arguments(
     description: str, *, default_port: int, name_help: str
 ) -> argparse.ArgumentParser:
     """The command-line options every simulated packer takes, whatever its protocol."""
-    from drivers.base import PackMLState
+    from drivers.base import PackMLState, UnitMode
+    from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--name", default="P1", help=name_help)
@@ -59,13 +60,36 @@ def packer_arguments(
         choices=[s.name for s in PackMLState if s is not PackMLState.UNDEFINED],
         default="STOPPED",
     )
+    parser.add_argument(
+        "--unit-mode",
+        choices=[m.name for m in UnitMode],
+        default="PRODUCTION",
+        help="unit mode at power-on",
+    )
+    parser.add_argument(
+        "--output-capacity",
+        type=int,
+        default=0,
+        help="pouches the output tray holds; a full tray suspends the machine (0 = unlimited)",
+    )
+    parser.add_argument(
+        "--output-empty-after",
+        type=float,
+        default=DEFAULT_OUTPUT_EMPTY_AFTER_S,
+        help="seconds (scaled by --speed) after the tray is full until the operator"
+        " empties it; 0 = nobody does",
+    )
     return parser
 
 
 def packer_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of a packer simulator from `packer_arguments` options."""
-    from drivers.base import PackMLState
+    from drivers.base import PackMLState, UnitMode
 
+    if args.output_capacity < 0:
+        raise SystemExit(f"--output-capacity: {args.output_capacity} must be >= 0")
+    if args.output_empty_after < 0:
+        raise SystemExit(f"--output-empty-after: {args.output_empty_after} must be >= 0")
     return {
         "host": args.host,
         "port": args.port,
@@ -76,4 +100,7 @@ def packer_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "transient_seconds": args.transient,
         "initial_state": PackMLState[args.initial_state],
+        "unit_mode": UnitMode[args.unit_mode],
+        "output_capacity": args.output_capacity,
+        "output_empty_after_s": args.output_empty_after or None,
     }

@@ -21,6 +21,7 @@ from drivers.base import (
     Pouch,
     PouchItem,
     StopReason,
+    UnitMode,
 )
 from drivers.opcua_packer import NAMESPACE_URI, OpcUaPackerDriver
 from simulators.packer_opcua import PackerSimulator
@@ -477,3 +478,114 @@ async def test_server_gone_gives_driver_error_and_reconnect_works(make_packer: F
 def test_driver_rejects_a_non_opc_tcp_address() -> None:
     with pytest.raises(ValueError, match=r"address"):
         OpcUaPackerDriver("P1", "tcp://127.0.0.1:502")
+
+
+# -- unit mode, output tray and refill totals in the address space --------------------
+
+
+async def test_new_nodes_and_set_unit_mode_method_in_the_address_space(
+    make_packer: Factory,
+) -> None:
+    sim, driver = await make_packer(output_capacity=3, output_empty_after_s=None)
+    await driver.refill_canister(2, 7)
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+        machine = await client.nodes.objects.get_child(f"{ns}:P1")
+        expected = {
+            ("Output", "Count"): (ua.VariantType.Int32, 0),
+            ("Output", "Capacity"): (ua.VariantType.Int32, 3),
+            ("Output", "Full"): (ua.VariantType.Boolean, False),
+            ("Canisters", "Canister_02", "RefilledTotal"): (ua.VariantType.Int64, 7),
+            ("Status", "UnitModeCurrent"): (ua.VariantType.Int32, 1),
+        }
+        for path, (vtype, value) in expected.items():
+            node = await machine.get_child([f"{ns}:{name}" for name in path])
+            assert await node.read_data_type_as_variant_type() == vtype, path
+            assert await node.read_value() == value, path
+
+        command = await machine.get_child(f"{ns}:Command")
+        method = await command.get_child(f"{ns}:SetUnitMode")
+        (arguments,) = [
+            await p.read_value()
+            for p in await method.get_properties()
+            if (await p.read_browse_name()).Name == "InputArguments"
+        ]
+        assert [(a.Name, a.DataType) for a in arguments] == [
+            ("RequestedMode", ua.NodeId(ua.Int32(ua.ObjectIds.Int32)))
+        ]
+        await command.call_method(f"{ns}:SetUnitMode", ua.Variant(3, ua.VariantType.Int32))
+        assert sim.unit_mode is UnitMode.MANUAL
+        node = await machine.get_child([f"{ns}:Status", f"{ns}:UnitModeCurrent"])
+        assert await node.read_value() == 3
+    assert (await driver.read_status()).unit_mode == UnitMode.MANUAL
+
+
+class FirstModelSimulator(PackerSimulator):
+    """A machine with only the first address space: no Output folder, no RefilledTotal,
+    no SetUnitMode (what an older real machine would expose)."""
+
+    trimmed = False  # the nodes are built in full first, then deleted
+
+    async def start(self) -> None:
+        await super().start()
+        self.trimmed = True
+        server = self._server
+        assert server is not None
+        ns = await server.get_namespace_index(NAMESPACE_URI)
+        gone = [f"{self.name}.Output", f"{self.name}.Command.SetUnitMode"]
+        gone += [f"{self.name}.{path}" for path in self._nodes if path.endswith(".RefilledTotal")]
+        self._nodes = {
+            path: node
+            for path, node in self._nodes.items()
+            if not (path.startswith("Output.") or path.endswith(".RefilledTotal"))
+        }
+        await server.delete_nodes(
+            [server.get_node(ua.NodeId(ua.String(ident), ua.Int16(ns))) for ident in gone],
+            recursive=True,
+        )
+
+    def _values(self) -> dict[str, Any]:
+        values = super()._values()
+        if not self.trimmed:
+            return values
+        return {path: value for path, value in values.items() if path in self._nodes}
+
+
+async def test_a_machine_without_the_new_nodes_still_works(address_space_cache: Path) -> None:
+    sim = FirstModelSimulator(
+        "P1",
+        canisters=CANISTERS,
+        address_space_cache=address_space_cache,
+        server_clock=False,
+        speed_factor=FAST["speed_factor"],
+        transient_seconds=FAST["transient_seconds"],
+    )
+    await sim.start()
+    driver = OpcUaPackerDriver("P1", sim.endpoint, timeout=2.0)
+    try:
+        await driver.connect()
+        await driver.refill_canister(4, 2)
+        status = await driver.read_status()
+        assert (status.output_count, status.output_capacity, status.output_full) == (0, 0, False)
+        records = await driver.read_canisters()
+        assert [c.refilled_total for c in records] == [0, 0, 0, 0]
+        assert {c.number: c.count for c in records}[4] == 52
+        with pytest.raises(
+            DriverError,
+            match=r"packer P1 .*set_unit_mode MANUAL \(3\): the machine has no"
+            r" Command/SetUnitMode method",
+        ):
+            await driver.set_unit_mode(UnitMode.MANUAL)
+        await to_idle(driver)
+        await driver.load_job(job("J-old", [[(1, 1)]] * 3))
+        await driver.command(C.START)
+        assert (await wait_state(driver, S.COMPLETE)).job_pouches_good == 3
+    finally:
+        await driver.close()
+        await sim.stop()
+
+
+async def test_set_unit_mode_when_not_connected_is_a_driver_error() -> None:
+    driver = OpcUaPackerDriver("PN", "opc.tcp://127.0.0.1:1/", timeout=0.5)
+    with pytest.raises(DriverError, match=r"packer PN .*set_unit_mode MAINTENANCE \(2\): not"):
+        await driver.set_unit_mode(UnitMode.MAINTENANCE)

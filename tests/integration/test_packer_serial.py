@@ -24,6 +24,7 @@ from drivers.base import (
     Pouch,
     PouchItem,
     StopReason,
+    UnitMode,
 )
 from drivers.serial_frames import ErrorCode, Frame, FrameError, MessageType, Nak
 from drivers.serial_packer import SerialPackerDriver
@@ -290,7 +291,8 @@ async def test_many_canisters_are_read_in_pages(make_packer: Factory) -> None:
     sim, driver = await make_packer(canisters=layout)
     canisters = await driver.read_canisters()
     assert [(c.number, c.gtin, c.count) for c in canisters] == [(n, g, c) for n, g, c, _ in layout]
-    assert sim.executed["READ_CANISTERS"] == 3  # 31 per page
+    # Protocol 1.1 reads with READ_CANISTERS_EX: 40-byte records, 25 per page.
+    assert sim.executed["READ_CANISTERS_EX"] == 3 and sim.executed["READ_CANISTERS"] == 0
 
 
 # -- commands -----------------------------------------------------------------------
@@ -736,7 +738,7 @@ async def test_protocol_major_version_mismatch_is_refused(make_packer: Factory) 
     sim.protocol_version = (2, 0)
     with pytest.raises(
         DriverError,
-        match=r"connect: device speaks protocol 2.0, this driver 1.0: major versions differ",
+        match=r"connect: device speaks protocol 2.0, this driver 1.1: major versions differ",
     ):
         await driver.connect()
     with pytest.raises(DriverError, match=r"not connected"):
@@ -744,3 +746,110 @@ async def test_protocol_major_version_mismatch_is_refused(make_packer: Factory) 
     sim.protocol_version = (1, 4)  # a newer minor version is fine
     await driver.connect()
     assert driver.device is not None and driver.device.minor == 4
+
+
+# -- protocol 1.1: unit mode, output tray, refill totals ----------------------------
+
+
+async def test_set_unit_mode_frame_acts_once_and_names_bad_values(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    await driver.close()
+    line = await RawLine.open(sim)
+    try:
+        await line.request(1, MessageType.HELLO, wire.Hello().encode())
+        mode = wire.encode_unit_mode(2)
+        assert mode == b"\x02"
+        first = await line.request(2, MessageType.SET_UNIT_MODE, mode)
+        assert first.type == MessageType.ACK and sim.unit_mode == 2
+        assert await line.request(2, MessageType.SET_UNIT_MODE, mode) == first
+        assert sim.replayed == 1 and sim.executed["SET_UNIT_MODE"] == 1
+
+        nak = nak_of(await line.request(3, MessageType.SET_UNIT_MODE, b"\x00"))
+        assert (nak.code, nak.argument) == (ErrorCode.INVALID_ARGUMENT, 0)
+        assert nak.text.startswith("RequestedMode: 0 is not a unit mode (1 PRODUCTION")
+        nak = nak_of(await line.request(4, MessageType.SET_UNIT_MODE, b"\x01\x00"))
+        assert nak.code == ErrorCode.BAD_PAYLOAD and "SetUnitMode" in nak.text
+        assert sim.unit_mode == 2
+
+        status = wire.decode_status((await line.request(5, MessageType.READ_STATUS)).payload)
+        assert status.unit_mode == 2
+    finally:
+        await line.close()
+
+
+async def test_status_layout_follows_the_hosts_hello(make_packer: Factory) -> None:
+    """A 1.0 host (whose decoder refuses trailing bytes) gets the 1.0 STATUS payload;
+    a 1.1 host gets the output tray fields appended."""
+    sim, driver = await make_packer(output_capacity=7)
+    await driver.close()
+    line = await RawLine.open(sim)
+    try:
+        await line.request(1, MessageType.HELLO, wire.Hello(1, 0).encode())
+        assert sim.host_minor == 0
+        old = (await line.request(2, MessageType.READ_STATUS)).payload
+        assert len(old) == 38 + 1  # the 1.0 fixed fields and an empty job id
+        assert wire.decode_status(old).output_capacity == 0  # not sent: the default
+
+        await line.request(3, MessageType.HELLO, wire.Hello(1, 1).encode())
+        new = (await line.request(4, MessageType.READ_STATUS)).payload
+        assert new[:39] == old and len(new) == 39 + 9
+        status = wire.decode_status(new)
+        assert (status.output_count, status.output_capacity, status.output_full) == (0, 7, False)
+    finally:
+        await line.close()
+
+
+async def test_a_1_0_device_works_without_the_1_1_features(make_packer: Factory) -> None:
+    sim, driver = await make_packer(output_capacity=5)
+    sim.protocol_version = (1, 0)  # the device now behaves as a 1.0 device
+    await driver.connect()
+    assert driver.device is not None and (driver.device.major, driver.device.minor) == (1, 0)
+
+    await driver.refill_canister(4, 3)
+    status = await driver.read_status()
+    assert status.state is S.STOPPED and status.output_capacity == 0  # not on a 1.0 wire
+    canisters = await driver.read_canisters()
+    assert [c.refilled_total for c in canisters] == [0, 0, 0, 0]  # 1.0 does not report it
+    assert {c.number: c.count for c in canisters}[4] == 53
+    assert sim.executed["READ_CANISTERS"] == 1 and sim.executed["READ_CANISTERS_EX"] == 0
+
+    sent = sum(sim.executed.values())
+    with pytest.raises(
+        DriverError,
+        match=r"set_unit_mode MAINTENANCE \(2\): device speaks protocol 1.0;"
+        r" SET_UNIT_MODE needs 1.1",
+    ):
+        await driver.set_unit_mode(UnitMode.MAINTENANCE)
+    assert sum(sim.executed.values()) == sent and sim.unit_mode is UnitMode.PRODUCTION
+
+    # A 1.0 device does not know the 1.1 requests at all.
+    await driver.close()
+    line = await RawLine.open(sim)
+    try:
+        await line.request(1, MessageType.HELLO, wire.Hello().encode())
+        nak = nak_of(await line.request(2, MessageType.SET_UNIT_MODE, b"\x02"))
+        assert nak.code == ErrorCode.UNKNOWN_TYPE
+        assert nak.text == "type SET_UNIT_MODE needs protocol 1.1; this device speaks 1.0"
+        nak = nak_of(
+            await line.request(3, MessageType.READ_CANISTERS_EX, wire.encode_read_canisters(0))
+        )
+        assert nak.code == ErrorCode.UNKNOWN_TYPE
+    finally:
+        await line.close()
+
+
+async def test_refill_retried_after_a_lost_ack_counts_once_in_refilled_total(
+    make_packer: Factory,
+) -> None:
+    sim, driver = await make_packer()
+    sim.drop_next_reply()
+    await driver.refill_canister(3, 12)
+    assert driver.retransmissions == 1 and sim.replayed == 1
+    record = {c.number: c for c in await driver.read_canisters()}[3]
+    assert (record.count, record.refilled_total) == (112, 12)
+
+
+async def test_set_unit_mode_when_not_connected_is_a_driver_error() -> None:
+    driver = SerialPackerDriver("PN", "socket://127.0.0.1:1", timeout=0.2)
+    with pytest.raises(DriverError, match=r"packer PN .*set_unit_mode MANUAL \(3\): not connected"):
+        await driver.set_unit_mode(UnitMode.MANUAL)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.base import PackMLCommand, PackMLState
+from drivers.base import PackMLCommand, PackMLState, UnitMode
 from simulators.packml import (
     ACTING_STATES,
+    MODE_CHANGE_STATES,
     SC,
     STATES,
     TRANSITIONS,
     InvalidCommand,
+    InvalidModeChange,
     PackMLMachine,
 )
 
 S = PackMLState
 C = PackMLCommand
+M = UnitMode
 
 #: The expected model, written out independently of the implementation's table.
 EXPECTED: dict[tuple[PackMLState, str], PackMLState] = {
@@ -141,3 +144,109 @@ def test_command_accepts_plain_string_value() -> None:
     assert machine.command("Start") is S.STARTING  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         machine.command("Launch")  # type: ignore[arg-type]
+
+
+# -- unit modes ---------------------------------------------------------------------
+
+
+def test_unit_modes_have_the_packml_numbers() -> None:
+    assert [(m.name, int(m)) for m in UnitMode] == [
+        ("PRODUCTION", 1),
+        ("MAINTENANCE", 2),
+        ("MANUAL", 3),
+    ]
+    assert MODE_CHANGE_STATES == {S.STOPPED, S.IDLE, S.ABORTED}
+    assert PackMLMachine().unit_mode is M.PRODUCTION
+
+
+@pytest.mark.parametrize("state", sorted(MODE_CHANGE_STATES))
+@pytest.mark.parametrize("mode", list(UnitMode))
+def test_mode_changes_in_stopped_idle_and_aborted(state: PackMLState, mode: UnitMode) -> None:
+    machine = PackMLMachine(initial=state)
+    assert machine.mode_change_allowed
+    assert machine.set_unit_mode(mode) is mode
+    assert machine.unit_mode is mode and machine.state is state
+    assert machine.set_unit_mode(M.PRODUCTION) is M.PRODUCTION
+    assert machine.unit_mode is M.PRODUCTION
+
+
+@pytest.mark.parametrize("state", [s for s in STATES if s not in MODE_CHANGE_STATES])
+def test_mode_change_is_refused_in_every_other_state(state: PackMLState) -> None:
+    machine = PackMLMachine(initial=state)
+    assert not machine.mode_change_allowed
+    for mode in (M.MAINTENANCE, M.MANUAL):
+        with pytest.raises(InvalidModeChange) as info:
+            machine.set_unit_mode(mode)
+        assert machine.unit_mode is M.PRODUCTION and machine.state is state
+        assert (info.value.requested, info.value.current, info.value.state) == (
+            mode,
+            M.PRODUCTION,
+            state,
+        )
+        text = str(info.value)
+        assert f"{mode.name} ({int(mode)})" in text
+        assert f"state {state.name} ({int(state)})" in text
+        assert "STOPPED, IDLE, ABORTED" in text
+    # Asking for the mode it is already in changes nothing and is never refused.
+    assert machine.set_unit_mode(M.PRODUCTION) is M.PRODUCTION
+
+
+def test_an_unknown_mode_is_a_value_error() -> None:
+    machine = PackMLMachine()
+    with pytest.raises(ValueError):
+        machine.set_unit_mode(7)  # type: ignore[arg-type]
+    assert machine.unit_mode is M.PRODUCTION
+
+
+@pytest.mark.parametrize("mode", [M.MAINTENANCE, M.MANUAL])
+def test_start_only_in_production(mode: UnitMode) -> None:
+    machine = PackMLMachine(initial=S.IDLE, unit_mode=mode)
+    assert C.START not in machine.allowed_commands()
+    assert list(machine.allowed_commands()) == [C.STOP, C.ABORT]
+    with pytest.raises(InvalidCommand) as info:
+        machine.command(C.START)
+    assert machine.state is S.IDLE
+    assert info.value.unit_mode is mode and info.value.state is S.IDLE
+    assert str(info.value) == (
+        f"command Start is not allowed in unit mode {mode.name} ({int(mode)}),"
+        " only in PRODUCTION (1)"
+    )
+    # Back in Production the same machine starts.
+    machine.set_unit_mode(M.PRODUCTION)
+    assert machine.command(C.START) is S.STARTING
+
+
+@pytest.mark.parametrize("mode", [M.MAINTENANCE, M.MANUAL])
+def test_other_commands_work_outside_production(mode: UnitMode) -> None:
+    machine = PackMLMachine(unit_mode=mode)
+    steps: list[tuple[str, PackMLState]] = [
+        ("Reset", S.RESETTING),
+        (SC, S.IDLE),
+        ("Stop", S.STOPPING),
+        (SC, S.STOPPED),
+        ("Abort", S.ABORTING),
+        (SC, S.ABORTED),
+        ("Clear", S.CLEARING),
+        (SC, S.STOPPED),
+    ]
+    for event, expected in steps:
+        assert _fire(machine, event) is expected
+    assert machine.unit_mode is mode
+
+
+def test_mode_is_kept_through_a_production_cycle_and_locked_while_running() -> None:
+    machine = PackMLMachine()
+    machine.set_unit_mode(M.MAINTENANCE)
+    _fire(machine, "Reset")
+    with pytest.raises(InvalidModeChange, match=r"RESETTING \(15\)"):
+        machine.set_unit_mode(M.PRODUCTION)
+    _fire(machine, SC)
+    machine.set_unit_mode(M.PRODUCTION)
+    for event in ("Start", SC):
+        _fire(machine, event)
+    assert machine.state is S.EXECUTE
+    for state_event in ("Suspend", SC):
+        _fire(machine, state_event)
+    with pytest.raises(InvalidModeChange, match=r"MANUAL \(3\).*SUSPENDED \(5\)"):
+        machine.set_unit_mode(M.MANUAL)
+    assert machine.unit_mode is M.PRODUCTION

@@ -293,7 +293,7 @@ def test_small_messages_round_trip() -> None:
     assert wire.decode_read_canisters(wire.encode_read_canisters(31)) == 31
     reply = wire.HelloReply(1, 0, 1024, 6, "P1", "model", "fw")
     assert wire.HelloReply.decode(reply.encode()) == reply
-    assert wire.Hello.decode(wire.Hello().encode()) == wire.Hello(1, 0)
+    assert wire.Hello.decode(wire.Hello().encode()) == wire.Hello(1, 1)
     nak = Nak(ErrorCode.INVALID_ARGUMENT, "Quantity: must be > 0, got 0", 1)
     assert Nak.decode(nak.encode()) == nak
     assert Nak.decode(Nak(ErrorCode.BAD_CRC).encode()).argument is None
