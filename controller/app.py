@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from datetime import date
 from typing import Any
 
@@ -17,8 +17,15 @@ from controller.devices import cabinet_driver, packer_driver, scanner_driver
 from controller.ledger import Ledger, LedgerError
 from controller.ledger.engine import make_engine
 from controller.metrics import Metrics
-from controller.packing.planner import PlannedJob
+from controller.packing.dispatcher import Dispatcher
+from controller.packing.planner import (
+    PlannedJob,
+    capabilities,
+    fit_to_machines,
+    substitution_groups,
+)
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
+from controller.packing.store import OPEN_STATES, PackingStore
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
@@ -34,6 +41,7 @@ class Controller:
             min_shelf_life_days=site.ledger.min_shelf_life_days,
         )
         self.aledger = AsyncLedger(self.ledger, self.metrics)
+        self.store = PackingStore(self.ledger)
         settings = PackingSettings(
             store_bins=site.store.all_bins,
             reservation_timeout_s=site.ledger.reservation_timeout_s,
@@ -43,10 +51,11 @@ class Controller:
         }
         self.runners = {
             p.name: PackerRunner(
-                p, self.packer_drivers[p.name], self.aledger, self.metrics, settings
+                p, self.packer_drivers[p.name], self.aledger, self.store, self.metrics, settings
             )
             for p in site.packers
         }
+        self.dispatcher = Dispatcher(self.store, self.aledger, self.runners, site.store.all_bins)
         self.cabinet_drivers: dict[str, CabinetDriver] = {
             c.name: cabinet_driver(c) for c in site.cabinets
         }
@@ -67,7 +76,6 @@ class Controller:
                 on_low=self.replenishment.request,
             )
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
-        self.jobs: asyncio.Queue[PlannedJob] = asyncio.Queue()
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -156,7 +164,8 @@ class Controller:
         for scanner in self.scanners.values():
             await scanner.connect()
         for runner in self.runners.values():
-            self._spawn(runner.serve(self.jobs), f"packer-{runner.name}")
+            self._spawn(runner.serve(), f"packer-{runner.name}")
+        self._spawn(self.dispatcher.serve(), "dispatcher")
         for poller in self.pollers.values():
             self._spawn(poller.serve(), f"cabinet-{poller.name}")
         self._spawn(self.replenishment.serve(), "replenishment")
@@ -164,24 +173,36 @@ class Controller:
             self._spawn(self._scan_station(scanner), f"scanner-{name}")
         self._spawn(self._housekeeping(), "housekeeping")
 
+    async def start_packing(self) -> None:
+        """Only the packers, the dispatcher and housekeeping (`doseline pack`)."""
+        for runner in self.runners.values():
+            self._spawn(runner.serve(), f"packer-{runner.name}")
+        self._spawn(self.dispatcher.serve(), "dispatcher")
+        self._spawn(self._housekeeping(), "housekeeping")
+
     async def adopt_cabinets(self) -> None:
         """Commissioning of cabinets the ledger does not know yet."""
         for poller in self.pollers.values():
             await poller.adopt(self.site.store.all_bins)
 
-    async def submit(self, jobs: Iterable[PlannedJob]) -> int:
-        count = 0
-        for job in jobs:
-            await self.jobs.put(job)
-            count += 1
-        return count
+    def fit(self, jobs: list[PlannedJob]) -> list[PlannedJob]:
+        """Maps jobs onto this site's calibrated canisters (substitutes, manual items)."""
+        return fit_to_machines(jobs, capabilities(self.site), substitution_groups(self.site))
 
-    async def wait_for_jobs(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self.jobs.join(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+    async def plan(self, day: date) -> list[PlannedJob]:
+        """Plans the approved doses of `day` that no job holds yet."""
+        return await self.aledger.run(self.store.plan, day, fit=self.fit)
+
+    async def wait_for_jobs(self, timeout_s: float, *, day: date | None = None) -> bool:
+        """Waits until no job (of `day`) is open; False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            counts = await self.aledger.run(self.store.state_counts, day)
+            if not any(counts.get(state) for state in OPEN_STATES):
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
 
     async def stop_services(self) -> None:
         """Stops polling, packing and scanning; the device links stay open."""
@@ -274,6 +295,48 @@ async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = F
     except DriverError as exc:
         print(f"doseline run: {exc}", flush=True)
         return 1
+    finally:
+        await controller.stop()
+        controller.close()
+
+
+async def run_packing(
+    site: Site,
+    *,
+    ledger_url: str | None = None,
+    day: date | None = None,
+    plan: bool = True,
+    timeout_s: float = 3600,
+) -> int:
+    """`doseline pack`: settles what a previous run left open, plans the day's approved
+    orders, and runs the packers until no job is open. 0 when every job ended, 1 when
+    some are still open at the timeout (or on SIGTERM)."""
+    import signal
+    from datetime import UTC, datetime
+
+    controller = Controller(site, ledger_url=ledger_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.to_thread(controller.prepare_ledger)
+        if plan:
+            planned = await controller.plan(day or datetime.now(UTC).date())
+            print(f"planned {len(planned)} new jobs", flush=True)
+        await controller.start_packing()
+        waiter = asyncio.create_task(controller.wait_for_jobs(timeout_s))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        done = waiter.done() and waiter.result()
+        if not waiter.done():
+            waiter.cancel()
+        counts = await controller.aledger.run(controller.store.state_counts)
+        print("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+        for job_id, why in sorted(controller.dispatcher.waiting.items()):
+            print(f"  {job_id} waits: {why}", flush=True)
+        return 0 if done else 1
     finally:
         await controller.stop()
         controller.close()

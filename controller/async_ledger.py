@@ -37,5 +37,16 @@ class AsyncLedger:
         finally:
             self.metrics.ledger_seconds.labels(operation).observe(time.perf_counter() - started)
 
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs another synchronous database call (the packing store's) on the same
+        pool, so it queues behind ledger writes instead of racing them on SQLite."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        finally:
+            name = getattr(fn, "__name__", "call")
+            self.metrics.ledger_seconds.labels(name).observe(time.perf_counter() - started)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.cli_packing import add_packing_parsers
 from controller.config import ConfigError, load_site
 
 if TYPE_CHECKING:
@@ -535,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_config)
 
     _add_report_parsers(sub, lsub)
+    add_packing_parsers(sub)
     return parser
 
 

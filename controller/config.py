@@ -7,6 +7,7 @@ controller itself ignores, so a demo site and a real site differ only in address
 
 from __future__ import annotations
 
+import os
 from datetime import date, time
 from decimal import Decimal
 from pathlib import Path
@@ -121,12 +122,20 @@ class Canister(Strict):
     number: int = Field(gt=0, lt=1000)
     gtin: Gtin
     capacity: int = Field(gt=0)
+    # A canister must be calibrated for its product before the machine may pack from
+    # it; an uncalibrated one is ignored by the planner (its product goes to another
+    # packer, a substitute of the same group, or is added to the pouch by hand).
+    calibrated: bool = True
 
 
 class PackerSim(Strict):
     speed_factor: float = Field(default=1.0, gt=0)
     reject_rate: float = Field(default=0.0, ge=0, le=0.5)
     jam_rate: float = Field(default=0.0, ge=0, le=0.5)
+    # Output tray: the machine suspends (StopReason 103) when it holds this many pouches
+    # (0: no limit); the simulated operator empties it after this many seconds.
+    output_capacity: int = Field(default=0, ge=0)
+    output_empty_after_s: float | None = Field(default=30.0, gt=0)
 
 
 class Packer(Strict):
@@ -202,6 +211,18 @@ class Replenishment(Strict):
     pick_delay_s: float = Field(default=1.0, ge=0)
 
 
+class OrdersConfig(Strict):
+    """How dose orders are accepted."""
+
+    # Orders wait for a pharmacist's approval before they are planned.
+    review_required: bool = True
+    # The secret that makes patient pseudonyms unguessable is read from this
+    # environment variable; without it the site name is used (fine for a demo only).
+    pseudonym_salt_env: str = "DOSELINE_PSEUDONYM_SALT"
+    # The ward for orders whose message names none; None refuses such orders.
+    default_ward: str | None = None
+
+
 class DemoConfig(Strict):
     ward: str
     patients: int = Field(default=60, gt=0)
@@ -231,9 +252,14 @@ class Site(Strict):
     cabinets: list[Cabinet] = []
     scanners: list[Scanner] = []
     replenishment: Replenishment = Replenishment()
+    orders: OrdersConfig = OrdersConfig()
     exemptions: list[Exemption] = []
     seed: int = 7
     demo: DemoConfig | None = None
+
+    def pseudonym_salt(self) -> str:
+        """The salt for patient pseudonyms: from the environment, else the site name."""
+        return os.environ.get(self.orders.pseudonym_salt_env) or self.site.name
 
     @model_validator(mode="after")
     def _references(self) -> Site:

@@ -25,19 +25,33 @@ REGIMENS: dict[str, tuple[int, tuple[int, ...]]] = {
     "C08CA01": (1, (8,)),
     "N05CF01": (1, (21,)),
     "H02AB06": (2, (8,)),
+    "A12BA01": (1, (8, 17)),
 }
 
 
-def demo_prescriptions(demo: DemoConfig, packable: Sequence[Product], day: date) -> dict[str, Any]:
+def demo_prescriptions(
+    demo: DemoConfig,
+    packable: Sequence[Product],
+    day: date,
+    others: Sequence[Product] = (),
+) -> dict[str, Any]:
     """The day's prescriptions as the hospital's system would send them: one FHIR R4
     Bundle of MedicationRequests. Each patient gets two to five regimens of the
-    packable products; the patient identifiers are test identifiers, not people."""
+    packable products; every seventh patient also gets one of `others` (products no
+    canister packs: substituted or added by hand). The patient identifiers are test
+    identifiers, not people."""
     rng = random.Random(demo.seed)
     hours = {t.hour for t in demo.administration_times}
     choices = [p for p in packable if p.atc in REGIMENS]
+    extras = [p for p in others if p.atc in REGIMENS]
     entries = []
     for n in range(1, demo.patients + 1):
-        for product in rng.sample(choices, rng.randint(2, min(5, len(choices)))):
+        chosen = rng.sample(choices, rng.randint(2, min(5, len(choices))))
+        if extras and n % 7 == 0:
+            extra = extras[(n // 7) % len(extras)]
+            # never the same substance twice for one patient (a double dose)
+            chosen = [p for p in chosen if p.substance != extra.substance] + [extra]
+        for product in chosen:
             units, regimen_hours = REGIMENS[product.atc]
             at = [h for h in regimen_hours if h in hours]
             if not at:
@@ -91,11 +105,15 @@ def demo_prescriptions(demo: DemoConfig, packable: Sequence[Product], day: date)
 
 def demo_orders(site: Site, demo: DemoConfig, day: date, today: date) -> list[DoseOrder]:
     """The demo day's dose orders, through the same intake as real prescriptions."""
-    packable = list(
-        {c.gtin: site.product(c.gtin) for p in site.packers for c in p.canisters}.values()
-    )
+    in_canisters = {c.gtin for p in site.packers for c in p.canisters if c.calibrated}
+    packable = [site.product(g) for g in sorted(in_canisters)]
+    others = [
+        p
+        for p in site.catalogue
+        if p.gtin not in in_canisters and p.category == "drug" and p.unit == "tablet"
+    ]
     return parse_orders(
-        demo_prescriptions(demo, packable, day),
+        demo_prescriptions(demo, packable, day, others),
         catalogue=Catalogue.from_site(site),
         salt=site.site.name,
         default_ward=demo.ward,

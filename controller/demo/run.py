@@ -30,11 +30,13 @@ from controller.gs1 import PackId, encode_pack
 from controller.ledger import verify_ledger
 from controller.ledger.migrations import reset
 from controller.ledger.verify import count_negative_balances
-from controller.packing.planner import plan_day
+from controller.packing.planner import describe
 from controller.packing.runner import canister_location
+from controller.packing.store import OPEN_STATES
 
 log = logging.getLogger("doseline.demo")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_PHARMACIST = "pharmacist:demo"
 
 
 class DemoError(Exception):
@@ -220,15 +222,47 @@ async def run_demo(
             raise DemoError("the site file has no demo: section")
         day = today + timedelta(days=1)
         orders = demo_orders(site, demo, day, today)
-        jobs = plan_day(orders, day)
-        pouches = sum(len(j.pouches) for j in jobs)
+        filed = await controller.aledger.run(
+            controller.store.submit,
+            orders,
+            source="fhir",
+            actor="intake:demo-bundle",
+            review_required=site.orders.review_required,
+        )
         say(
             f"orders: a FHIR Bundle of prescriptions for {demo.patients} patients on ward "
-            f"{demo.ward} became {len(orders)} dose orders for {day}: {len(jobs)} jobs, "
-            f"{pouches} pouches"
+            f"{demo.ward} became {len(orders)} dose orders for {day} ({filed.status})"
         )
+        if filed.status == "pending":
+            rejected, approved = filed.added[:1], filed.added[1:]
+            await controller.aledger.run(
+                controller.store.review,
+                rejected,
+                approve=False,
+                actor=DEMO_PHARMACIST,
+                note="duplicate therapy: already on a long-acting preparation",
+            )
+            await controller.aledger.run(
+                controller.store.review,
+                approved,
+                approve=True,
+                actor=DEMO_PHARMACIST,
+                note="checked against the medication list",
+            )
+            say(
+                f"review: {DEMO_PHARMACIST} approved {len(approved)} orders and rejected "
+                f"{len(rejected)} (duplicate therapy)"
+            )
+        jobs = await controller.plan(day)
+        pouches = sum(len(j.machine_pouches()) for j in jobs)
+        say(f"planning: {len(jobs)} jobs, {pouches} machine pouches")
+        names = {p.gtin: p.name for p in site.catalogue}
+        for job in jobs:
+            for line in describe(job):
+                for gtin, name in names.items():
+                    line = line.replace(gtin, name)
+                say(f"  {job.job_id}: {line}")
         say(f"day: one day at the cabinets in {day_seconds:.0f} s")
-        await controller.submit(jobs)
 
         scanner = next(iter(plant.addresses["scanners"].values()))
         technician = Technician(
@@ -317,13 +351,16 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
     violations = verify_ledger(controller.ledger.engine)
     results = [r for runner in controller.runners.values() for r in runner.results]
     jobs = [r.job for r in results]
+    job_states = controller.store.state_counts()
     scans = controller.scan_log
     return {
         "pouches_packed": sum(j.pouches_good for j in jobs),
         "pouches_rejected": sum(j.pouches_rejected for j in jobs),
-        "jobs_completed": sum(1 for j in jobs if j.state.value == "completed"),
-        "jobs_partial": sum(1 for j in jobs if j.state.value == "partial"),
-        "jobs_failed": sum(1 for j in jobs if j.state.value == "failed"),
+        "jobs_completed": job_states.get("completed", 0),
+        "jobs_partial": job_states.get("partial", 0),
+        "jobs_failed": job_states.get("failed", 0),
+        "jobs_manual": job_states.get("manual", 0),
+        "jobs_open": sum(job_states.get(s, 0) for s in OPEN_STATES),
         "pouches_by_packer": {
             name: sum(r.job.pouches_good for r in runner.results)
             for name, runner in controller.runners.items()
@@ -353,7 +390,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  dose pouches packed      {s['pouches_packed']} good, {s['pouches_rejected']} rejected "
         f"by vision and packed again",
         f"  packing jobs             {s['jobs_completed']} completed, {s['jobs_partial']} partial, "
-        f"{s['jobs_failed']} failed",
+        f"{s['jobs_failed']} failed, {s['jobs_manual']} by hand, {s['jobs_open']} open",
         "  pouches per packer       "
         + ", ".join(f"{name} {n}" for name, n in s["pouches_by_packer"].items()),
         f"  tablets                  {s['tablets_consumed']} in pouches, {s['tablets_wasted']} "
@@ -388,4 +425,5 @@ def demo_ok(summary: dict[str, Any]) -> bool:
         and summary["open_reservations"] == 0
         and not summary["physical_mismatches"]
         and summary["jobs_failed"] == 0
+        and summary["jobs_open"] == 0
     )

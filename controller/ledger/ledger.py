@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -1083,6 +1083,18 @@ class Ledger:
                 )
             finally:
                 self._local.changes = None
+
+    def audited(self, actor: str, action: str, reason: str) -> AbstractContextManager[Connection]:
+        """A transaction for tables beside the ledger (dose orders, packing jobs): what
+        is noted with `note` inside it goes to the same hash-chained audit trail, in the
+        same commit."""
+        if not actor or not action:
+            raise LedgerError(f"audited change needs an actor and an action: {actor!r}, {action!r}")
+        return self._tx(actor, action, reason)
+
+    def note(self, entity: str, key: str, old: Any, new: Any) -> None:
+        """Records one change of the running `audited` transaction."""
+        self._note(entity, key, old, new)
 
     def _note(self, entity: str, key: str, old: Any, new: Any) -> None:
         changes = getattr(self._local, "changes", None)

@@ -27,13 +27,17 @@ class JobState(enum.Enum):
     PARTIAL = "partial"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    MANUAL = "manual"  # nothing in it can be machine-packed: prepared by hand
 
 
 S = JobState
-TERMINAL = (S.COMPLETED, S.PARTIAL, S.FAILED, S.CANCELLED)
+TERMINAL = (S.COMPLETED, S.PARTIAL, S.FAILED, S.CANCELLED, S.MANUAL)
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "reserved", "source": S.PLANNED, "dest": S.RESERVED},
+    # The controller restarted before the machine had the job: released, planned again.
+    {"trigger": "requeued", "source": S.RESERVED, "dest": S.PLANNED},
+    {"trigger": "to_manual", "source": S.PLANNED, "dest": S.MANUAL},
     {"trigger": "loaded", "source": S.RESERVED, "dest": S.LOADED},
     {"trigger": "started", "source": S.LOADED, "dest": S.PACKING},
     {"trigger": "held", "source": S.PACKING, "dest": S.HELD},
@@ -63,8 +67,10 @@ class Job:
     ended_partial: Trigger
     failed: Trigger
     cancelled: Trigger
+    requeued: Trigger
+    to_manual: Trigger
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, state: JobState = S.PLANNED) -> None:
         self.job_id = job_id
         self.packer: str | None = None
         self.reason = ""
@@ -75,7 +81,7 @@ class Job:
             model=self,
             states=JobState,
             transitions=TRANSITIONS,
-            initial=S.PLANNED,
+            initial=state,
             queued=True,
             after_state_change="_record",
             send_event=True,

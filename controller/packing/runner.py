@@ -14,16 +14,18 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.async_ledger import AsyncLedger
 from controller.config import Packer
-from controller.ledger import InsufficientStock, LedgerError, Need, Use
+from controller.ledger import InsufficientStock, LedgerError, Need, UnknownEntity, Use
 from controller.ledger.ledger import CONSUMED, WASTE
 from controller.metrics import Metrics
-from controller.packing.job import Job
+from controller.packing.job import Job, JobState
 from controller.packing.planner import PlannedJob
+from controller.packing.store import CanisterFill, JobRecord, PackingStore
 from drivers.base import (
     DriverError,
     PackerDriver,
@@ -34,6 +36,7 @@ from drivers.base import (
     Pouch,
     PouchItem,
     StopReason,
+    UnitMode,
 )
 
 log = logging.getLogger("doseline.packing")
@@ -52,6 +55,7 @@ class PackingSettings:
     poll_interval_s: float = 0.1
     stall_timeout_s: float = 30.0
     operator_clear_s: float = 0.5
+    idle_check_s: float = 2.0
 
 
 @dataclass
@@ -66,12 +70,21 @@ class PackingError(Exception):
     pass
 
 
+class PackerNotReady(PackingError):
+    """The packer cannot take a job now (not in Production mode): the job goes back."""
+
+
 class PackerRunner:
+    """One packer's service: takes jobs from its inbox (filled by the dispatcher) one
+    at a time, and after every start or lost link first settles what an earlier run
+    left open on this packer (`recover`)."""
+
     def __init__(
         self,
         config: Packer,
         driver: PackerDriver,
         ledger: AsyncLedger,
+        store: PackingStore,
         metrics: Metrics,
         settings: PackingSettings,
     ) -> None:
@@ -79,59 +92,89 @@ class PackerRunner:
         self.name = config.name
         self.driver = driver
         self.ledger = ledger
+        self.store = store
         self.metrics = metrics
         self.settings = settings
-        self.canister_of = {c.gtin: c for c in config.canisters}
+        self.canister_of = {c.gtin: c for c in config.canisters if c.calibrated}
         self.results: list[JobResult] = []
+        self.inbox: asyncio.Queue[JobRecord] = asyncio.Queue()
+        self.busy = False
+        self.recovered = False  # recover() ran since the last (re)connect
+        self.unit_mode = 0  # last reported PackML unit mode (0: not read yet)
         self._seen: tuple[int, int] | None = None  # last processed/defective totals
         self.link_ok = False  # set by ensure_connected, cleared by a failed exchange
         self._outage_logged = False
 
     # ---------------------------------------------------------------- service loop
 
-    async def serve(self, queue: asyncio.Queue[PlannedJob]) -> None:
-        """Takes jobs from the shared queue while this packer is free and reachable.
+    @property
+    def available(self) -> bool:
+        """Free for a new job: reachable, recovered, and not busy."""
+        return (
+            self.link_ok
+            and self.recovered
+            and not self.busy
+            and self.inbox.empty()
+            and self.unit_mode in (0, UnitMode.PRODUCTION)
+        )
 
-        A packer whose link failed takes no job until it is connected again, so the
-        other packers carry on with the queue meanwhile.
-        """
+    async def serve(self) -> None:
+        """Runs the jobs the dispatcher hands over, one at a time, while reachable."""
         while True:
             await self.ensure_connected()
-            planned = await queue.get()
+            if not self.recovered:
+                try:
+                    await self.recover()
+                except DriverError as exc:
+                    self._lost(exc)
+                    continue
+                self.recovered = True
             try:
-                self.results.append(await self.run_job(planned))
+                record = await asyncio.wait_for(self.inbox.get(), self.settings.idle_check_s)
+            except TimeoutError:
+                # Idle: keep the link and the unit mode known, so the dispatcher sees
+                # a packer put into Maintenance (or one that went away) in time.
+                try:
+                    await self.read_status()
+                except DriverError as exc:
+                    self._lost(exc)
+                continue
+            self.busy = True
+            try:
+                self.results.append(await self.run_job(record))
             except Exception as exc:  # one bad job must not stop the packer's service
-                log.exception("job %s on %s: unexpected error", planned.job_id, self.name)
-                job = Job(planned.job_id)
+                log.exception("job %s on %s: unexpected error", record.job_id, self.name)
+                self.recovered = False  # the job is settled from the database next round
+                job = Job(record.job_id)
                 job.packer, job.reason = self.name, f"unexpected error: {exc!r}"
-                await self._move(job, "failed")
                 self.results.append(JobResult(job))
-                self.metrics.jobs.labels("failed").inc()
             finally:
-                queue.task_done()
+                self.busy = False
+                self.inbox.task_done()
 
-    async def _move(self, job: Job, trigger: str) -> None:
-        """Fires a job transition, then writes it to the ledger's audit trail."""
+    def _lost(self, exc: Exception) -> None:
+        """The link failed: reconnect, then settle what was in flight before going on."""
+        self.link_ok = False
+        self.recovered = False
+        self.metrics.driver_errors.labels(self.name).inc()
+        log.error("packer %s: link lost: %s", self.name, exc)
+
+    async def _move(self, job: Job, trigger: str, **fields: object) -> None:
+        """Fires a job transition and stores it, audited, in the same step."""
         before = job.state.value
         await getattr(job, trigger)()
-        try:
-            await self.ledger.call(
-                "record_event",
-                actor=ACTOR,
-                action="job",
-                entity="job",
-                key=job.job_id,
-                old={"state": before},
-                new={
-                    "state": job.state.value,
-                    "packer": self.name,
-                    "good": job.pouches_good,
-                    "rejected": job.pouches_rejected,
-                },
-                reason=job.reason or trigger,
-            )
-        except LedgerError as exc:  # the job goes on; the gap is visible in the log
-            log.error("job %s: transition %s not audited: %s", job.job_id, trigger, exc)
+        await self.ledger.run(
+            self.store.move,
+            job.job_id,
+            old=before,
+            new=job.state.value,
+            actor=ACTOR,
+            reason=job.reason or trigger,
+            packer=self.name,
+            good=job.pouches_good,
+            rejected=job.pouches_rejected,
+            **fields,
+        )
 
     async def ensure_connected(self) -> None:
         """(Re)connects with backoff: 1 s, doubling to 30 s. Logged once per outage."""
@@ -150,23 +193,35 @@ class PackerRunner:
             self.link_ok, self._outage_logged = True, False
             log.info("packer %s connected", self.name)
 
-    async def run_job(self, planned: PlannedJob) -> JobResult:
-        job = Job(planned.job_id)
+    # ---------------------------------------------------------------- one job
+
+    async def run_job(self, planned: PlannedJob | JobRecord) -> JobResult:
+        """Runs one job to its end. A job given as a PlannedJob is filed first."""
+        if isinstance(planned, PlannedJob):
+            record = await self.ledger.run(self.store.add_job, planned, actor=ACTOR)
+            if record.packer is None and record.state == "planned":
+                await self.ledger.run(self.store.claim, record.job_id, self.name, actor=ACTOR)
+        else:
+            record = planned
+        plan = record.job
+        job = Job(plan.job_id)
         job.packer = self.name
         result = JobResult(job)
-        reservation = f"job:{planned.job_id}"
+        reservation = record.reservation
         try:
-            missing = [g for g in planned.units_by_gtin() if g not in self.canister_of]
+            missing = [g for g in plan.units_by_gtin() if g not in self.canister_of]
             if missing:
-                raise PackingError(f"no canister on {self.name} for GTIN {', '.join(missing)}")
+                raise PackingError(
+                    f"no calibrated canister on {self.name} for GTIN {', '.join(missing)}"
+                )
             await self._bring_to_idle()
-            needs = self._needs(planned)
+            needs = self._needs(plan)
             for gtin, units in needs.items():
-                await self._ensure_canister(gtin, units, f"{planned.job_id}:pre")
+                await self._ensure_canister(gtin, units)
             await self.ledger.call(
                 "reserve",
                 reservation,
-                purpose=f"dose pouches {planned.job_id}",
+                purpose=f"dose pouches {plan.job_id}",
                 needs=[Need(g, q) for g, q in needs.items()],
                 from_locations=[
                     canister_location(self.name, self.canister_of[g].number) for g in needs
@@ -176,11 +231,19 @@ class PackerRunner:
                 order_source="packing",
             )
             await self._move(job, "reserved")
-        except (PackingError, LedgerError, DriverError) as exc:
+        except (DriverError, PackerNotReady) as exc:
+            # Not the job's fault: it goes back to the dispatcher for any packer.
             if isinstance(exc, DriverError):
-                self.link_ok = False
+                self._lost(exc)
             job.reason = str(exc)
-            log.error("job %s on %s not started: %s", planned.job_id, self.name, exc)
+            await self._void(reservation, job)
+            await self.ledger.run(
+                self.store.unclaim, plan.job_id, self.name, actor=ACTOR, reason=str(exc)[:200]
+            )
+            return result
+        except (PackingError, LedgerError) as exc:
+            job.reason = str(exc)
+            log.error("job %s on %s not started: %s", plan.job_id, self.name, exc)
             await self._void(reservation, job)
             await self._move(job, "failed")
             self.metrics.jobs.labels("failed").inc()
@@ -188,29 +251,32 @@ class PackerRunner:
 
         try:
             before = await self._dispensed_by_gtin()
-            await self.driver.load_job(self._spec(planned))
-            await self._move(job, "loaded")
+            await self.driver.load_job(self._spec(plan))
+            await self._move(job, "loaded", baseline=before)
             await self.driver.command(PackMLCommand.START)
             await self._move(job, "started")
-            status = await self._follow(planned, job)
+        except DriverError as exc:
+            return self._interrupted(job, result, exc)
+        return await self._finish(plan, job, result, before, reservation)
+
+    async def _finish(
+        self,
+        plan: PlannedJob,
+        job: Job,
+        result: JobResult,
+        before: dict[str, int],
+        reservation: str,
+    ) -> JobResult:
+        """Follows the machine to the job's end, then books what it really did."""
+        try:
+            status = await self._follow(plan, job)
             after = await self._dispensed_by_gtin()
         except DriverError as exc:
-            self.link_ok = False
-            job.reason = str(exc)
-            log.error("job %s on %s: machine failed: %s", planned.job_id, self.name, exc)
-            self.metrics.driver_errors.labels(self.name).inc()
-            # What the machine did before it was lost is unknown here: the reservation
-            # stays open for recovery to settle from the machine's counters, and expires
-            # by itself if nobody does.
-            await self._move(job, "failed")
-            self.metrics.jobs.labels("failed").inc()
-            return result
-
+            return self._interrupted(job, result, exc)
         job.pouches_good = status.job_pouches_good
         job.pouches_rejected = status.job_pouches_rejected
-        await self._book(planned, job, result, before, after)
-        with_all = status.state == PackMLState.COMPLETE
-        if with_all and job.pouches_good == len(planned.pouches):
+        await self._book(plan, job, result, before, after, reservation)
+        if status.state == PackMLState.COMPLETE and job.pouches_good == len(plan.machine_pouches()):
             await self._move(job, "completed")
             self.metrics.jobs.labels("completed").inc()
         else:
@@ -220,8 +286,183 @@ class PackerRunner:
         try:
             await self._bring_to_idle()
         except DriverError as exc:
-            log.warning("packer %s: could not reset after job: %s", self.name, exc)
+            self._lost(exc)
         return result
+
+    def _interrupted(self, job: Job, result: JobResult, exc: DriverError) -> JobResult:
+        """The link failed while the machine had the job: the job stays as stored, and
+        is settled from the machine's counters once the link is back (`recover`)."""
+        self._lost(exc)
+        job.reason = f"link lost while {job.state.value}: {exc}"
+        log.error("job %s on %s: %s", job.job_id, self.name, job.reason)
+        return result
+
+    # ---------------------------------------------------------------- recovery
+
+    async def recover(self) -> None:
+        """Settles what an earlier run (or a lost link) left open on this packer:
+        canister refills in flight, jobs the machine had, jobs reserved but never
+        loaded, and jobs assigned but not started."""
+        await self._settle_fills()
+        for record in await self.ledger.run(self.store.unfinished):
+            if record.packer != self.name:
+                continue
+            if record.state in ("loaded", "packing", "held"):
+                self.results.append(await self.resume(record))
+            elif record.state == "reserved":
+                job = Job(record.job_id, JobState.RESERVED)
+                job.reason = "controller restarted before the machine had the job"
+                await self._void(record.reservation, job)
+                await self._move(job, "requeued", attempt=record.attempt + 1, packer=None)
+                log.warning("job %s: released and planned again", record.job_id)
+            elif record.state == "planned":
+                job = Job(record.job_id)
+                job.reason = "packer restarted before the job began"
+                await self._void(record.reservation, job)
+                await self.ledger.run(
+                    self.store.unclaim,
+                    record.job_id,
+                    self.name,
+                    actor=ACTOR,
+                    reason="packer restarted before the job began",
+                )
+
+    async def resume(self, record: JobRecord) -> JobResult:
+        """Picks a job up where the machine is now and books it from the counters
+        stored when the machine took it: nothing counted twice, nothing lost."""
+        plan = record.job
+        job = Job(plan.job_id, JobState(record.state))
+        job.packer = self.name
+        result = JobResult(job)
+        status = await self.read_status()
+        log.warning(
+            "job %s on %s: resuming from %s (machine %s, job %r)",
+            plan.job_id,
+            self.name,
+            record.state,
+            status.state.name,
+            status.job_id,
+        )
+        baseline = record.baseline or {}
+        if status.job_id != plan.job_id or record.baseline is None:
+            await self._settle_lost(plan, job, result, baseline, record.reservation)
+            return result
+        if job.state == JobState.LOADED:
+            if status.state == PackMLState.IDLE:
+                await self.driver.command(PackMLCommand.START)
+            await self._move(job, "started")
+        return await self._finish(plan, job, result, baseline, record.reservation)
+
+    async def _settle_lost(
+        self,
+        plan: PlannedJob,
+        job: Job,
+        result: JobResult,
+        baseline: dict[str, int],
+        reservation: str,
+    ) -> None:
+        """The machine no longer holds the job (it restarted, or was reset by hand).
+        Its pouches cannot be verified: what left the canisters is booked as waste, and
+        the pouches are counted and destroyed at the machine."""
+        now = await self._dispensed_by_gtin()
+        delta = {g: now.get(g, 0) - baseline.get(g, 0) for g in plan.units_by_gtin()}
+        self.metrics.discrepancies.labels("canister").inc()
+        if not baseline or any(d < 0 for d in delta.values()):
+            job.reason = (
+                f"packer {self.name} lost the job and its counters: canisters must be counted"
+            )
+            await self._void(reservation, job)
+        else:
+            job.reason = f"packer {self.name} lost the job: unverified pouches destroyed"
+            uses = [
+                Use(g, d, WASTE, "waste", "unverified pouches of a lost job", reason_code="other")
+                for g, d in delta.items()
+                if d > 0
+            ]
+            result.wasted = {g: d for g, d in delta.items() if d > 0}
+            if uses:
+                await self._post(reservation, uses, job)
+            else:
+                await self._void(reservation, job)
+        log.error("job %s: %s", plan.job_id, job.reason)
+        await self._move(job, "failed")
+        self.metrics.jobs.labels("failed").inc()
+
+    async def _settle_fills(self) -> None:
+        """A refill the machine was told about but the ledger did not book: the
+        canister's refilled total says whether it happened."""
+        fills = await self.ledger.run(self.store.open_fills, self.name)
+        if not fills:
+            return
+        refilled = {c.number: c.refilled_total for c in await self.driver.read_canisters()}
+        for fill in fills:
+            arrived = refilled.get(fill.canister, 0) >= fill.refilled_before + fill.quantity
+            location = canister_location(self.name, fill.canister)
+            try:
+                view = await self.ledger.call("reservation", fill.key)
+            except UnknownEntity:
+                status = "voided"  # died before reserving: the machine was never told
+            else:
+                status = await self._settle_fill(fill, view.status, arrived, location)
+            await self.ledger.run(
+                self.store.close_fill,
+                fill.key,
+                status,
+                actor=ACTOR,
+                reason=f"refill settled after restart: machine {'has' if arrived else 'lacks'} it",
+            )
+            log.warning("canister refill %s settled as %s", fill.key, status)
+
+    async def _settle_fill(
+        self, fill: CanisterFill, reservation_status: str, arrived: bool, location: str
+    ) -> str:
+        if reservation_status == "posted":
+            return "posted"
+        if reservation_status == "open":
+            if arrived:
+                await self._post_fill(fill, location)
+                return "posted"
+            await self.ledger.call(
+                "void",
+                f"{fill.key}:void",
+                reservation_key=fill.key,
+                actor=ACTOR,
+                reason="canister refill never reached the machine",
+            )
+            return "voided"
+        if not arrived:
+            return "voided"
+        # The reservation ran out while the controller was down, but the tablets are in
+        # the canister: book them from the store's free stock.
+        left = fill.quantity
+        for bin_code in self.settings.store_bins:
+            free = await self.ledger.call("available", bin_code, fill.gtin)
+            take = min(free, left)
+            if take:
+                await self.ledger.call(
+                    "transfer",
+                    f"{fill.key}:late:{bin_code}",
+                    gtin=fill.gtin,
+                    quantity=take,
+                    from_location=bin_code,
+                    to_location=location,
+                    actor=ACTOR,
+                    reason="canister refill booked after restart",
+                )
+                left -= take
+        if left:
+            self.metrics.discrepancies.labels("canister").inc()
+            log.error("canister refill %s: %d units not found in the store", fill.key, left)
+        return "posted"
+
+    async def _post_fill(self, fill: CanisterFill, location: str) -> None:
+        await self.ledger.call(
+            "post",
+            f"{fill.key}:post",
+            reservation_key=fill.key,
+            uses=[Use(fill.gtin, fill.quantity, location, "transfer", "canister refill")],
+            actor=ACTOR,
+        )
 
     # ---------------------------------------------------------------- steps
 
@@ -243,7 +484,7 @@ class PackerRunner:
                         PouchItem(self.canister_of[gtin].number, units) for gtin, units in p.items
                     ),
                 )
-                for p in planned.pouches
+                for p in planned.machine_pouches()
             ),
         )
 
@@ -253,6 +494,10 @@ class PackerRunner:
         while time.monotonic() < deadline:
             status = await self.read_status()
             state = status.state
+            if status.unit_mode not in (0, UnitMode.PRODUCTION):
+                mode = status.unit_mode
+                shown = UnitMode(mode).name if mode in set(UnitMode) else str(mode)
+                raise PackerNotReady(f"packer {self.name} is in unit mode {shown}, not PRODUCTION")
             if state == PackMLState.IDLE:
                 return
             if state in (PackMLState.COMPLETE, PackMLState.STOPPED):
@@ -262,8 +507,11 @@ class PackerRunner:
             await asyncio.sleep(self.settings.poll_interval_s)
         raise PackingError(f"packer {self.name} did not reach Idle (last state {state.name})")
 
-    async def _ensure_canister(self, gtin: str, units: int, key: str) -> None:
-        """Tops a canister up from the central store when it holds less than `units`."""
+    async def _ensure_canister(self, gtin: str, units: int) -> None:
+        """Tops a canister up from the central store when it holds less than `units`.
+
+        The refill is filed (with the canister's refilled total) before the machine is
+        told, so a crash at any step leaves something `recover` can settle."""
         canister = self.canister_of[gtin]
         location = canister_location(self.name, canister.number)
         free = await self.ledger.call("available", location, gtin)
@@ -271,8 +519,9 @@ class PackerRunner:
             return
         # Room is what the machine says: during a job the ledger still counts tablets
         # that are already in pouches (they are booked when the job ends).
-        physical = {c.number: c.count for c in await self.driver.read_canisters()}
-        room = canister.capacity - physical.get(canister.number, 0)
+        physical = {c.number: c for c in await self.driver.read_canisters()}
+        now = physical.get(canister.number)
+        room = canister.capacity - (now.count if now else 0)
         if room < units - free:
             raise PackingError(
                 f"canister {canister.number} of {self.name} holds at most {canister.capacity}, "
@@ -284,33 +533,35 @@ class PackerRunner:
         quantity = min(room, central)
         if quantity < units - free:
             raise InsufficientStock(gtin, "central store", units - free, central)
-        fill_key = f"canfill:{self.name}:{canister.number}:{key}"
-        await self.ledger.call(
-            "reserve",
-            fill_key,
-            purpose=f"canister {canister.number} of {self.name}",
-            needs=[Need(gtin, quantity)],
-            from_locations=list(self.settings.store_bins),
-            timeout_s=self.settings.reservation_timeout_s,
-            actor=ACTOR,
+        fill = CanisterFill(
+            key=f"canfill:{self.name}:{canister.number}:{uuid.uuid4().hex[:12]}",
+            packer=self.name,
+            canister=canister.number,
+            gtin=gtin,
+            quantity=quantity,
+            refilled_before=now.refilled_total if now else 0,
+            status="open",
         )
+        await self.ledger.run(self.store.open_fill, fill, actor=ACTOR)
         try:
-            await self.driver.refill_canister(canister.number, quantity)
-        except DriverError:
             await self.ledger.call(
-                "void",
-                f"{fill_key}:void",
-                reservation_key=fill_key,
+                "reserve",
+                fill.key,
+                purpose=f"canister {canister.number} of {self.name}",
+                needs=[Need(gtin, quantity)],
+                from_locations=list(self.settings.store_bins),
+                timeout_s=self.settings.reservation_timeout_s,
                 actor=ACTOR,
-                reason="canister refill refused by the machine",
+            )
+        except LedgerError:
+            await self.ledger.run(
+                self.store.close_fill, fill.key, "voided", actor=ACTOR, reason="not reserved"
             )
             raise
-        await self.ledger.call(
-            "post",
-            f"{fill_key}:post",
-            reservation_key=fill_key,
-            uses=[Use(gtin, quantity, location, "transfer", "canister refill")],
-            actor=ACTOR,
+        await self.driver.refill_canister(canister.number, quantity)  # lost link: recover
+        await self._post_fill(fill, location)
+        await self.ledger.run(
+            self.store.close_fill, fill.key, "posted", actor=ACTOR, reason="canister refilled"
         )
         log.info(
             "canister %s of %s refilled with %d of %s", canister.number, self.name, quantity, gtin
@@ -320,7 +571,6 @@ class PackerRunner:
         """Polls the machine until the job ends; clears holds the controller can clear."""
         last_progress = time.monotonic()
         last_count = -1
-        holds = 0
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             status = await self.read_status()
@@ -333,11 +583,26 @@ class PackerRunner:
                 job.reason = f"machine {status.state.name.lower()} during the job"
                 return status
             if status.state == PackMLState.HELD:
-                holds += 1
                 if job.state.value == "packing":
                     await self._move(job, "held")
-                await self._clear_hold(planned, status, holds)
+                try:
+                    await self._clear_hold(status)
+                except (PackingError, LedgerError) as exc:
+                    # The hold cannot be cleared (no stock left for the empty canister):
+                    # the job ends here with what was packed.
+                    job.reason = f"hold not cleared: {exc}"
+                    log.error("job %s on %s: %s", job.job_id, self.name, job.reason)
+                    await self.driver.command(PackMLCommand.STOP)
+                    return await self._wait_state(PackMLState.STOPPED)
                 last_progress = time.monotonic()
+                continue
+            if status.state == PackMLState.SUSPENDED:
+                # Output tray full (StopReason 103): the operator empties it, then the
+                # machine is told to go on. Waiting for the operator is not a stall.
+                last_progress = time.monotonic()
+                if not status.output_full:
+                    log.info("packer %s: output emptied, unsuspending", self.name)
+                    await self.driver.command(PackMLCommand.UNSUSPEND)
                 continue
             if status.state == PackMLState.EXECUTE and job.state.value == "held":
                 await self._move(job, "resumed")
@@ -347,7 +612,7 @@ class PackerRunner:
                 await self.driver.command(PackMLCommand.STOP)
                 return await self._wait_state(PackMLState.STOPPED)
 
-    async def _clear_hold(self, planned: PlannedJob, status: PackerStatus, holds: int) -> None:
+    async def _clear_hold(self, status: PackerStatus) -> None:
         if status.stop_reason == StopReason.CANISTER_EMPTY:
             by_number = {c.number: gtin for gtin, c in self.canister_of.items()}
             gtin = by_number.get(status.stop_canister)
@@ -358,7 +623,7 @@ class PackerRunner:
                 )
             location = canister_location(self.name, status.stop_canister)
             free = await self.ledger.call("available", location, gtin)
-            await self._ensure_canister(gtin, free + 1, f"{planned.job_id}:hold{holds}")
+            await self._ensure_canister(gtin, free + 1)
         else:
             # A jam or an operator hold: the operator clears it at the machine.
             await asyncio.sleep(self.settings.operator_clear_s)
@@ -385,8 +650,9 @@ class PackerRunner:
         result: JobResult,
         before: dict[str, int],
         after: dict[str, int],
+        reservation: str,
     ) -> None:
-        good = planned.units_by_gtin(planned.pouches[: job.pouches_good])
+        good = planned.units_by_gtin(planned.machine_pouches()[: job.pouches_good])
         uses: list[Use] = []
         for gtin in planned.units_by_gtin():
             dispensed = after.get(gtin, 0) - before.get(gtin, 0)
@@ -417,7 +683,16 @@ class PackerRunner:
                         reason_code="packing_reject",
                     )
                 )
-        reservation = f"job:{planned.job_id}"
+        if uses:
+            await self._post(reservation, uses, job)
+        else:
+            await self._void(reservation, job)
+
+    async def _post(self, reservation: str, uses: list[Use], job: Job) -> None:
+        """Books the uses on the job's reservation (idempotent: a post repeated after a
+        crash returns the first one's result). If the reservation ran out meanwhile
+        (the controller was down longer than its timeout), the same uses are booked
+        from the canisters' free stock, each under its own key."""
         try:
             await self.ledger.call(
                 "post",
@@ -427,11 +702,35 @@ class PackerRunner:
                 actor=ACTOR,
                 allow_overdraw=True,
             )
+            return
         except LedgerError as exc:
-            log.error("job %s: pouches could not be booked: %s", job.job_id, exc)
-            self.metrics.discrepancies.labels("canister").inc()
-            job.reason = f"booking failed: {exc}"
-            await self._void(reservation, job)
+            try:
+                view = await self.ledger.call("reservation", reservation)
+            except UnknownEntity:
+                view = None
+            if view is not None and view.status == "open":
+                log.error("job %s: pouches could not be booked: %s", job.job_id, exc)
+                self.metrics.discrepancies.labels("canister").inc()
+                job.reason = f"booking failed: {exc}"
+                await self._void(reservation, job)
+                return
+        for use in uses:
+            location = canister_location(self.name, self.canister_of[use.gtin].number)
+            try:
+                await self.ledger.call(
+                    use.kind,
+                    f"{reservation}:{use.kind}:{use.gtin}",
+                    gtin=use.gtin,
+                    quantity=use.quantity,
+                    location=location,
+                    actor=ACTOR,
+                    reason=use.reason,
+                    **({"reason_code": use.reason_code} if use.kind == "waste" else {}),
+                )
+            except LedgerError as exc:
+                log.error("job %s: %s of %s not booked: %s", job.job_id, use.kind, use.gtin, exc)
+                self.metrics.discrepancies.labels("canister").inc()
+                job.reason = f"booking failed: {exc}"
 
     async def _void(self, reservation: str, job: Job) -> None:
         try:
@@ -451,6 +750,7 @@ class PackerRunner:
         except DriverError:
             self.metrics.driver_errors.labels(self.name).inc()
             raise
+        self.unit_mode = status.unit_mode
         self.metrics.packer_state.labels(self.name).set(int(status.state))
         self.metrics.packer_stop_reason.labels(self.name).set(status.stop_reason)
         seen = (status.processed_total, status.defective_total)

@@ -70,7 +70,9 @@ async def serial_runner(
         poll_interval_s=0.02,
     )
     driver = SerialPackerDriver("PK1", sim.address, timeout=1.0)
-    runner = PackerRunner(config, driver, controller.aledger, controller.metrics, settings)
+    runner = PackerRunner(
+        config, driver, controller.aledger, controller.store, controller.metrics, settings
+    )
     await driver.connect()
     return controller, runner, sim
 

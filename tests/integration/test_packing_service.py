@@ -18,6 +18,7 @@ from controller.ledger.schema import audit_log
 from controller.packing.job import JobState
 from controller.packing.planner import PlannedJob, PlannedPouch
 from controller.packing.runner import canister_location
+from drivers.base import UnitMode
 from simulators.packer_opcua import PackerSimulator
 from tests.sites import FURO, METO, OXY, PARA, make_site
 
@@ -100,14 +101,18 @@ async def test_job_books_good_pouches_and_rejects(
     assert history == ["RESERVED", "LOADED", "PACKING", "COMPLETED"]
     # Every transition is in the hash-chained audit trail, with who and the counts.
     with led.engine.connect() as conn:
-        audited = [
-            (json.loads(row.old_value)["state"], json.loads(row.new_value)["state"], row.actor)
-            for row in conn.execute(
-                select(audit_log)
-                .where(audit_log.c.entity == "job", audit_log.c.entity_key == "J1")
-                .order_by(audit_log.c.seq)
-            )
-        ]
+        rows = conn.execute(
+            select(audit_log)
+            .where(audit_log.c.entity == "packing_job", audit_log.c.entity_key == "J1")
+            .order_by(audit_log.c.seq)
+        ).all()
+    changes = [(json.loads(r.old_value or "null"), json.loads(r.new_value), r) for r in rows]
+    assert changes[0][0] is None and changes[0][1]["state"] == "planned"
+    audited = [
+        (old["state"], new["state"], row.actor)
+        for old, new, row in changes
+        if old is not None and "state" in old
+    ]
     assert audited == [
         ("planned", "reserved", "controller"),
         ("reserved", "loaded", "controller"),
@@ -134,7 +139,7 @@ async def test_product_without_canister_fails_cleanly(
     controller, _sim = packing
     result = await controller.runners["PK1"].run_job(job("J1", 3, ((PARA, 1), (OXY, 1))))
     assert result.job.state == JobState.FAILED
-    assert f"no canister on PK1 for GTIN {OXY}" in result.job.reason
+    assert f"no calibrated canister on PK1 for GTIN {OXY}" in result.job.reason
     assert controller.ledger.open_reservation_count() == 0
     assert controller.ledger.movement_count() == 5  # the opening stock only
 
@@ -222,17 +227,28 @@ async def test_canister_running_empty_is_refilled_and_the_job_completes(
 async def test_runner_reconnects_after_the_packer_restarts(
     ledger_url: str, address_space_cache: Path
 ) -> None:
+    """Jobs go through the dispatcher; a job that finds the link dead goes back to it
+    and runs once the packer is reachable again."""
     sim = await start_plant(address_space_cache)
     controller = Controller(make_site(packer_address=sim.endpoint), ledger_url=ledger_url)
     controller.prepare_ledger()
     controller.receive_opening_stock(datetime.now(UTC).date())
     runner = controller.runners["PK1"]
     runner.settings.poll_interval_s = 0.02
-    queue: asyncio.Queue[PlannedJob] = asyncio.Queue()
-    service = asyncio.create_task(runner.serve(queue))
+    controller.dispatcher.poll_interval_s = 0.05
+    services = [
+        asyncio.create_task(runner.serve()),
+        asyncio.create_task(controller.dispatcher.serve()),
+    ]
+
+    async def add(j: PlannedJob) -> None:
+        (fitted,) = controller.fit([j])
+        assert fitted.packers == ("PK1",)
+        await controller.aledger.run(controller.store.add_job, fitted)
+
     try:
-        await queue.put(job("J1", 3, ((PARA, 1),)))
-        await asyncio.wait_for(queue.join(), 30)
+        await add(job("J1", 3, ((PARA, 1),)))
+        assert await controller.wait_for_jobs(30)
         port = sim.port
         await sim.stop()
         sim = PackerSimulator(
@@ -246,17 +262,71 @@ async def test_runner_reconnects_after_the_packer_restarts(
             server_clock=False,
         )
         await sim.start()  # the same machine, back after a power cycle
-        await queue.put(job("J2", 3, ((METO, 1),)))  # finds the old link dead
-        await queue.put(job("J3", 3, ((METO, 1),)))  # runs after the reconnect
-        await asyncio.wait_for(queue.join(), 60)
-        states = {r.job.job_id: r.job.state for r in runner.results}
-        assert states == {"J1": JobState.COMPLETED, "J2": JobState.FAILED, "J3": JobState.COMPLETED}
-        assert "packer PK1" in runner.results[1].job.reason
+        await add(job("J2", 3, ((METO, 1),)))  # finds the old link dead, waits for it
+        await add(job("J3", 3, ((METO, 1),)))
+        assert await controller.wait_for_jobs(60)
+        states = {r.job_id: r.state for r in controller.store.jobs()}
+        assert states == {"J1": "completed", "J2": "completed", "J3": "completed"}
         assert controller.ledger.open_reservation_count() == 0
+        assert controller.ledger.moved_quantity("consume") == 9
+        assert (
+            controller.ledger.on_hand(canister_location("PK1", 2), METO)
+            == (sim.canister_counts()[2])
+        )
     finally:
-        service.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await service
+        for service in services:
+            service.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await service
         await runner.driver.close()
         controller.close()
         await sim.stop()
+
+
+async def test_full_output_tray_suspends_and_the_runner_unsuspends(
+    ledger_url: str, address_space_cache: Path
+) -> None:
+    """A tray of 4 pouches: the machine suspends (StopReason 103) each time it fills;
+    the operator empties it and the runner sends Unsuspend; every pouch is booked."""
+    sim = await start_plant(address_space_cache, output_capacity=4, output_empty_after_s=20)
+    controller = Controller(make_site(packer_address=sim.endpoint), ledger_url=ledger_url)
+    controller.prepare_ledger()
+    controller.receive_opening_stock(datetime.now(UTC).date())
+    runner = controller.runners["PK1"]
+    runner.settings.poll_interval_s = 0.02
+    await runner.driver.connect()
+    try:
+        result = await runner.run_job(job("J1", 10, ((PARA, 1),)))
+        assert result.job.state == JobState.COMPLETED, result.job.reason
+        assert result.consumed == {PARA: 10}
+        status = await runner.driver.read_status()
+        assert status.output_capacity == 4
+        assert controller.ledger.open_reservation_count() == 0
+        assert (
+            controller.ledger.on_hand(canister_location("PK1", 1), PARA)
+            == (sim.canister_counts()[1])
+        )
+    finally:
+        await runner.driver.close()
+        controller.close()
+        await sim.stop()
+
+
+async def test_packer_in_maintenance_takes_no_job(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    """A machine an operator switched to Maintenance is not given jobs: the job goes
+    back to the dispatcher untouched, and runs once the machine is in Production."""
+    controller, _sim = packing
+    runner = controller.runners["PK1"]
+    await runner.driver.set_unit_mode(UnitMode.MAINTENANCE)
+    (fitted,) = controller.fit([job("J1", 3, ((PARA, 1),))])
+    result = await runner.run_job(fitted)
+    record = controller.store.job("J1")
+    assert (record.state, record.packer, record.attempt) == ("planned", None, 1)
+    assert "MAINTENANCE" in result.job.reason
+    assert controller.ledger.movement_count() == 5  # the opening stock only
+    await runner.driver.set_unit_mode(UnitMode.PRODUCTION)
+    result = await runner.run_job(controller.store.job("J1"))
+    assert result.job.state == JobState.COMPLETED
+    assert controller.store.job("J1").state == "completed"

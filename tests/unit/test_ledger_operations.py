@@ -33,18 +33,43 @@ TODAY = date(2026, 11, 22)
 @pytest.fixture
 def ledger(ledger_url: str) -> Iterator[Ledger]:
     engine = make_engine(ledger_url)
-    led = Ledger(engine, clock=lambda: datetime(2026, 11, 22, 8, 0, tzinfo=UTC),
-                 min_shelf_life_days=30)
+    led = Ledger(
+        engine, clock=lambda: datetime(2026, 11, 22, 8, 0, tzinfo=UTC), min_shelf_life_days=30
+    )
     led.create_schema()
     group = "N02BE01 500 mg tablet"
-    led.add_product(gtin=PARA, article=1, name="Paracetamol 500 mg", substance="paracetamol",
-                    atc="N02BE01", strength="500 mg", form="tablet", unit_price="0.30",
-                    substitution_group=group)
-    led.add_product(gtin=PARA2, article=2, name="Paracetamol 500 mg (B)", substance="paracetamol",
-                    atc="N02BE01", strength="500 mg", form="tablet", unit_price="0.32",
-                    substitution_group=group)
-    led.add_product(gtin=METO, article=3, name="Metoprolol 50 mg", substance="metoprolol",
-                    atc="C07AB02", strength="50 mg", form="tablet", unit_price="0.45")
+    led.add_product(
+        gtin=PARA,
+        article=1,
+        name="Paracetamol 500 mg",
+        substance="paracetamol",
+        atc="N02BE01",
+        strength="500 mg",
+        form="tablet",
+        unit_price="0.30",
+        substitution_group=group,
+    )
+    led.add_product(
+        gtin=PARA2,
+        article=2,
+        name="Paracetamol 500 mg (B)",
+        substance="paracetamol",
+        atc="N02BE01",
+        strength="500 mg",
+        form="tablet",
+        unit_price="0.32",
+        substitution_group=group,
+    )
+    led.add_product(
+        gtin=METO,
+        article=3,
+        name="Metoprolol 50 mg",
+        substance="metoprolol",
+        atc="C07AB02",
+        strength="50 mg",
+        form="tablet",
+        unit_price="0.45",
+    )
     for code in ("A1", "A2", "P01"):
         led.add_location(code, "bin" if code != "P01" else "pocket")
     yield led
@@ -52,12 +77,19 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
 
 
 def receive(led: Ledger, key: str, gtin: str, batch: str, days: int, qty: int, loc: str) -> None:
-    led.receive(key, gtin=gtin, batch=batch, expiry=TODAY + timedelta(days=days), quantity=qty,
-                to_location=loc, actor="tech")
+    led.receive(
+        key,
+        gtin=gtin,
+        batch=batch,
+        expiry=TODAY + timedelta(days=days),
+        quantity=qty,
+        to_location=loc,
+        actor="tech",
+    )
 
 
 def test_schema_is_at_the_latest_migration(ledger: Ledger) -> None:
-    assert current(ledger.engine) == "0001"
+    assert current(ledger.engine) == "0002"
 
 
 def test_receive_from_a_gs1_scan_and_bad_scans(ledger: Ledger) -> None:
@@ -65,8 +97,9 @@ def test_receive_from_a_gs1_scan_and_bad_scans(ledger: Ledger) -> None:
     line = ledger.receive_scan("s1", data=data, quantity=100, to_location="A1", actor="tech")
     assert line.batch == "LOT7" and ledger.on_hand("A1", PARA) == 100
     with pytest.raises(LedgerError, match=r"GTIN \(01\) '07359990000014'"):
-        ledger.receive_scan("s2", data="0107359990000014172712311099", quantity=1,
-                            to_location="A1", actor="tech")
+        ledger.receive_scan(
+            "s2", data="0107359990000014172712311099", quantity=1, to_location="A1", actor="tech"
+        )
     expired = encode_pack(PackId(PARA, "OLD", TODAY - timedelta(days=3)))
     with pytest.raises(LedgerError, match="expired lot: batch 'OLD'"):
         ledger.receive_scan("s3", data=expired, quantity=1, to_location="A1", actor="tech")
@@ -77,11 +110,13 @@ def test_receive_from_a_gs1_scan_and_bad_scans(ledger: Ledger) -> None:
 
 
 def test_delivery_file_is_all_or_nothing_with_every_bad_line_named(ledger: Ledger) -> None:
-    text = ("gtin;batch;expiry;quantity;location\n"
-            f"{PARA};B1;2027-06-30;100;A1\n"
-            "07359990000014;B2;2027-06-30;5;A1\n"
-            f"{METO};B3;30/06/2027;5;A1\n"
-            f"{METO};B4;2027-06-30;many;A1\n")
+    text = (
+        "gtin;batch;expiry;quantity;location\n"
+        f"{PARA};B1;2027-06-30;100;A1\n"
+        "07359990000014;B2;2027-06-30;5;A1\n"
+        f"{METO};B3;30/06/2027;5;A1\n"
+        f"{METO};B4;2027-06-30;many;A1\n"
+    )
     with pytest.raises(DeliveryError) as info:
         Ledger.parse_delivery_csv(text)
     assert info.value.problems == [
@@ -91,9 +126,13 @@ def test_delivery_file_is_all_or_nothing_with_every_bad_line_named(ledger: Ledge
     ]
     lines = Ledger.parse_delivery_csv(
         f"gtin;batch;expiry;quantity\n{PARA};B1;2027-06-30;100\n{METO};B3;2027-06-30;5\n",
-        default_location="A2")
-    bad = [*lines, DeliveryLine(PARA, "B9", date(2027, 1, 1), 5, "NOWHERE"),
-           DeliveryLine(METO, "B8", TODAY - timedelta(days=1), 5, "A1")]
+        default_location="A2",
+    )
+    bad = [
+        *lines,
+        DeliveryLine(PARA, "B9", date(2027, 1, 1), 5, "NOWHERE"),
+        DeliveryLine(METO, "B8", TODAY - timedelta(days=1), 5, "A1"),
+    ]
     with pytest.raises(DeliveryError, match="line 4: expired lot"):
         ledger.receive_many("d1", bad, actor="tech")
     assert ledger.movement_count() == 0
@@ -107,24 +146,38 @@ def test_delivery_file_is_all_or_nothing_with_every_bad_line_named(ledger: Ledge
 def test_waste_needs_a_known_reason(ledger: Ledger) -> None:
     receive(ledger, "r1", PARA, "L1", 90, 10, "A1")
     with pytest.raises(LedgerError, match="invalid waste reason_code: 'lost'"):
-        ledger.waste("w1", gtin=PARA, quantity=2, location="A1", actor="t", reason="x",
-                     reason_code="lost")
-    ledger.waste("w1", gtin=PARA, quantity=2, location="A1", actor="t", reason="dropped",
-                 reason_code="damaged")
+        ledger.waste(
+            "w1", gtin=PARA, quantity=2, location="A1", actor="t", reason="x", reason_code="lost"
+        )
+    ledger.waste(
+        "w1",
+        gtin=PARA,
+        quantity=2,
+        location="A1",
+        actor="t",
+        reason="dropped",
+        reason_code="damaged",
+    )
     with ledger.engine.connect() as conn:
-        assert conn.execute(select(movements.c.reason_code)
-                            .where(movements.c.kind == "waste")).scalar_one() == "damaged"
+        assert (
+            conn.execute(
+                select(movements.c.reason_code).where(movements.c.kind == "waste")
+            ).scalar_one()
+            == "damaged"
+        )
 
 
 def test_stocktake_books_differences_and_moves_reservations(ledger: Ledger) -> None:
     receive(ledger, "r1", PARA, "EARLY", 60, 10, "A1")
     receive(ledger, "r2", PARA, "LATE", 300, 10, "A1")
     receive(ledger, "r3", METO, "M1", 300, 5, "A1")
-    ledger.reserve("job", purpose="job", needs=[Need(PARA, 8)], from_locations=["A1"],
-                   timeout_s=60, actor="t")
+    ledger.reserve(
+        "job", purpose="job", needs=[Need(PARA, 8)], from_locations=["A1"], timeout_s=60, actor="t"
+    )
     # EARLY: 3 found (8 of 10 were reserved), LATE: 12 found, METO not found at all.
-    diff = ledger.stocktake("st1", location="A1",
-                            counted={(PARA, "EARLY"): 3, (PARA, "LATE"): 12}, actor="tech")
+    diff = ledger.stocktake(
+        "st1", location="A1", counted={(PARA, "EARLY"): 3, (PARA, "LATE"): 12}, actor="tech"
+    )
     assert diff == {f"{PARA}/EARLY": -7, f"{PARA}/LATE": 2, f"{METO}/M1": -5}
     assert ledger.on_hand("A1", PARA) == 15 and ledger.on_hand("A1", METO) == 0
     res = ledger.reservation("job")
@@ -142,18 +195,32 @@ def test_quarantine_moves_reservations_and_recall_releases_what_cannot_move(
 ) -> None:
     receive(ledger, "r1", PARA, "BAD", 60, 10, "A1")
     receive(ledger, "r2", PARA, "GOOD", 300, 4, "A2")
-    ledger.reserve("job", purpose="job", needs=[Need(PARA, 6)], from_locations=["A1", "A2"],
-                   timeout_s=60, actor="t")
-    result = ledger.set_lot_status(PARA, "BAD", "quarantined", key="q1", actor="pharmacist",
-                                   reason="temperature excursion")
+    ledger.reserve(
+        "job",
+        purpose="job",
+        needs=[Need(PARA, 6)],
+        from_locations=["A1", "A2"],
+        timeout_s=60,
+        actor="t",
+    )
+    result = ledger.set_lot_status(
+        PARA, "BAD", "quarantined", key="q1", actor="pharmacist", reason="temperature excursion"
+    )
     assert result == {"moved": 4, "released": 2}
     res = ledger.reservation("job")
     assert [(a.batch, a.quantity) for a in res.lines] == [("GOOD", 4)]
     with pytest.raises(InsufficientStock):
-        ledger.reserve("job2", purpose="x", needs=[Need(PARA, 1)], from_locations=["A1"],
-                       timeout_s=60, actor="t")
-    ledger.set_lot_status(PARA, "GOOD", "recalled", key="q2", actor="pharmacist",
-                          reason="supplier recall")
+        ledger.reserve(
+            "job2",
+            purpose="x",
+            needs=[Need(PARA, 1)],
+            from_locations=["A1"],
+            timeout_s=60,
+            actor="t",
+        )
+    ledger.set_lot_status(
+        PARA, "GOOD", "recalled", key="q2", actor="pharmacist", reason="supplier recall"
+    )
     assert ledger.reservation("job").status == "voided"
     with pytest.raises(ReservationClosed):
         ledger.post("p", reservation_key="job", uses=[Use(PARA, 1, "CONSUMED")], actor="t")
@@ -165,42 +232,96 @@ def test_generic_substitution_is_recorded_on_the_movement(ledger: Ledger) -> Non
     receive(ledger, "r1", PARA, "P1", 90, 3, "A1")
     receive(ledger, "r2", PARA2, "Q1", 90, 10, "A1")
     with pytest.raises(InsufficientStock):
-        ledger.reserve("o1", purpose="ward order", needs=[Need(PARA, 5)], from_locations=["A1"],
-                       timeout_s=60, actor="t")
-    res = ledger.reserve("o1", purpose="ward order", needs=[Need(PARA, 5)],
-                         from_locations=["A1"], timeout_s=60, actor="t", substitute=True)
+        ledger.reserve(
+            "o1",
+            purpose="ward order",
+            needs=[Need(PARA, 5)],
+            from_locations=["A1"],
+            timeout_s=60,
+            actor="t",
+        )
+    res = ledger.reserve(
+        "o1",
+        purpose="ward order",
+        needs=[Need(PARA, 5)],
+        from_locations=["A1"],
+        timeout_s=60,
+        actor="t",
+        substitute=True,
+    )
     assert [(a.gtin, a.quantity, a.substituted_for) for a in res.lines] == [
-        (PARA, 3, None), (PARA2, 2, PARA)]
+        (PARA, 3, None),
+        (PARA2, 2, PARA),
+    ]
     ledger.post("p1", reservation_key="o1", uses=[Use(PARA, 5, "P01", "transfer")], actor="t")
     with ledger.engine.connect() as conn:
-        subs = conn.execute(select(movements.c.substituted_for)
-                            .where(movements.c.kind == "transfer")).scalars().all()
+        subs = (
+            conn.execute(select(movements.c.substituted_for).where(movements.c.kind == "transfer"))
+            .scalars()
+            .all()
+        )
     assert sorted(s is not None for s in subs) == [False, True]
     assert ledger.on_hand("P01", PARA2) == 2
 
 
 def test_order_lines_record_demand_filled_or_not(ledger: Ledger) -> None:
     receive(ledger, "r1", METO, "M1", 300, 10, "A1")
-    ledger.reserve("a", purpose="p", needs=[Need(METO, 4)], from_locations=["A1"],
-                   timeout_s=60, actor="t", order_source="refill")
+    ledger.reserve(
+        "a",
+        purpose="p",
+        needs=[Need(METO, 4)],
+        from_locations=["A1"],
+        timeout_s=60,
+        actor="t",
+        order_source="refill",
+    )
     with pytest.raises(InsufficientStock):
-        ledger.reserve("b", purpose="p", needs=[Need(METO, 40)], from_locations=["A1"],
-                       timeout_s=60, actor="t", order_source="refill")
-    ledger.reserve("c", purpose="p", needs=[Need(METO, 9)], from_locations=["A1"],
-                   timeout_s=60, actor="t", order_source="refill", partial=True)
+        ledger.reserve(
+            "b",
+            purpose="p",
+            needs=[Need(METO, 40)],
+            from_locations=["A1"],
+            timeout_s=60,
+            actor="t",
+            order_source="refill",
+        )
+    ledger.reserve(
+        "c",
+        purpose="p",
+        needs=[Need(METO, 9)],
+        from_locations=["A1"],
+        timeout_s=60,
+        actor="t",
+        order_source="refill",
+        partial=True,
+    )
     with ledger.engine.connect() as conn:
-        rows = conn.execute(select(order_lines.c.key, order_lines.c.requested,
-                                   order_lines.c.filled).order_by(order_lines.c.key)).all()
+        rows = conn.execute(
+            select(order_lines.c.key, order_lines.c.requested, order_lines.c.filled).order_by(
+                order_lines.c.key
+            )
+        ).all()
     assert [tuple(r) for r in rows] == [("a:0", 4, 4), ("b:0", 40, 0), ("c:0", 9, 6)]
 
 
 def test_exemption_needs_a_written_reason(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="must be written out"):
-        ledger.set_exemption(gtin=METO, reason="no", risk_assessment="fine", decided_by="x",
-                             review_date=TODAY, actor="t")
-    ledger.set_exemption(gtin=METO, reason="Licence caps stock at two weeks",
-                         risk_assessment="Supplier delivers within a day", decided_by="chief",
-                         review_date=TODAY + timedelta(days=180), actor="chief")
+        ledger.set_exemption(
+            gtin=METO,
+            reason="no",
+            risk_assessment="fine",
+            decided_by="x",
+            review_date=TODAY,
+            actor="t",
+        )
+    ledger.set_exemption(
+        gtin=METO,
+        reason="Licence caps stock at two weeks",
+        risk_assessment="Supplier delivers within a day",
+        decided_by="chief",
+        review_date=TODAY + timedelta(days=180),
+        actor="chief",
+    )
 
 
 def test_audit_trail_detects_altered_inserted_and_deleted_rows(ledger: Ledger) -> None:
@@ -209,8 +330,11 @@ def test_audit_trail_detects_altered_inserted_and_deleted_rows(ledger: Ledger) -
     assert verify_ledger(ledger.engine) == []
     with ledger.engine.connect() as conn:
         actions = {r.action for r in conn.execute(select(audit_log.c.action))}
-        who = conn.execute(select(audit_log.c.actor).where(audit_log.c.action == "consume")
-                           ).scalars().first()
+        who = (
+            conn.execute(select(audit_log.c.actor).where(audit_log.c.action == "consume"))
+            .scalars()
+            .first()
+        )
     assert {"receive", "consume", "product", "location", "schema"} <= actions
     assert who == "nurse"
 
@@ -225,8 +349,15 @@ def test_audit_trail_detects_altered_inserted_and_deleted_rows(ledger: Ledger) -
 
     # An altered audit row, then a deleted one.
     with ledger.engine.begin() as conn:
-        seq = conn.execute(select(audit_log.c.seq).where(audit_log.c.action == "consume")
-                           .order_by(audit_log.c.seq)).scalars().first()
+        seq = (
+            conn.execute(
+                select(audit_log.c.seq)
+                .where(audit_log.c.action == "consume")
+                .order_by(audit_log.c.seq)
+            )
+            .scalars()
+            .first()
+        )
         conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(actor="someone"))
     assert [v.rule for v in verify_ledger(ledger.engine)] == ["audit-altered"]
     with ledger.engine.begin() as conn:
@@ -250,5 +381,5 @@ def test_reset_leaves_a_database_that_migrates_again(ledger: Ledger) -> None:
     reset(ledger.engine)
     assert current(ledger.engine) is None
     ledger.create_schema()  # a demo run after a demo run
-    assert current(ledger.engine) == "0001"
+    assert current(ledger.engine) == "0002"
     assert ledger.movement_count() == 0

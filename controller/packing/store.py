@@ -1,0 +1,559 @@
+"""Dose orders, their review and the packing jobs made from them, kept in the ledger's
+database and written to its audit trail.
+
+Every change here is one audited transaction: an order received, approved or rejected;
+a job planned or moved to its next state. A controller that dies and starts again
+finds every job where it left it (`unfinished`), with what it needs to settle it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from controller.ledger import Ledger, LedgerError
+from controller.ledger.schema import (
+    canister_fills,
+    dose_orders,
+    packing_jobs,
+    planned_doses,
+    products,
+)
+from controller.packing.orders import DoseOrder
+from controller.packing.planner import PlannedJob, plan_day
+
+OPEN_STATES = ("planned", "reserved", "loaded", "packing", "held")
+REVIEW_NOT_REQUIRED = "site: review not required"
+
+
+class OrderReviewError(LedgerError):
+    """A review that cannot be done; the message names the order and its status."""
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    id: int
+    order: DoseOrder
+    source: str
+    status: str
+    received_at: datetime
+    received_by: str
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    review_note: str | None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What a message added: new order ids, and ids of orders already on file."""
+
+    added: tuple[int, ...]
+    duplicates: tuple[int, ...]
+    status: str  # the status new orders got: pending or approved
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job: PlannedJob
+    state: str
+    packer: str | None
+    attempt: int
+    baseline: dict[str, int] | None
+    good: int
+    rejected: int
+    reason: str
+    updated_at: datetime
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def reservation(self) -> str:
+        """The key of this attempt's reservation: a job planned again after a restart
+        reserves under a new key, so the released one can never be posted."""
+        return f"job:{self.job_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class CanisterFill:
+    key: str
+    packer: str
+    canister: int
+    gtin: str
+    quantity: int
+    refilled_before: int
+    status: str
+
+
+def content_key(order: DoseOrder) -> str:
+    times = ",".join(f"{t:%H:%M}" for t in order.times)
+    text = "|".join(
+        [
+            order.patient,
+            order.ward,
+            order.gtin,
+            str(order.units),
+            times,
+            order.start.isoformat(),
+            order.end.isoformat(),
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _times(text: str) -> tuple[time, ...]:
+    return tuple(time.fromisoformat(t) for t in text.split(","))
+
+
+class PackingStore:
+    """Orders and jobs on one ledger (and so on one database)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    # ------------------------------------------------------------------ orders
+
+    def submit(
+        self,
+        orders: Sequence[DoseOrder],
+        *,
+        source: str,
+        actor: str,
+        review_required: bool,
+    ) -> SubmitResult:
+        """Files the orders of one message, all or nothing. An order already on file
+        (same patient, ward, product, dose, times and period) is not added again."""
+        if not orders:
+            raise LedgerError(f"message from {source!r}: no orders in it")
+        status = "pending" if review_required else "approved"
+        added: list[int] = []
+        duplicates: list[int] = []
+        seen: set[str] = set()
+        with self.ledger.audited(actor, "order", f"orders received ({source})") as conn:
+            now = self.ledger.clock()
+            known = set(
+                conn.execute(
+                    select(products.c.gtin).where(products.c.gtin.in_({o.gtin for o in orders}))
+                ).scalars()
+            )
+            for index, order in enumerate(orders):
+                if order.gtin not in known:
+                    raise LedgerError(f"orders[{index}].gtin: {order.gtin!r} is not in the ledger")
+                key = content_key(order)
+                if key in seen:
+                    continue  # the same order twice in one message: filed once
+                seen.add(key)
+                existing = conn.execute(
+                    select(dose_orders.c.id).where(dose_orders.c.content_key == key)
+                ).scalar()
+                if existing is not None:
+                    duplicates.append(int(existing))
+                    continue
+                values: dict[str, Any] = {
+                    "content_key": key,
+                    "source": source,
+                    "patient": order.patient,
+                    "ward": order.ward,
+                    "gtin": order.gtin,
+                    "units": order.units,
+                    "times": ",".join(f"{t:%H:%M}" for t in order.times),
+                    "start_day": order.start,
+                    "end_day": order.end,
+                    "status": status,
+                    "received_at": now,
+                    "received_by": actor,
+                }
+                if not review_required:
+                    values |= {"reviewed_by": REVIEW_NOT_REQUIRED, "reviewed_at": now}
+                order_id = int(
+                    conn.execute(
+                        insert(dose_orders).values(**values).returning(dose_orders.c.id)
+                    ).scalar_one()
+                )
+                added.append(order_id)
+                shown = {k: str(v) for k, v in values.items() if k != "content_key"}
+                self.ledger.note("dose_order", str(order_id), None, shown)
+        return SubmitResult(tuple(added), tuple(duplicates), status)
+
+    def review(self, order_ids: Iterable[int], *, approve: bool, actor: str, note: str) -> int:
+        """Approves or rejects pending orders, all or nothing; returns how many.
+
+        A rejection needs a reason; an order already reviewed cannot be reviewed again
+        (a rejected order stays rejected: the prescriber sends a new one)."""
+        ids = sorted(set(order_ids))
+        if not ids:
+            raise OrderReviewError("no order ids given")
+        if not actor.strip() or actor.strip() in ("controller", "system"):
+            raise OrderReviewError(f"reviewer: {actor!r} is not a person")
+        if not approve and not note.strip():
+            raise OrderReviewError("note: a rejection needs a reason")
+        new_status = "approved" if approve else "rejected"
+        with self.ledger.audited(actor, "review", note or new_status) as conn:
+            rows = {
+                r.id: r.status
+                for r in conn.execute(
+                    select(dose_orders.c.id, dose_orders.c.status).where(dose_orders.c.id.in_(ids))
+                )
+            }
+            for order_id in ids:
+                if order_id not in rows:
+                    raise OrderReviewError(f"order {order_id}: no such order")
+                if rows[order_id] != "pending":
+                    raise OrderReviewError(
+                        f"order {order_id}: status is {rows[order_id]!r}, only pending orders "
+                        "can be reviewed"
+                    )
+            now = self.ledger.clock()
+            for order_id in ids:
+                conn.execute(
+                    update(dose_orders)
+                    .where(dose_orders.c.id == order_id, dose_orders.c.status == "pending")
+                    .values(status=new_status, reviewed_by=actor, reviewed_at=now, review_note=note)
+                )
+                self.ledger.note(
+                    "dose_order",
+                    str(order_id),
+                    {"status": "pending"},
+                    {"status": new_status, "reviewed_by": actor, "note": note},
+                )
+        return len(ids)
+
+    def orders(self, *, status: str | None = None, day: date | None = None) -> list[OrderRecord]:
+        query = select(dose_orders).order_by(dose_orders.c.id)
+        if status is not None:
+            query = query.where(dose_orders.c.status == status)
+        if day is not None:
+            query = query.where(dose_orders.c.start_day <= day, dose_orders.c.end_day >= day)
+        with self.ledger.engine.connect() as conn:
+            return [self._order_record(r) for r in conn.execute(query)]
+
+    @staticmethod
+    def _order_record(row: Any) -> OrderRecord:
+        order = DoseOrder(
+            row.patient,
+            row.ward,
+            row.gtin,
+            row.units,
+            _times(row.times),
+            row.start_day,
+            row.end_day,
+        )
+        return OrderRecord(
+            row.id,
+            order,
+            row.source,
+            row.status,
+            row.received_at,
+            row.received_by,
+            row.reviewed_by,
+            row.reviewed_at,
+            row.review_note,
+        )
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(
+        self,
+        day: date,
+        *,
+        fit: Callable[[list[PlannedJob]], list[PlannedJob]] = lambda jobs: jobs,
+        actor: str = "controller",
+    ) -> list[PlannedJob]:
+        """Turns the approved doses of `day` that no job holds yet into new jobs.
+
+        Planning twice plans nothing twice: each (order, day, time) is recorded with its
+        job. Doses approved after their slot's job was planned get a job of their own
+        (`-2`, `-3`, ...). `fit` maps jobs onto the machines (substitutions, manual items).
+        """
+        with self.ledger.audited(actor, "plan", f"packing jobs for {day}") as conn:
+            taken = {
+                (r.order_id, r.slot)
+                for r in conn.execute(
+                    select(planned_doses.c.order_id, planned_doses.c.slot).where(
+                        planned_doses.c.day == day
+                    )
+                )
+            }
+            approved = [
+                self._order_record(r)
+                for r in conn.execute(
+                    select(dose_orders).where(
+                        dose_orders.c.status == "approved",
+                        dose_orders.c.start_day <= day,
+                        dose_orders.c.end_day >= day,
+                    )
+                )
+            ]
+            doses: list[tuple[int, DoseOrder]] = []
+            for rec in approved:
+                left = tuple(t for t in rec.order.times if (rec.id, f"{t:%H:%M}") not in taken)
+                if left:
+                    doses.append((rec.id, replace(rec.order, times=left)))
+            jobs = fit(plan_day([o for _, o in doses], day))
+            existing = set(
+                conn.execute(
+                    select(packing_jobs.c.job_id).where(packing_jobs.c.day == day)
+                ).scalars()
+            )
+            planned: list[PlannedJob] = []
+            for job in jobs:
+                job_id, n = job.job_id, 1
+                while job_id in existing:
+                    n += 1
+                    job_id = f"{job.job_id}-{n}"
+                job = replace(job, job_id=job_id)
+                existing.add(job_id)
+                slot = f"{job.time:%H:%M}"
+                self._insert_job(conn, job)
+                for order_id, order in doses:
+                    if order.ward == job.ward and job.time in order.times:
+                        conn.execute(
+                            insert(planned_doses).values(
+                                order_id=order_id, day=day, slot=slot, job_id=job_id
+                            )
+                        )
+                planned.append(job)
+        return planned
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_job(self, job: PlannedJob, *, actor: str = "controller") -> JobRecord:
+        """Files a job made elsewhere (a hand-made job, a test); a job already on file
+        is left as it is."""
+        with self.ledger.audited(actor, "plan", "packing job added") as conn:
+            exists = conn.execute(
+                select(packing_jobs.c.job_id).where(packing_jobs.c.job_id == job.job_id)
+            ).scalar()
+            if exists is None:
+                self._insert_job(conn, job)
+        return self.job(job.job_id)
+
+    def _insert_job(self, conn: Any, job: PlannedJob) -> None:
+        now = self.ledger.clock()
+        conn.execute(
+            insert(packing_jobs).values(
+                job_id=job.job_id,
+                day=job.day,
+                ward=job.ward,
+                slot=f"{job.time:%H:%M}",
+                state="planned",
+                packer=None,
+                attempt=0,
+                spec=json.dumps(job.to_dict()),
+                baseline=None,
+                good=0,
+                rejected=0,
+                reason="",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.ledger.note(
+            "packing_job",
+            job.job_id,
+            None,
+            {
+                "state": "planned",
+                "pouches": len(job.pouches),
+                "packers": list(job.packers),
+                "substitutions": len(job.substitutions),
+                "manual_units": sum(job.manual_units_by_gtin().values()),
+            },
+        )
+
+    def claim(self, job_id: str, packer: str, *, actor: str = "controller") -> bool:
+        """Gives a planned job to a packer; False when another packer (or another
+        controller on the same database) took it first."""
+        with self.ledger.audited(actor, "job", f"assigned to {packer}") as conn:
+            done = conn.execute(
+                update(packing_jobs)
+                .where(
+                    packing_jobs.c.job_id == job_id,
+                    packing_jobs.c.state == "planned",
+                    packing_jobs.c.packer.is_(None),
+                )
+                .values(packer=packer, updated_at=self.ledger.clock())
+            ).rowcount
+            if done:
+                self.ledger.note("packing_job", job_id, {"packer": None}, {"packer": packer})
+        return bool(done)
+
+    def unclaim(self, job_id: str, packer: str, *, actor: str, reason: str) -> None:
+        """Hands a planned job back to the dispatcher (its packer could not start it).
+        The attempt goes up, so a reservation the packer may have made is never reused
+        for another packer's canisters."""
+        with self.ledger.audited(actor, "job", reason) as conn:
+            done = conn.execute(
+                update(packing_jobs)
+                .where(
+                    packing_jobs.c.job_id == job_id,
+                    packing_jobs.c.state == "planned",
+                    packing_jobs.c.packer == packer,
+                )
+                .values(
+                    packer=None,
+                    attempt=packing_jobs.c.attempt + 1,
+                    updated_at=self.ledger.clock(),
+                )
+            ).rowcount
+            if done:
+                self.ledger.note("packing_job", job_id, {"packer": packer}, {"packer": None})
+
+    def move(
+        self,
+        job_id: str,
+        *,
+        old: str,
+        new: str,
+        actor: str,
+        reason: str,
+        **fields: Any,
+    ) -> None:
+        """Moves a job from `old` to `new` state (with `packer`, `attempt`, `baseline`,
+        `good`, `rejected`, `reason` as given), audited. Refused when the job is not in
+        `old` any more: another controller took it, or it moved on meanwhile."""
+        allowed = {"packer", "attempt", "baseline", "good", "rejected"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"job fields {sorted(unknown)} cannot be set")
+        values = dict(fields)
+        if values.get("baseline") is not None:
+            values["baseline"] = json.dumps(values["baseline"], sort_keys=True)
+        with self.ledger.audited(actor, "job", reason or new) as conn:
+            done = conn.execute(
+                update(packing_jobs)
+                .where(packing_jobs.c.job_id == job_id, packing_jobs.c.state == old)
+                .values(state=new, reason=reason[:500], updated_at=self.ledger.clock(), **values)
+            ).rowcount
+            if done != 1:
+                current = conn.execute(
+                    select(packing_jobs.c.state).where(packing_jobs.c.job_id == job_id)
+                ).scalar()
+                raise LedgerError(f"job {job_id}: state is {current!r}, not {old!r}")
+            shown = {k: v for k, v in fields.items() if k != "baseline"}
+            self.ledger.note("packing_job", job_id, {"state": old}, {"state": new, **shown})
+
+    def cancel(self, job_id: str, *, actor: str, reason: str) -> None:
+        """Cancels a job no packer has taken yet (a pharmacist's decision)."""
+        if not reason.strip():
+            raise LedgerError("reason: a cancellation needs one")
+        record = self.job(job_id)
+        if record.state != "planned" or record.packer is not None:
+            where = f" on {record.packer}" if record.packer else ""
+            raise LedgerError(
+                f"job {job_id}: state is {record.state!r}{where}; only a job no packer has "
+                "taken can be cancelled"
+            )
+        with self.ledger.audited(actor, "job", reason) as conn:
+            done = conn.execute(
+                update(packing_jobs)
+                .where(
+                    packing_jobs.c.job_id == job_id,
+                    packing_jobs.c.state == "planned",
+                    packing_jobs.c.packer.is_(None),
+                )
+                .values(state="cancelled", reason=reason[:500], updated_at=self.ledger.clock())
+            ).rowcount
+            if done != 1:
+                raise LedgerError(f"job {job_id}: a packer took it meanwhile; not cancelled")
+            self.ledger.note("packing_job", job_id, {"state": "planned"}, {"state": "cancelled"})
+
+    def job(self, job_id: str) -> JobRecord:
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(select(packing_jobs).where(packing_jobs.c.job_id == job_id)).first()
+        if row is None:
+            raise LedgerError(f"job {job_id!r}: no such job")
+        return self._job_record(row)
+
+    def jobs(
+        self, *, states: Sequence[str] | None = None, day: date | None = None
+    ) -> list[JobRecord]:
+        query = select(packing_jobs).order_by(
+            packing_jobs.c.day, packing_jobs.c.slot, packing_jobs.c.job_id
+        )
+        if states is not None:
+            query = query.where(packing_jobs.c.state.in_(states))
+        if day is not None:
+            query = query.where(packing_jobs.c.day == day)
+        with self.ledger.engine.connect() as conn:
+            return [self._job_record(r) for r in conn.execute(query)]
+
+    def unfinished(self) -> list[JobRecord]:
+        return self.jobs(states=OPEN_STATES)
+
+    def state_counts(self, day: date | None = None) -> dict[str, int]:
+        query = select(packing_jobs.c.state, func.count()).group_by(packing_jobs.c.state)
+        if day is not None:
+            query = query.where(packing_jobs.c.day == day)
+        with self.ledger.engine.connect() as conn:
+            return {state: int(n) for state, n in conn.execute(query)}
+
+    @staticmethod
+    def _job_record(row: Any) -> JobRecord:
+        return JobRecord(
+            job=PlannedJob.from_dict(json.loads(row.spec)),
+            state=row.state,
+            packer=row.packer,
+            attempt=row.attempt,
+            baseline=None if row.baseline is None else json.loads(row.baseline),
+            good=row.good,
+            rejected=row.rejected,
+            reason=row.reason,
+            updated_at=row.updated_at,
+        )
+
+    # ------------------------------------------------------------------ canister fills
+
+    def open_fill(self, fill: CanisterFill, *, actor: str) -> None:
+        with self.ledger.audited(actor, "canister", "canister refill announced") as conn:
+            conn.execute(
+                insert(canister_fills).values(
+                    key=fill.key,
+                    packer=fill.packer,
+                    canister=fill.canister,
+                    gtin=fill.gtin,
+                    quantity=fill.quantity,
+                    refilled_before=fill.refilled_before,
+                    status="open",
+                    created_at=self.ledger.clock(),
+                )
+            )
+            self.ledger.note(
+                "canister_fill",
+                fill.key,
+                None,
+                {"canister": fill.canister, "quantity": fill.quantity, "status": "open"},
+            )
+
+    def close_fill(self, key: str, status: str, *, actor: str, reason: str) -> None:
+        if status not in ("posted", "voided"):
+            raise ValueError(f"fill status {status!r}")
+        with self.ledger.audited(actor, "canister", reason) as conn:
+            done = conn.execute(
+                update(canister_fills)
+                .where(canister_fills.c.key == key, canister_fills.c.status == "open")
+                .values(status=status)
+            ).rowcount
+            if done:
+                self.ledger.note("canister_fill", key, {"status": "open"}, {"status": status})
+
+    def open_fills(self, packer: str) -> list[CanisterFill]:
+        with self.ledger.engine.connect() as conn:
+            rows = conn.execute(
+                select(canister_fills).where(
+                    canister_fills.c.packer == packer, canister_fills.c.status == "open"
+                )
+            ).all()
+        return [
+            CanisterFill(
+                r.key, r.packer, r.canister, r.gtin, r.quantity, r.refilled_before, r.status
+            )
+            for r in rows
+        ]
