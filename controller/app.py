@@ -11,12 +11,13 @@ from typing import Any
 
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.poller import CabinetPoller, pocket_location
-from controller.cabinets.replenishment import Replenishment, ScanOutcome
+from controller.cabinets.replenishment import Replenishment
 from controller.config import Site
 from controller.devices import cabinet_driver, packer_driver, scanner_driver
 from controller.ledger import Ledger, LedgerError
 from controller.ledger.engine import make_engine
 from controller.metrics import Metrics
+from controller.packing.canister_desk import CanisterDesk
 from controller.packing.dispatcher import Dispatcher
 from controller.packing.planner import (
     PlannedJob,
@@ -26,6 +27,7 @@ from controller.packing.planner import (
 )
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
 from controller.packing.store import OPEN_STATES, PackingStore
+from controller.scanning import ScanOutcome, ScanRouter
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
@@ -45,17 +47,25 @@ class Controller:
         settings = PackingSettings(
             store_bins=site.store.all_bins,
             reservation_timeout_s=site.ledger.reservation_timeout_s,
+            refill_scan_timeout_s=site.packing.refill_scan_timeout_s,
         )
         self.packer_drivers: dict[str, PackerDriver] = {
             p.name: packer_driver(p) for p in site.packers
         }
+        self.canister_desk = CanisterDesk()
         self.runners = {
             p.name: PackerRunner(
-                p, self.packer_drivers[p.name], self.aledger, self.store, self.metrics, settings
+                p,
+                self.packer_drivers[p.name],
+                self.aledger,
+                self.store,
+                self.metrics,
+                settings,
+                self.canister_desk,
             )
             for p in site.packers
         }
-        self.dispatcher = Dispatcher(self.store, self.aledger, self.runners, site.store.all_bins)
+        self.dispatcher = Dispatcher(self.store, self.aledger, self.runners)
         self.cabinet_drivers: dict[str, CabinetDriver] = {
             c.name: cabinet_driver(c) for c in site.cabinets
         }
@@ -76,6 +86,7 @@ class Controller:
                 on_low=self.replenishment.request,
             )
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
+        self.scan_router = ScanRouter([self.replenishment, self.canister_desk])
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -170,11 +181,15 @@ class Controller:
             self._spawn(poller.serve(), f"cabinet-{poller.name}")
         self._spawn(self.replenishment.serve(), "replenishment")
         for name, scanner in self.scanners.items():
-            self._spawn(self._scan_station(scanner), f"scanner-{name}")
+            self._spawn(self._scan_station(name, scanner), f"scanner-{name}")
         self._spawn(self._housekeeping(), "housekeeping")
 
     async def start_packing(self) -> None:
-        """Only the packers, the dispatcher and housekeeping (`doseline pack`)."""
+        """Only the packers, the dispatcher, the scan stations (canister refills are
+        confirmed by a scan) and housekeeping (`doseline pack`)."""
+        for name, scanner in self.scanners.items():
+            await scanner.connect()
+            self._spawn(self._scan_station(name, scanner), f"scanner-{name}")
         for runner in self.runners.values():
             self._spawn(runner.serve(), f"packer-{runner.name}")
         self._spawn(self.dispatcher.serve(), "dispatcher")
@@ -246,11 +261,11 @@ class Controller:
                 log.error("housekeeping: %s", exc)
             await asyncio.sleep(1.0)
 
-    async def _scan_station(self, scanner: ScannerDriver) -> None:
+    async def _scan_station(self, name: str, scanner: ScannerDriver) -> None:
         while True:
             data = await scanner.read_scan()
             try:
-                self.scan_log.append(await self.replenishment.on_scan(data))
+                self.scan_log.append(await self.scan_router.route(name, data))
             except LedgerError as exc:
                 log.error("scan could not be booked: %s", exc)
                 self.metrics.scans.labels("error").inc()

@@ -35,7 +35,7 @@ def _day(text: str | None) -> date:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from controller.intake import Catalogue, IntakeError, parse_orders
+    from controller.intake import Catalogue, IntakeError, message_format, parse_orders
     from controller.ledger import LedgerError
 
     site, store = _store(args)
@@ -50,9 +50,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         )
         result = store.submit(
             orders,
-            source="hl7v2"
-            if payload.lstrip(b"\xef\xbb\xbf\x0b\r\n\t ").startswith(b"MSH")
-            else "fhir",
+            source=message_format(payload),
             actor=args.actor,
             review_required=site.orders.review_required,
         )

@@ -211,6 +211,14 @@ class Replenishment(Strict):
     pick_delay_s: float = Field(default=1.0, ge=0)
 
 
+class PackingConfig(Strict):
+    """How packing jobs treat the people around the machines."""
+
+    # A canister refill waits this long for the technician's scan of the reserved pack;
+    # then it is given up (reservation released) and the job fails or stops.
+    refill_scan_timeout_s: float = Field(default=600, gt=0)
+
+
 class OrdersConfig(Strict):
     """How dose orders are accepted."""
 
@@ -253,6 +261,7 @@ class Site(Strict):
     scanners: list[Scanner] = []
     replenishment: Replenishment = Replenishment()
     orders: OrdersConfig = OrdersConfig()
+    packing: PackingConfig = PackingConfig()
     exemptions: list[Exemption] = []
     seed: int = 7
     demo: DemoConfig | None = None

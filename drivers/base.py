@@ -196,6 +196,12 @@ class PackerDriver(Device):
     async def refill_canister(self, number: int, quantity: int) -> None:
         """Tell the machine that `quantity` tablets were put into canister `number`."""
 
+    @property
+    def reports_refilled_total(self) -> bool:
+        """Whether `CanisterStatus.refilled_total` comes from the machine (known after
+        connect). Where it does not, it reads 0 and must not be taken as a fact."""
+        return False
+
     async def set_unit_mode(self, mode: UnitMode) -> None:
         """Request a PackML unit mode; raises DriverError if the machine refuses it.
 

@@ -369,6 +369,10 @@ class OpcUaPackerDriver(PackerDriver):
             [ua.Variant(number, ua.VariantType.Int32), ua.Variant(quantity, ua.VariantType.Int32)],
         )
 
+    @property
+    def reports_refilled_total(self) -> bool:
+        return bool(self._refilled_nodes) and all(n is not None for n in self._refilled_nodes)
+
     async def set_unit_mode(self, mode: UnitMode) -> None:
         """OPC 30050 SetUnitMode(RequestedMode Int32) on the Command object; the machine
         refuses it outside Stopped, Idle and Aborted (BadInvalidState)."""

@@ -380,6 +380,10 @@ class SerialPackerDriver(PackerDriver):
             reply = await self._exchange(operation, MessageType.REFILL, payload)
         self._expect_ack(operation, reply)
 
+    @property
+    def reports_refilled_total(self) -> bool:
+        return self._minor >= wire.MESSAGE_MINOR[MessageType.READ_CANISTERS_EX]
+
     async def set_unit_mode(self, mode: UnitMode) -> None:
         """SET_UNIT_MODE (protocol 1.1); the device refuses it outside Stopped, Idle and
         Aborted (INVALID_STATE) and for an unknown mode (INVALID_ARGUMENT)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from asyncua import Server, ua
 
-from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
+from drivers.base import PackMLCommand, PackMLState, UnitMode
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
     DEFAULT_OUTPUT_EMPTY_AFTER_S,
@@ -31,6 +31,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
+from simulators.packer_view import PhysicsView
 from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 NAMESPACE_URI = "urn:doseline:packer"
@@ -65,7 +66,7 @@ class _MethodSpec:
     handler: Callable[..., None]
 
 
-class PackerSimulator:
+class PackerSimulator(PhysicsView):
     """One simulated dose-packing machine with an OPC UA server on `host:port`.
 
     `port=0` binds an ephemeral port; `endpoint` gives the real URL after `start()`.
@@ -129,71 +130,6 @@ class PackerSimulator:
     def endpoint(self) -> str:
         """The URL clients use; the real bound port once started."""
         return f"opc.tcp://{self.host}:{self.port}/"
-
-    @property
-    def pouches_per_minute(self) -> float:
-        return self._physics.pouches_per_minute
-
-    @property
-    def speed_factor(self) -> float:
-        return self._physics.speed_factor
-
-    @property
-    def reject_rate(self) -> float:
-        return self._physics.reject_rate
-
-    @property
-    def jam_rate(self) -> float:
-        return self._physics.jam_rate
-
-    @property
-    def transient_seconds(self) -> float:
-        return self._physics.transient_seconds
-
-    @property
-    def state(self) -> PackMLState:
-        return self._physics.state
-
-    @property
-    def unit_mode(self) -> UnitMode:
-        return self._physics.unit_mode
-
-    @property
-    def output_count(self) -> int:
-        return self._physics.output_count
-
-    @property
-    def output_full(self) -> bool:
-        return self._physics.output_full
-
-    @property
-    def stop_reason(self) -> StopReason:
-        return self._physics.stop_reason
-
-    @property
-    def stop_canister(self) -> int:
-        return self._physics.stop_canister
-
-    @property
-    def processed_count(self) -> int:
-        return self._physics.processed
-
-    @property
-    def defective_count(self) -> int:
-        return self._physics.defective
-
-    def canister_counts(self) -> dict[int, int]:
-        return self._physics.canister_counts()
-
-    def dispensed_totals(self) -> dict[int, int]:
-        return self._physics.dispensed_totals()
-
-    def refilled_totals(self) -> dict[int, int]:
-        return self._physics.refilled_totals()
-
-    def inject_jam(self) -> None:
-        """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
-        self._physics.inject_jam()
 
     async def empty_output(self) -> int:
         """Operator knob: empty the output tray now (the state does not change; a machine

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
 from simulators.packml import InvalidModeChange, PackMLMachine
@@ -104,6 +104,8 @@ class JobProgress:
     index: int = 0  # the pouch being packed; a rejected pouch is packed again
     good: int = 0
     rejected: int = 0
+    # Tablets already in the open pouch, per canister (a canister ran dry mid-pouch).
+    dropped: dict[int, int] = field(default_factory=dict)
 
 
 class PackerPhysics:
@@ -433,19 +435,25 @@ class PackerPhysics:
             self._internal_suspend(StopReason.OUTPUT_FULL)
             return
         pouch = job.pouches[job.index]
-        for number, qty in pouch.items:
-            if self.canisters[number].count < qty:
-                self._internal_hold(StopReason.CANISTER_EMPTY, number)
-                return
         jammed = self._rng.random() < self.jam_rate
         if jammed or self._jam_next:
             self._jam_next = False
             self._internal_hold(StopReason.JAM)
             return
+        # Tablets drop until the pouch has its count or a canister runs dry: then the
+        # machine holds with the pouch open, and goes on with it after the refill.
         for number, qty in pouch.items:
             canister = self.canisters[number]
-            canister.count -= qty
-            canister.dispensed_total += qty
+            have = job.dropped.get(number, 0)
+            take = min(qty - have, canister.count)
+            if take:
+                canister.count -= take
+                canister.dispensed_total += take
+                job.dropped[number] = have + take
+            if have + take < qty:
+                self._internal_hold(StopReason.CANISTER_EMPTY, number)
+                return
+        job.dropped.clear()
         self.processed += 1
         if self._rng.random() < self.reject_rate:
             self.defective += 1

@@ -30,7 +30,6 @@ from drivers.base import (
     PackerStatus,
     PackMLState,
     Pouch,
-    StopReason,
     UnitMode,
 )
 from drivers.serial_frames import ErrorCode, Frame, FrameError, MessageType, Nak, PayloadError
@@ -42,6 +41,7 @@ from simulators.packer_physics import (
     Refusal,
     RefusalKind,
 )
+from simulators.packer_view import PhysicsView
 from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 MODEL = "doseline serial packer simulator"
@@ -82,7 +82,7 @@ class _Staging:
     next_chunk: int = 0
 
 
-class SerialPackerSimulator:
+class SerialPackerSimulator(PhysicsView):
     """One simulated packer answering on `host:port` (`port=0` binds a free port).
 
     The duplicate rule lives here: the machine remembers the last request it executed
@@ -173,38 +173,6 @@ class SerialPackerSimulator:
         return f"socket://{self.host}:{self._port}"
 
     @property
-    def state(self) -> PackMLState:
-        return self._physics.state
-
-    @property
-    def unit_mode(self) -> UnitMode:
-        return self._physics.unit_mode
-
-    @property
-    def output_count(self) -> int:
-        return self._physics.output_count
-
-    @property
-    def output_full(self) -> bool:
-        return self._physics.output_full
-
-    @property
-    def stop_reason(self) -> StopReason:
-        return self._physics.stop_reason
-
-    @property
-    def stop_canister(self) -> int:
-        return self._physics.stop_canister
-
-    @property
-    def processed_count(self) -> int:
-        return self._physics.processed
-
-    @property
-    def defective_count(self) -> int:
-        return self._physics.defective
-
-    @property
     def discarded_bytes(self) -> int:
         """Line bytes the machine threw away as noise or broken frames."""
         return self._discarded_closed + sum(r.discarded for r in self._readers)
@@ -212,19 +180,6 @@ class SerialPackerSimulator:
     @property
     def lines_connected(self) -> int:
         return len(self._writers)
-
-    def canister_counts(self) -> dict[int, int]:
-        return self._physics.canister_counts()
-
-    def dispensed_totals(self) -> dict[int, int]:
-        return self._physics.dispensed_totals()
-
-    def refilled_totals(self) -> dict[int, int]:
-        return self._physics.refilled_totals()
-
-    def inject_jam(self) -> None:
-        """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
-        self._physics.inject_jam()
 
     async def empty_output(self) -> int:
         """Operator knob: empty the output tray now (the state does not change; a machine

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from controller.packing.canister_desk import CanisterDesk
+from tests.technician import Technician
 
 
 def _free_port() -> int:
@@ -69,3 +75,21 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def staff() -> AsyncIterator[Callable[..., Technician]]:
+    """Puts a technician at a controller's packers (`staff(controller)`): canister
+    refills wait for the scan of the reserved pack, as they do on a real floor."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def hire(desk: CanisterDesk, **options: Any) -> Technician:
+        tech = Technician(desk, **options)
+        tasks.append(asyncio.create_task(tech.run(), name="technician"))
+        return tech
+
+    yield hire
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date, time
 from typing import Any
 
 from controller.config import Site, parse_site
+from controller.packing.planner import PlannedJob, PlannedPouch
 
 PARA = "07359990000013"
 METO = "07359990000020"
@@ -108,3 +110,17 @@ def site_dict(
 
 def make_site(**kwargs: Any) -> Site:
     return parse_site(site_dict(**kwargs))
+
+
+JOB_DAY = date(2026, 11, 23)
+
+
+def job(job_id: str, pouches: int, items: tuple[tuple[str, int], ...]) -> PlannedJob:
+    """A job of `pouches` identical pouches for ward W1 at 08:00."""
+    return PlannedJob(
+        job_id,
+        "W1",
+        JOB_DAY,
+        time(8),
+        tuple(PlannedPouch(i, f"PT-{i:04d}", items) for i in range(1, pouches + 1)),
+    )

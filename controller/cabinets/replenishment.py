@@ -15,10 +15,10 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from transitions.extensions.asyncio import AsyncMachine
 
@@ -29,9 +29,11 @@ from controller.gs1 import PackId, ScanError, parse_pack
 from controller.ledger import Allocation, LedgerError, Need, Use
 from controller.metrics import Metrics
 from controller.packing.job import Trigger
+from controller.scanning import ScanOutcome
 from drivers.base import DriverError
 
 log = logging.getLogger("doseline.refills")
+T = TypeVar("T")
 ACTOR = "replenishment"
 PICK_LIST_PREFIX = "PL:"
 
@@ -104,14 +106,9 @@ class PickList:
         return [(refill, line) for refill in self.refills for line in refill.lines]
 
 
-@dataclass(frozen=True)
-class ScanOutcome:
-    accepted: bool
-    message: str
-    refill: Refill | None = None
-
-
 class Replenishment:
+    ticket_prefix = PICK_LIST_PREFIX
+
     def __init__(
         self,
         ledger: AsyncLedger,
@@ -137,7 +134,8 @@ class Replenishment:
         self._ids = itertools.count(1)
         self._today = today or (lambda: datetime.now(UTC).date())
         self._urgent = asyncio.Event()
-        self._confirming: set[asyncio.Task[ScanOutcome]] = set()
+        # Ledger work that must finish once begun, even when its caller is cancelled.
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ requests
 
@@ -149,6 +147,15 @@ class Replenishment:
         `read_at` (monotonic) is when the count was read: a count read before a refill
         was confirmed is stale and asks for nothing.
         """
+        # A reservation committed in the ledger's thread while the poller is cancelled
+        # would otherwise be held by nobody until it times out.
+        return await self._shielded(
+            self._request(cabinet, pocket, count, read_at), f"request-{cabinet.name}"
+        )
+
+    async def _request(
+        self, cabinet: Cabinet, pocket: Pocket, count: int, read_at: float | None
+    ) -> Refill | None:
         for r in self.refills:
             if r.cabinet != cabinet.name or r.pocket.number != pocket.number:
                 continue
@@ -244,7 +251,7 @@ class Replenishment:
 
     # ------------------------------------------------------------ scans
 
-    async def on_scan(self, data: str) -> ScanOutcome:
+    async def on_scan(self, data: str, station: str = "") -> ScanOutcome:
         outcome = await self._judge(data)
         self.metrics.scans.labels("accepted" if outcome.accepted else "refused").inc()
         (log.info if outcome.accepted else log.warning)("scan: %s", outcome.message)
@@ -284,7 +291,9 @@ class Replenishment:
                 if len(refill.scanned) == len(refill.lines):
                     return await self._confirm_shielded(refill)
                 return ScanOutcome(
-                    True, f"{pack.gtin} batch {pack.batch} checked for {refill.refill_id}", refill
+                    True,
+                    f"{pack.gtin} batch {pack.batch} checked for {refill.refill_id}",
+                    refill.refill_id,
                 )
         wanted = ", ".join(sorted({line.batch for _, _, line in candidates}))
         return ScanOutcome(
@@ -294,15 +303,18 @@ class Replenishment:
     async def _confirm_shielded(self, refill: Refill) -> ScanOutcome:
         """Posting the transfer and telling the cabinet belong together: a shutdown
         that cancels the scan station must not stop a confirmation half-way."""
-        task = asyncio.create_task(self._confirm(refill), name=f"confirm-{refill.refill_id}")
-        self._confirming.add(task)
-        task.add_done_callback(self._confirming.discard)
+        return await self._shielded(self._confirm(refill), f"confirm-{refill.refill_id}")
+
+    async def _shielded(self, work: Coroutine[Any, Any, T], name: str) -> T:
+        task = asyncio.create_task(work, name=name)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
 
     async def drain(self) -> None:
-        """Waits for confirmations under way (after the scan station was stopped)."""
-        while self._confirming:
-            await asyncio.gather(*self._confirming, return_exceptions=True)
+        """Waits for requests and confirmations under way (after their callers stopped)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _confirm(self, refill: Refill) -> ScanOutcome:
         location = pocket_location(refill.cabinet, refill.pocket.number)
@@ -327,7 +339,9 @@ class Replenishment:
         if self.active_list and all(not r.open for r in self.active_list.refills):
             self.active_list = None
         return ScanOutcome(
-            True, f"refill {refill.refill_id} confirmed: {refill.quantity} into {location}", refill
+            True,
+            f"refill {refill.refill_id} confirmed: {refill.quantity} into {location}",
+            refill.refill_id,
         )
 
     # ------------------------------------------------------------ shutdown

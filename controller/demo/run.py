@@ -152,11 +152,8 @@ class Technician:
     async def _scan(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str
     ) -> None:
-        writer.write(json.dumps({"scan": data}).encode() + b"\n")
-        await writer.drain()
-        await reader.readline()
+        await _send_scan(reader, writer, data)
         self.scans_sent.append(data)
-        await asyncio.sleep(0.05)  # a hand moves between packs
 
     def _wrong_pack(self, pick: PickList) -> PackId | None:
         on_list = {line.gtin for _, line in pick.lines()}
@@ -165,6 +162,55 @@ class Technician:
                 self.serial += 1
                 return PackId(lot.gtin, lot.batch, lot.expiry, f"{self.serial:010d}")
         return None
+
+
+@dataclass
+class CanisterTechnician:
+    """Fetches the reserved pack for each canister ticket and scans the ticket and the
+    pack at the packers' scanner. Once per demo it first holds up a pack of the right
+    product but another lot, to show that the canister refuses it."""
+
+    controller: Controller
+    trigger_port: int
+    wrong_lot_done: bool = False
+    refills: int = 0
+    serial: int = 0
+
+    async def work(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.trigger_port)
+        try:
+            while True:
+                ticket = await self.controller.canister_desk.tickets.get()
+                await asyncio.sleep(0.2)  # to the store and back
+                await _send_scan(reader, writer, ticket.barcode)
+                if not self.wrong_lot_done:
+                    other = self._other_lot(ticket.gtin, ticket.batch)
+                    if other is not None:
+                        await _send_scan(reader, writer, encode_pack(other))
+                        self.wrong_lot_done = True
+                self.serial += 1
+                pack = PackId(ticket.gtin, ticket.batch, ticket.expiry, f"C{self.serial:09d}")
+                await _send_scan(reader, writer, encode_pack(pack))
+                self.refills += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _other_lot(self, gtin: str, batch: str) -> PackId | None:
+        for lot in self.controller.ledger.stock(gtin=gtin):
+            if lot.batch != batch and lot.location.startswith(self.controller.site.store.code):
+                self.serial += 1
+                return PackId(gtin, lot.batch, lot.expiry, f"C{self.serial:09d}")
+        return None
+
+
+async def _send_scan(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str) -> None:
+    """Holds a symbol in front of a simulated scanner (its trigger socket)."""
+    writer.write(json.dumps({"scan": data}).encode() + b"\n")
+    await writer.drain()
+    await reader.readline()
+    await asyncio.sleep(0.05)  # a hand moves between packs
 
 
 def _say(text: str) -> None:
@@ -185,7 +231,7 @@ async def run_demo(
     started = time.monotonic()
     plant = await start_plant(site_path, day_seconds, free_ports)
     controller: Controller | None = None
-    tech_task: asyncio.Task[None] | None = None
+    tech_tasks: list[asyncio.Task[None]] = []
     try:
         kinds = ", ".join(
             f"{sum(1 for p in site.packers if p.driver == d)} {label}"
@@ -264,11 +310,16 @@ async def run_demo(
                 say(f"  {job.job_id}: {line}")
         say(f"day: one day at the cabinets in {day_seconds:.0f} s")
 
-        scanner = next(iter(plant.addresses["scanners"].values()))
+        # The first scanner is at the cabinets, the last at the packers.
+        scanners = list(plant.addresses["scanners"].values())
         technician = Technician(
-            controller, scanner["trigger_port"], site.replenishment.pick_delay_s
+            controller, scanners[0]["trigger_port"], site.replenishment.pick_delay_s
         )
-        tech_task = asyncio.create_task(technician.work(), name="technician")
+        canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"])
+        tech_tasks = [
+            asyncio.create_task(technician.work(), name="technician"),
+            asyncio.create_task(canister_technician.work(), name="canister-technician"),
+        ]
 
         deadline = started + day_seconds
         ticker = asyncio.create_task(_progress(controller, say, started, day_seconds, pouches))
@@ -282,20 +333,15 @@ async def run_demo(
             log.error("packing did not finish in time")
         # Give the technician a moment to finish the list in hand.
         await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))
-        tech_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tech_task
-        tech_task = None
+        await _cancel_all(tech_tasks)
         summary = await _wind_down(controller, technician)
+        summary["canister_refills"] = canister_technician.refills
         summary["duration_s"] = round(time.monotonic() - started, 1)
         summary["metrics_port"] = port
         summary["ledger_url"] = ledger_url
         return summary
     finally:
-        if tech_task is not None:
-            tech_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tech_task
+        await _cancel_all(tech_tasks)
         if controller is not None:
             await controller.stop()
             controller.close()
@@ -318,6 +364,15 @@ async def _progress(
             f"  {tick * 3:02d}:00  pouches {packed}/{pouches}  withdrawals {withdrawals}  "
             f"refills confirmed {refills.confirmed}, open {pending}"
         )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()
 
 
 async def _wind_down(controller: Controller, technician: Technician) -> dict[str, Any]:
@@ -375,6 +430,7 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
         "scans_refused": sum(1 for s in scans if not s.accepted),
         "refused_scans": [s.message for s in scans if not s.accepted][:5],
         "open_reservations": controller.ledger.open_reservation_count(),
+        "open_reservation_keys": [key for key, _ in controller.ledger.open_reservations()],
         "negative_balances": count_negative_balances(controller.ledger.engine),
         "physical_mismatches": mismatches,
         "ledger_violations": [str(v) for v in violations],
@@ -398,11 +454,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  cabinet withdrawals      {s['withdrawals']} doses booked",
         f"  pocket refills           {s['refills_done']} confirmed by scan in {s['pick_lists']} "
         f"pick lists, {s['refills_cancelled']} not picked by day's end (released)",
+        f"  canister refills         {s.get('canister_refills', 0)} confirmed by a scan of the "
+        "reserved lot",
         f"  scans                    {s['scans_accepted']} accepted, {s['scans_refused']} refused",
     ]
     lines += [f"      refused: {m}" for m in s["refused_scans"]]
     lines += [
         f"  open reservations        {s['open_reservations']}",
+    ]
+    lines += [f"      still open: {key}" for key in s["open_reservation_keys"]]
+    lines += [
         f"  negative balances        {s['negative_balances']}",
         "  ledger vs machines       "
         + (

@@ -25,26 +25,11 @@ from controller.packing.orders import DoseOrder
 _LEADING = "\ufeff\x0b\r\n\t "
 
 
-def parse_orders(
-    payload: str | bytes | bytearray | dict[str, Any],
-    *,
-    catalogue: Catalogue,
-    salt: str,
-    default_ward: str | None = None,
-    today: date,
-) -> list[DoseOrder]:
-    """The DoseOrders of one message: a dict or JSON text is FHIR, text starting with
-    "MSH" is HL7 v2. `today` (the site's local date) refuses orders that have ended."""
-    if not salt:
-        raise ValueError("salt must not be empty: pseudonyms would be guessable")
-    kw: dict[str, Any] = {
-        "catalogue": catalogue,
-        "salt": salt,
-        "default_ward": default_ward,
-        "today": today,
-    }
+def message_format(payload: str | bytes | bytearray | dict[str, Any]) -> str:
+    """ "fhir" for a dict or JSON text, "hl7v2" for text starting with "MSH"; anything
+    else is refused with the first characters it starts with."""
     if isinstance(payload, dict):
-        return parse_fhir(payload, **kw)
+        return "fhir"
     if isinstance(payload, bytes | bytearray):
         head = bytes(payload[:256]).decode("latin-1").replace("\xef\xbb\xbf", "").lstrip(_LEADING)
     elif isinstance(payload, str):
@@ -53,12 +38,36 @@ def parse_orders(
         problem = Problem("payload", type(payload).__name__, "expected str, bytes or a dict")
         raise IntakeError("message", [problem])
     if head.startswith("MSH"):
-        return parse_hl7v2(payload, **kw)
+        return "hl7v2"
     if head.startswith(("{", "[")):
-        return parse_fhir(payload, **kw)
+        return "fhir"
     shown = head[:3] if head else None
     problem = Problem("payload", shown, "is neither FHIR JSON ('{') nor HL7 v2 ('MSH')")
     raise IntakeError("message", [problem])
+
+
+def parse_orders(
+    payload: str | bytes | bytearray | dict[str, Any],
+    *,
+    catalogue: Catalogue,
+    salt: str,
+    default_ward: str | None = None,
+    today: date,
+) -> list[DoseOrder]:
+    """The DoseOrders of one message (its format from `message_format`). `today` (the
+    site's local date) refuses orders that have ended."""
+    if not salt:
+        raise ValueError("salt must not be empty: pseudonyms would be guessable")
+    kw: dict[str, Any] = {
+        "catalogue": catalogue,
+        "salt": salt,
+        "default_ward": default_ward,
+        "today": today,
+    }
+    if message_format(payload) == "fhir":
+        return parse_fhir(payload, **kw)
+    assert not isinstance(payload, dict)  # a dict is FHIR
+    return parse_hl7v2(payload, **kw)
 
 
 __all__ = [
@@ -67,6 +76,7 @@ __all__ = [
     "IntakeError",
     "Problem",
     "Strength",
+    "message_format",
     "parse_fhir",
     "parse_hl7v2",
     "parse_message",

@@ -78,12 +78,17 @@ class CounterMark:
     value: int
 
 
+MAX_ACTOR = 100  # characters of who did something, as the audit trail stores it
+
+
 @dataclass(frozen=True)
 class Need:
-    """So much of a product, wanted from a reservation."""
+    """So much of a product, wanted from a reservation; with `batch`, of that lot only
+    (a canister is topped up from the lot it already holds, never with a second one)."""
 
     gtin: str
     quantity: int
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -753,12 +758,15 @@ class Ledger:
             for number, need in enumerate(needs):
                 product_id = self._product_id(conn, need.gtin)
                 candidates: list[tuple[int, int | None]] = [(product_id, None)]
-                if substitute:
+                only_lot = None
+                if need.batch is not None:
+                    only_lot = self._lot_id_in(conn, need.gtin, need.batch)
+                elif substitute:
                     candidates += [(p, product_id) for p in self._substitutes(conn, product_id)]
                 remaining = need.quantity
                 for give_id, substituted_for in candidates:
                     remaining -= self._hold_fefo(
-                        conn, res_id, give_id, loc_ids, remaining, substituted_for
+                        conn, res_id, give_id, loc_ids, remaining, substituted_for, lot=only_lot
                     )
                     if remaining == 0:
                         break
@@ -972,6 +980,16 @@ class Ledger:
                 ).scalar_one()
             )
 
+    def open_reservations(self) -> list[tuple[str, str]]:
+        """(key, purpose) of every open reservation, oldest first: what is still held."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(reservations.c.key, reservations.c.purpose)
+                .where(reservations.c.status == "open")
+                .order_by(reservations.c.id)
+            ).all()
+        return [(r.key, r.purpose) for r in rows]
+
     def stock(self, *, location: str | None = None, gtin: str | None = None) -> list[LotStock]:
         """Balances per (location, lot), optionally for one location or product."""
         query = (
@@ -1003,6 +1021,26 @@ class Ledger:
             loc_id = self._internal_location_id(conn, location)
             product_id = self._product_id(conn, gtin)
             return sum(a for _, _, a in self._fefo_candidates(conn, product_id, [loc_id]))
+
+    def free_lots(self, gtin: str, locations_: Sequence[str]) -> list[tuple[str, date, int]]:
+        """(batch, expiry, free quantity) of the usable lots of a product over some
+        locations, first expiry first: what a single-lot reservation can choose from."""
+        with self.engine.connect() as conn:
+            loc_ids = [self._internal_location_id(conn, code) for code in locations_]
+            product_id = self._product_id(conn, gtin)
+            free: dict[int, int] = {}
+            for _, lot_id, quantity in self._fefo_candidates(conn, product_id, loc_ids):
+                free[lot_id] = free.get(lot_id, 0) + quantity
+            if not free:
+                return []
+            rows = {
+                int(r.id): (r.batch, r.expiry)
+                for r in conn.execute(
+                    select(lots.c.id, lots.c.batch, lots.c.expiry).where(lots.c.id.in_(list(free)))
+                )
+            }
+        # dicts keep insertion order, and the candidates came first expiry first
+        return [(rows[lot_id][0], rows[lot_id][1], qty) for lot_id, qty in free.items()]
 
     def on_hand(self, location: str, gtin: str) -> int:
         return sum(s.on_hand for s in self.stock(location=location, gtin=gtin))
@@ -1068,6 +1106,8 @@ class Ledger:
     @contextmanager
     def _tx(self, actor: str, action: str, reason: str) -> Iterator[Connection]:
         """One transaction whose changes are written to the audit trail before commit."""
+        if len(actor) > MAX_ACTOR:
+            raise LedgerError(f"actor: {actor[:40]!r}... is longer than {MAX_ACTOR} characters")
         with self.engine.begin() as conn:
             self._local.changes = []
             self._local.actor, self._local.reason = actor, reason
@@ -1240,14 +1280,16 @@ class Ledger:
         substituted_for: int | None,
         *,
         avoid: tuple[int, int] | None = None,
+        lot: int | None = None,
     ) -> int:
         """Holds up to `wanted` of a product for a reservation; returns how much.
-        `avoid` is a (location, lot) that must not be used (the one being vacated)."""
+        `avoid` is a (location, lot) that must not be used (the one being vacated);
+        `lot` restricts the hold to one lot."""
         got = 0
         for loc_id, lot_id, available in self._fefo_candidates(conn, product_id, loc_ids):
             if got == wanted:
                 break
-            if (loc_id, lot_id) == avoid:
+            if (loc_id, lot_id) == avoid or (lot is not None and lot_id != lot):
                 continue
             took = self._hold(conn, loc_id, lot_id, min(wanted - got, available))
             if took:

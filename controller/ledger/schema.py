@@ -364,4 +364,12 @@ canister_fills = Table(
     Column("refilled_before", BigInteger, nullable=False),
     Column("status", String(10), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # The one lot the canister is filled from, and the canister's count and dispensed
+    # total before the refill: with them recovery can tell whether a refill arrived on
+    # a machine that reports no refilled total (count + dispensed - before = refilled).
+    Column("batch", String(20)),
+    Column("count_before", BigInteger),
+    Column("dispensed_before", BigInteger),
+    # The scan station whose GS1 scan confirmed the pack at the canister.
+    Column("confirmed_by", String(64)),
 )

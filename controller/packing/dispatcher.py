@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from controller.async_ledger import AsyncLedger
 from controller.packing.planner import PackerOffer, PlannedJob, pick_packer
-from controller.packing.runner import PackerRunner, canister_location
+from controller.packing.runner import PackerRunner
 from controller.packing.store import JobRecord, PackingStore
 
 log = logging.getLogger("doseline.dispatch")
@@ -28,14 +28,12 @@ class Dispatcher:
         store: PackingStore,
         ledger: AsyncLedger,
         runners: Mapping[str, PackerRunner],
-        store_bins: Sequence[str],
         *,
         poll_interval_s: float = 0.5,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.runners = runners
-        self.store_bins = list(store_bins)
         self.poll_interval_s = poll_interval_s
         self.waiting: dict[str, str] = {}  # job id -> why it has no packer yet
 
@@ -93,16 +91,7 @@ class Dispatcher:
         stock: dict[str, int] = {}
         if runner.available:
             for gtin in job.units_by_gtin():
-                canister = runner.canister_of.get(gtin)
-                if canister is None:
-                    stock[gtin] = 0
-                    continue
-                units = await self.ledger.call(
-                    "available", canister_location(runner.name, canister.number), gtin
-                )
-                for bin_code in self.store_bins:
-                    units += await self.ledger.call("available", bin_code, gtin)
-                stock[gtin] = units
+                stock[gtin] = await runner.reachable(gtin)
         return PackerOffer(runner.name, runner.config.pouches_per_minute, runner.available, stock)
 
     def _note_waiting(self, job: PlannedJob, offers: Sequence[PackerOffer]) -> None:

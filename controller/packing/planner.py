@@ -62,10 +62,10 @@ class PlannedJob:
                 totals[gtin] += units
         return dict(totals)
 
-    def manual_units_by_gtin(self) -> dict[str, int]:
+    def manual_units_by_gtin(self, pouches: Iterable[PlannedPouch] | None = None) -> dict[str, int]:
         """Units per GTIN to be added to the pouches by hand."""
         totals: dict[str, int] = defaultdict(int)
-        for pouch in self.pouches:
+        for pouch in self.pouches if pouches is None else pouches:
             for gtin, units in pouch.manual:
                 totals[gtin] += units
         return dict(totals)

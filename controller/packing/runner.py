@@ -11,6 +11,7 @@ was reserved but not used is released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -23,10 +24,12 @@ from controller.config import Packer
 from controller.ledger import InsufficientStock, LedgerError, Need, UnknownEntity, Use
 from controller.ledger.ledger import CONSUMED, WASTE
 from controller.metrics import Metrics
+from controller.packing.canister_desk import CanisterDesk, CanisterTicket, RefillNotConfirmed
 from controller.packing.job import Job, JobState
 from controller.packing.planner import PlannedJob
 from controller.packing.store import CanisterFill, JobRecord, PackingStore
 from drivers.base import (
+    CanisterStatus,
     DriverError,
     PackerDriver,
     PackerJobSpec,
@@ -56,6 +59,8 @@ class PackingSettings:
     stall_timeout_s: float = 30.0
     operator_clear_s: float = 0.5
     idle_check_s: float = 2.0
+    # How long a canister refill waits for the technician's scan before it is given up.
+    refill_scan_timeout_s: float = 600.0
 
 
 @dataclass
@@ -87,8 +92,10 @@ class PackerRunner:
         store: PackingStore,
         metrics: Metrics,
         settings: PackingSettings,
+        desk: CanisterDesk,
     ) -> None:
         self.config = config
+        self.desk = desk
         self.name = config.name
         self.driver = driver
         self.ledger = ledger
@@ -216,13 +223,17 @@ class PackerRunner:
                 )
             await self._bring_to_idle()
             needs = self._needs(plan)
-            for gtin, units in needs.items():
-                await self._ensure_canister(gtin, units)
+            await self._check_reachable(needs)  # before any canister is touched
+            now_in = {g: await self._ensure_canister(g, units) for g, units in needs.items()}
+            await self._check_reachable(needs, now_in)
             await self.ledger.call(
                 "reserve",
                 reservation,
                 purpose=f"dose pouches {plan.job_id}",
-                needs=[Need(g, q) for g, q in needs.items()],
+                # What the canisters hold now; a canister that must run dry before it
+                # takes its next lot is refilled at its empty-canister hold, and those
+                # tablets are booked from the canister when the job ends.
+                needs=[Need(g, min(q, now_in[g])) for g, q in needs.items() if now_in[g] > 0],
                 from_locations=[
                     canister_location(self.name, self.canister_of[g].number) for g in needs
                 ],
@@ -230,6 +241,7 @@ class PackerRunner:
                 actor=ACTOR,
                 order_source="packing",
             )
+            await self._reserve_manual(plan, reservation)
             await self._move(job, "reserved")
         except (DriverError, PackerNotReady) as exc:
             # Not the job's fault: it goes back to the dispatcher for any packer.
@@ -382,6 +394,7 @@ class PackerRunner:
             result.wasted = {g: d for g, d in delta.items() if d > 0}
             if uses:
                 await self._post(reservation, uses, job)
+                await self._void(f"{reservation}:manual", job, with_manual=False)
             else:
                 await self._void(reservation, job)
         log.error("job %s: %s", plan.job_id, job.reason)
@@ -394,9 +407,9 @@ class PackerRunner:
         fills = await self.ledger.run(self.store.open_fills, self.name)
         if not fills:
             return
-        refilled = {c.number: c.refilled_total for c in await self.driver.read_canisters()}
+        canisters = {c.number: c for c in await self.driver.read_canisters()}
         for fill in fills:
-            arrived = refilled.get(fill.canister, 0) >= fill.refilled_before + fill.quantity
+            arrived = self._fill_arrived(fill, canisters.get(fill.canister))
             location = canister_location(self.name, fill.canister)
             try:
                 view = await self.ledger.call("reservation", fill.key)
@@ -412,6 +425,27 @@ class PackerRunner:
                 reason=f"refill settled after restart: machine {'has' if arrived else 'lacks'} it",
             )
             log.warning("canister refill %s settled as %s", fill.key, status)
+
+    def _fill_arrived(self, fill: CanisterFill, now: CanisterStatus | None) -> bool:
+        """Whether the machine got a refill: from its refilled total where it reports
+        one, else from its count and dispensed total (count + dispensed grows by
+        exactly what was poured in)."""
+        if now is None or fill.confirmed_by is None:
+            return False  # no scan, so the machine was never told
+        if self.driver.reports_refilled_total:
+            return now.refilled_total >= fill.refilled_before + fill.quantity
+        if fill.count_before is None or fill.dispensed_before is None:
+            log.error(
+                "canister refill %s: %s reports no refilled total and the refill has no "
+                "counts to compare: count canister %d",
+                fill.key,
+                self.name,
+                fill.canister,
+            )
+            self.metrics.discrepancies.labels("canister").inc()
+            return False
+        poured = now.count - fill.count_before + now.dispensed_total - fill.dispensed_before
+        return poured >= fill.quantity
 
     async def _settle_fill(
         self, fill: CanisterFill, reservation_status: str, arrived: bool, location: str
@@ -433,26 +467,39 @@ class PackerRunner:
         if not arrived:
             return "voided"
         # The reservation ran out while the controller was down, but the tablets are in
-        # the canister: book them from the store's free stock.
-        left = fill.quantity
-        for bin_code in self.settings.store_bins:
-            free = await self.ledger.call("available", bin_code, fill.gtin)
-            take = min(free, left)
-            if take:
-                await self.ledger.call(
-                    "transfer",
-                    f"{fill.key}:late:{bin_code}",
-                    gtin=fill.gtin,
-                    quantity=take,
-                    from_location=bin_code,
-                    to_location=location,
-                    actor=ACTOR,
-                    reason="canister refill booked after restart",
-                )
-                left -= take
-        if left:
+        # the canister: book the same lot again from the store (reserve and post under
+        # keys of their own, so a second restart books nothing twice).
+        late = f"{fill.key}:late"
+        try:
+            view = await self.ledger.call(
+                "reserve",
+                late,
+                purpose=f"canister {fill.canister} of {self.name}, refill booked after restart",
+                needs=[Need(fill.gtin, fill.quantity, batch=fill.batch)],
+                from_locations=list(self.settings.store_bins),
+                timeout_s=self.settings.reservation_timeout_s,
+                actor=ACTOR,
+                partial=True,
+            )
+        except LedgerError as exc:
+            view = None
+            log.error("canister refill %s: %s", fill.key, exc)
+        got = sum(line.quantity for line in view.lines) if view is not None else 0
+        if got:
+            await self.ledger.call(
+                "post",
+                f"{late}:post",
+                reservation_key=late,
+                uses=[Use(fill.gtin, got, location, "transfer", "canister refill after restart")],
+                actor=ACTOR,
+            )
+        if got < fill.quantity:
             self.metrics.discrepancies.labels("canister").inc()
-            log.error("canister refill %s: %d units not found in the store", fill.key, left)
+            log.error(
+                "canister refill %s: %d units not found in the store",
+                fill.key,
+                fill.quantity - got,
+            )
         return "posted"
 
     async def _post_fill(self, fill: CanisterFill, location: str) -> None:
@@ -507,32 +554,44 @@ class PackerRunner:
             await asyncio.sleep(self.settings.poll_interval_s)
         raise PackingError(f"packer {self.name} did not reach Idle (last state {state.name})")
 
-    async def _ensure_canister(self, gtin: str, units: int) -> None:
-        """Tops a canister up from the central store when it holds less than `units`.
+    async def _ensure_canister(self, gtin: str, units: int) -> int:
+        """Tops a canister up from the central store when it holds less than `units`;
+        returns what it then holds free in the ledger.
 
-        The refill is filed (with the canister's refilled total) before the machine is
-        told, so a crash at any step leaves something `recover` can settle."""
+        A canister holds one lot. One that still holds tablets is topped up from its
+        own lot only; when the store has no more of it, the canister runs dry first
+        (the machine holds for an empty canister) and then takes the next lot, first
+        expiry first. The refill is filed (with the canister's counters) before the
+        technician is asked for it, and the machine is told only after the pack was
+        scanned, so a crash at any step leaves something `recover` can settle."""
         canister = self.canister_of[gtin]
         location = canister_location(self.name, canister.number)
-        free = await self.ledger.call("available", location, gtin)
+        free = await self._free_in_canister(gtin)
         if free >= units:
-            return
+            return free
         # Room is what the machine says: during a job the ledger still counts tablets
         # that are already in pouches (they are booked when the job ends).
         physical = {c.number: c for c in await self.driver.read_canisters()}
         now = physical.get(canister.number)
-        room = canister.capacity - (now.count if now else 0)
-        if room < units - free:
-            raise PackingError(
-                f"canister {canister.number} of {self.name} holds at most {canister.capacity}, "
-                f"job needs {units} free of GTIN {gtin}"
-            )
-        central = 0
-        for bin_code in self.settings.store_bins:
-            central += await self.ledger.call("available", bin_code, gtin)
+        count = now.count if now else 0
+        room = canister.capacity - count
+        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
+        if count > 0:
+            lot = await self._lot_in(canister.number, location, gtin)
+            lots = [entry for entry in lots if entry[0] == lot]
+            if not lots or room <= 0:
+                log.info(
+                    "canister %s of %s: no more of batch %s in the store; it runs dry "
+                    "before it takes the next lot",
+                    canister.number,
+                    self.name,
+                    lot,
+                )
+                return free
+        elif not lots:
+            raise InsufficientStock(gtin, "central store", units - free, 0)
+        batch, _expiry, central = lots[0]
         quantity = min(room, central)
-        if quantity < units - free:
-            raise InsufficientStock(gtin, "central store", units - free, central)
         fill = CanisterFill(
             key=f"canfill:{self.name}:{canister.number}:{uuid.uuid4().hex[:12]}",
             packer=self.name,
@@ -541,16 +600,19 @@ class PackerRunner:
             quantity=quantity,
             refilled_before=now.refilled_total if now else 0,
             status="open",
+            batch=batch,
+            count_before=count,
+            dispensed_before=now.dispensed_total if now else 0,
         )
         await self.ledger.run(self.store.open_fill, fill, actor=ACTOR)
         try:
-            await self.ledger.call(
+            view = await self.ledger.call(
                 "reserve",
                 fill.key,
                 purpose=f"canister {canister.number} of {self.name}",
-                needs=[Need(gtin, quantity)],
+                needs=[Need(gtin, quantity, batch=batch)],
                 from_locations=list(self.settings.store_bins),
-                timeout_s=self.settings.reservation_timeout_s,
+                timeout_s=self.settings.reservation_timeout_s + self.settings.refill_scan_timeout_s,
                 actor=ACTOR,
             )
         except LedgerError:
@@ -558,14 +620,95 @@ class PackerRunner:
                 self.store.close_fill, fill.key, "voided", actor=ACTOR, reason="not reserved"
             )
             raise
+        ticket = CanisterTicket(
+            ticket_id=fill.key.removeprefix("canfill:"),
+            packer=self.name,
+            canister=canister.number,
+            gtin=gtin,
+            batch=batch,
+            expiry=_expiry,
+            quantity=quantity,
+            bins=tuple(sorted({line.location for line in view.lines})),
+        )
+        try:
+            station = await self.desk.wait_for_scan(ticket, self.settings.refill_scan_timeout_s)
+        except RefillNotConfirmed as exc:
+            await self._give_up_fill(fill, str(exc))
+            raise PackingError(str(exc)) from None
+        except asyncio.CancelledError:
+            # Stopped while waiting for the technician: nothing reached the machine.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._give_up_fill(fill, "stopped before the scan"))
+            raise
+        await self.ledger.run(self.store.confirm_fill, fill.key, by=station, actor=ACTOR)
         await self.driver.refill_canister(canister.number, quantity)  # lost link: recover
         await self._post_fill(fill, location)
         await self.ledger.run(
             self.store.close_fill, fill.key, "posted", actor=ACTOR, reason="canister refilled"
         )
         log.info(
-            "canister %s of %s refilled with %d of %s", canister.number, self.name, quantity, gtin
+            "canister %s of %s refilled with %d of %s batch %s (scanned at %s)",
+            canister.number,
+            self.name,
+            quantity,
+            gtin,
+            batch,
+            station,
         )
+        return free + quantity
+
+    async def _give_up_fill(self, fill: CanisterFill, reason: str) -> None:
+        """A refill that was never scanned: its reservation is released, the record
+        closed as voided."""
+        await self.ledger.call(
+            "void", f"{fill.key}:void", reservation_key=fill.key, actor=ACTOR, reason=reason[:200]
+        )
+        await self.ledger.run(
+            self.store.close_fill, fill.key, "voided", actor=ACTOR, reason=reason[:200]
+        )
+
+    async def _lot_in(self, number: int, location: str, gtin: str) -> str | None:
+        """The lot a canister holds: that of its last refill, or (for a canister
+        filled before refills were recorded) the first-expiring lot the ledger has
+        in it."""
+        lot = await self.ledger.run(self.store.current_lot, self.name, number)
+        if lot is not None:
+            return str(lot)
+        held = await self.ledger.call("stock", location=location, gtin=gtin)
+        return held[0].batch if held else None
+
+    async def _check_reachable(
+        self, needs: dict[str, int], in_canisters: dict[str, int] | None = None
+    ) -> None:
+        """Each product's units must be in its canister or in the store (for a top-up
+        or, after the canister ran dry, its next lot). `in_canisters`: what the
+        canisters hold free, when already known."""
+        for gtin, units in needs.items():
+            if in_canisters is not None:
+                held = in_canisters[gtin]
+            else:
+                held = await self._free_in_canister(gtin)
+            if held >= units:
+                continue
+            central = await self.central_available(gtin)
+            if held + central < units:
+                raise InsufficientStock(gtin, "central store", units - held, central)
+
+    async def reachable(self, gtin: str) -> int:
+        """Units of a product this packer can pack: free in its canister plus free in
+        the store (0 without a calibrated canister)."""
+        if gtin not in self.canister_of:
+            return 0
+        return await self._free_in_canister(gtin) + await self.central_available(gtin)
+
+    async def _free_in_canister(self, gtin: str) -> int:
+        location = canister_location(self.name, self.canister_of[gtin].number)
+        return int(await self.ledger.call("available", location, gtin))
+
+    async def central_available(self, gtin: str) -> int:
+        """Free units of a product in the store's bins, all usable lots."""
+        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
+        return sum(entry[2] for entry in lots)
 
     async def _follow(self, planned: PlannedJob, job: Job) -> PackerStatus:
         """Polls the machine until the job ends; clears holds the controller can clear."""
@@ -621,9 +764,9 @@ class PackerRunner:
                     f"packer {self.name} held for empty canister {status.stop_canister}, "
                     "which the site file does not know"
                 )
-            location = canister_location(self.name, status.stop_canister)
-            free = await self.ledger.call("available", location, gtin)
-            await self._ensure_canister(gtin, free + 1)
+            # Asking for more than the ledger holds free makes the (empty) canister
+            # take its refill; the ledger still counts tablets now in pouches.
+            await self._ensure_canister(gtin, await self._free_in_canister(gtin) + 1)
         else:
             # A jam or an operator hold: the operator clears it at the machine.
             await asyncio.sleep(self.settings.operator_clear_s)
@@ -686,7 +829,80 @@ class PackerRunner:
         if uses:
             await self._post(reservation, uses, job)
         else:
-            await self._void(reservation, job)
+            await self._void(reservation, job, with_manual=False)
+        await self._book_manual(planned, job, result, reservation)
+
+    async def _reserve_manual(self, plan: PlannedJob, reservation: str) -> None:
+        """Holds the items the technician adds by hand (no calibrated canister) in the
+        store, under a reservation of their own beside the job's."""
+        manual = plan.manual_units_by_gtin()
+        if not manual:
+            return
+        await self.ledger.call(
+            "reserve",
+            f"{reservation}:manual",
+            purpose=f"items added by hand to dose pouches {plan.job_id}",
+            needs=[Need(g, q) for g, q in sorted(manual.items())],
+            from_locations=list(self.settings.store_bins),
+            timeout_s=self.settings.reservation_timeout_s,
+            actor=ACTOR,
+            order_source="packing",
+        )
+
+    async def _book_manual(
+        self, planned: PlannedJob, job: Job, result: JobResult, reservation: str
+    ) -> None:
+        """The hand-added items of the pouches that left the machine good (and of the
+        pouches that are all hand-made) are consumed; the rest is released."""
+        if not planned.manual_units_by_gtin():
+            return
+        done = [
+            *planned.machine_pouches()[: job.pouches_good],
+            *(p for p in planned.pouches if not p.items),
+        ]
+        used = planned.manual_units_by_gtin(done)
+        for gtin, units in used.items():
+            result.consumed[gtin] = result.consumed.get(gtin, 0) + units
+        key = f"{reservation}:manual"
+        uses = [
+            Use(g, q, CONSUMED, "consume", f"added by hand to dose pouches {job.job_id}")
+            for g, q in sorted(used.items())
+            if q
+        ]
+        try:
+            if not uses:
+                await self._void(key, job, with_manual=False)
+                return
+            try:
+                await self.ledger.call(
+                    "post", f"{key}:post", reservation_key=key, uses=uses, actor=ACTOR
+                )
+            except LedgerError:
+                view = await self.ledger.call("reservation", key)
+                if view.status == "open":
+                    raise
+                # It ran out while the controller was down: the items are in the
+                # pouches all the same, so they are booked from the store afresh.
+                await self.ledger.call(
+                    "reserve",
+                    f"{key}:late",
+                    purpose=f"items added by hand to dose pouches {job.job_id}",
+                    needs=[Need(u.gtin, u.quantity) for u in uses],
+                    from_locations=list(self.settings.store_bins),
+                    timeout_s=self.settings.reservation_timeout_s,
+                    actor=ACTOR,
+                )
+                await self.ledger.call(
+                    "post",
+                    f"{key}:late:post",
+                    reservation_key=f"{key}:late",
+                    uses=uses,
+                    actor=ACTOR,
+                )
+        except LedgerError as exc:
+            log.error("job %s: hand-added items not booked: %s", job.job_id, exc)
+            self.metrics.discrepancies.labels("manual").inc()
+            job.reason = job.reason or f"hand-added items not booked: {exc}"
 
     async def _post(self, reservation: str, uses: list[Use], job: Job) -> None:
         """Books the uses on the job's reservation (idempotent: a post repeated after a
@@ -712,7 +928,7 @@ class PackerRunner:
                 log.error("job %s: pouches could not be booked: %s", job.job_id, exc)
                 self.metrics.discrepancies.labels("canister").inc()
                 job.reason = f"booking failed: {exc}"
-                await self._void(reservation, job)
+                await self._void(reservation, job, with_manual=False)
                 return
         for use in uses:
             location = canister_location(self.name, self.canister_of[use.gtin].number)
@@ -732,17 +948,20 @@ class PackerRunner:
                 self.metrics.discrepancies.labels("canister").inc()
                 job.reason = f"booking failed: {exc}"
 
-    async def _void(self, reservation: str, job: Job) -> None:
-        try:
-            await self.ledger.call(
-                "void",
-                f"{reservation}:void",
-                reservation_key=reservation,
-                actor=ACTOR,
-                reason=job.reason[:200] or "job failed",
-            )
-        except LedgerError:
-            pass  # never reserved, or already resolved
+    async def _void(self, reservation: str, job: Job, *, with_manual: bool = True) -> None:
+        """Releases a job's reservation and, unless told not to, its hand-added items."""
+        keys = [reservation, f"{reservation}:manual"] if with_manual else [reservation]
+        for key in keys:
+            try:
+                await self.ledger.call(
+                    "void",
+                    f"{key}:void",
+                    reservation_key=key,
+                    actor=ACTOR,
+                    reason=job.reason[:200] or "job failed",
+                )
+            except LedgerError:
+                pass  # never reserved, or already resolved
 
     async def read_status(self) -> PackerStatus:
         try:

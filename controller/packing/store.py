@@ -90,6 +90,10 @@ class CanisterFill:
     quantity: int
     refilled_before: int
     status: str
+    batch: str | None = None
+    count_before: int | None = None
+    dispensed_before: int | None = None
+    confirmed_by: str | None = None
 
 
 def content_key(order: DoseOrder) -> str:
@@ -130,6 +134,8 @@ class PackingStore:
     ) -> SubmitResult:
         """Files the orders of one message, all or nothing. An order already on file
         (same patient, ward, product, dose, times and period) is not added again."""
+        if not source or len(source) > 20:
+            raise LedgerError(f"source: {source[:40]!r} must be 1 to 20 characters")
         if not orders:
             raise LedgerError(f"message from {source!r}: no orders in it")
         status = "pending" if review_required else "approved"
@@ -523,14 +529,33 @@ class PackingStore:
                     refilled_before=fill.refilled_before,
                     status="open",
                     created_at=self.ledger.clock(),
+                    batch=fill.batch,
+                    count_before=fill.count_before,
+                    dispensed_before=fill.dispensed_before,
                 )
             )
             self.ledger.note(
                 "canister_fill",
                 fill.key,
                 None,
-                {"canister": fill.canister, "quantity": fill.quantity, "status": "open"},
+                {
+                    "canister": fill.canister,
+                    "quantity": fill.quantity,
+                    "batch": fill.batch,
+                    "status": "open",
+                },
             )
+
+    def confirm_fill(self, key: str, *, by: str, actor: str) -> None:
+        """Records the scan station whose scan confirmed the pack at the canister."""
+        with self.ledger.audited(actor, "canister", f"pack scanned at {by}") as conn:
+            done = conn.execute(
+                update(canister_fills)
+                .where(canister_fills.c.key == key, canister_fills.c.status == "open")
+                .values(confirmed_by=by)
+            ).rowcount
+            if done:
+                self.ledger.note("canister_fill", key, {"confirmed_by": None}, {"confirmed_by": by})
 
     def close_fill(self, key: str, status: str, *, actor: str, reason: str) -> None:
         if status not in ("posted", "voided"):
@@ -544,16 +569,42 @@ class PackingStore:
             if done:
                 self.ledger.note("canister_fill", key, {"status": "open"}, {"status": status})
 
-    def open_fills(self, packer: str) -> list[CanisterFill]:
+    def open_fills(self, packer: str | None = None) -> list[CanisterFill]:
+        """Refills not settled yet, of one packer or of all."""
+        query = select(canister_fills).where(canister_fills.c.status == "open")
+        if packer is not None:
+            query = query.where(canister_fills.c.packer == packer)
         with self.ledger.engine.connect() as conn:
-            rows = conn.execute(
-                select(canister_fills).where(
-                    canister_fills.c.packer == packer, canister_fills.c.status == "open"
+            rows = conn.execute(query.order_by(canister_fills.c.created_at)).all()
+        return [self._fill(r) for r in rows]
+
+    def current_lot(self, packer: str, canister: int) -> str | None:
+        """The lot of the canister's last booked refill (None: never refilled here)."""
+        with self.ledger.engine.connect() as conn:
+            return conn.execute(
+                select(canister_fills.c.batch)
+                .where(
+                    canister_fills.c.packer == packer,
+                    canister_fills.c.canister == canister,
+                    canister_fills.c.status == "posted",
+                    canister_fills.c.batch.is_not(None),
                 )
-            ).all()
-        return [
-            CanisterFill(
-                r.key, r.packer, r.canister, r.gtin, r.quantity, r.refilled_before, r.status
-            )
-            for r in rows
-        ]
+                .order_by(canister_fills.c.created_at.desc())
+                .limit(1)
+            ).scalar()
+
+    @staticmethod
+    def _fill(r: Any) -> CanisterFill:
+        return CanisterFill(
+            r.key,
+            r.packer,
+            r.canister,
+            r.gtin,
+            r.quantity,
+            r.refilled_before,
+            r.status,
+            r.batch,
+            r.count_before,
+            r.dispensed_before,
+            r.confirmed_by,
+        )

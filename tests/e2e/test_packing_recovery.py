@@ -2,7 +2,9 @@
 
 Orders go in as a FHIR Bundle (`doseline orders submit`), a pharmacist approves them,
 `doseline jobs plan` makes the jobs, and `doseline pack` runs them on both demo packers
-(OPC UA and serial) in a separate plant process. `pack` is killed with SIGKILL several
+(OPC UA and serial) in a separate plant process. A technician (a thread of this test)
+confirms each canister refill by scanning its ticket and the reserved pack at the
+packers' serial scanner. `pack` is killed with SIGKILL several
 times at random moments and started again; at the end every job is complete, the ledger
 agrees with the machines' own canister counts, and every tablet that left a canister is
 booked exactly once (in a good pouch or as a reject).
@@ -14,8 +16,10 @@ import asyncio
 import json
 import random
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,12 +27,15 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from controller.config import load_site
 from controller.demo.orders import demo_prescriptions
 from controller.devices import packer_driver
+from controller.gs1 import PackId, encode_pack
 from controller.ledger import Ledger, verify_ledger
 from controller.ledger.engine import make_engine
+from controller.ledger.schema import canister_fills, lots, products
 from controller.packing.runner import canister_location
 from controller.packing.store import PackingStore
 
@@ -83,6 +90,50 @@ async def machine_canisters(site_file: Path) -> dict[tuple[str, int], tuple[str,
     return found
 
 
+class CanisterTechnician(threading.Thread):
+    """Watches the ledger for canister refills waiting for a scan and scans the ticket
+    and a pack of the reserved lot at the scanner (through its trigger socket)."""
+
+    def __init__(self, db: str, trigger_port: int) -> None:
+        super().__init__(name="canister-technician", daemon=True)
+        self.db = db
+        self.trigger_port = trigger_port
+        self.stop = threading.Event()
+        self.scanned: dict[str, float] = {}  # fill key -> when its pack was last scanned
+
+    def run(self) -> None:
+        engine = make_engine(self.db)
+        try:
+            with socket.create_connection(("127.0.0.1", self.trigger_port)) as sock:
+                reader = sock.makefile("r")
+                while not self.stop.wait(0.3):
+                    with engine.connect() as conn:
+                        waiting = conn.execute(
+                            select(canister_fills.c.key, canister_fills.c.gtin, lots.c.batch)
+                            .add_columns(lots.c.expiry)
+                            .join(products, products.c.gtin == canister_fills.c.gtin)
+                            .join(
+                                lots,
+                                (lots.c.product_id == products.c.id)
+                                & (lots.c.batch == canister_fills.c.batch),
+                            )
+                            .where(
+                                canister_fills.c.status == "open",
+                                canister_fills.c.confirmed_by.is_(None),
+                            )
+                        ).all()
+                    for key, gtin, batch, expiry in waiting:
+                        if time.monotonic() - self.scanned.get(key, -10.0) < 2.0:
+                            continue  # give the controller time to open the ticket
+                        pack = encode_pack(PackId(gtin, batch, expiry, f"E2E{len(self.scanned)}"))
+                        for data in ("CR:" + key.removeprefix("canfill:"), pack):
+                            sock.sendall(json.dumps({"scan": data}).encode() + b"\n")
+                            reader.readline()
+                        self.scanned[key] = time.monotonic()
+        finally:
+            engine.dispose()
+
+
 def job_states(db: str) -> dict[str, int]:
     ledger = Ledger(make_engine(db))
     try:
@@ -98,7 +149,11 @@ def test_packing_survives_repeated_kills(tmp_path: Path) -> None:
         site = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
         for machine in site["packers"]:
             machine["address"] = ready["packers"][machine["name"]]
-        site["cabinets"], site["scanners"] = [], []
+        site["cabinets"] = []
+        site["scanners"] = [
+            {"name": "SCANNER-PACKING", "address": ready["scanners"]["SCANNER-PACKING"]["address"]}
+        ]
+        trigger_port = ready["scanners"]["SCANNER-PACKING"]["trigger_port"]
         db = f"sqlite:///{tmp_path / 'site.db'}"
         site["ledger"]["url"] = db
         site_file = tmp_path / "site.yaml"
@@ -143,6 +198,8 @@ def test_packing_survives_repeated_kills(tmp_path: Path) -> None:
         assert "0 new jobs" in replanned.stdout
 
         # Pack, killing the controller at random moments.
+        technician = CanisterTechnician(db, trigger_port)
+        technician.start()
         rng = random.Random(20261122)
         kills = in_flight = 0
         for _ in range(4):
@@ -165,7 +222,10 @@ def test_packing_survives_repeated_kills(tmp_path: Path) -> None:
         assert in_flight, "no kill hit a job on a machine"
 
         final = cli("pack", *common, "--no-plan", "--timeout", "240", timeout=300)
+        technician.stop.set()
+        technician.join(timeout=10)
         assert final.returncode == 0, final.stdout + final.stderr[-3000:]
+        assert technician.scanned, "no canister refill was scanned"
 
         ledger = Ledger(make_engine(db))
         try:
@@ -176,6 +236,7 @@ def test_packing_survives_repeated_kills(tmp_path: Path) -> None:
             ]
             assert sum(j.good for j in jobs) == sum(len(j.job.machine_pouches()) for j in jobs)
             assert ledger.open_reservation_count() == 0
+            assert store.open_fills() == []  # every refill posted or voided
             assert verify_ledger(ledger.engine) == []
 
             machines = asyncio.run(machine_canisters(site_file))

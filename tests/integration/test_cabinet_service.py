@@ -251,3 +251,26 @@ async def test_shutdown_during_a_confirmation_lets_it_finish(
     assert plant.cabinet.pocket(1, 1).count == 20 == pocket_stock(controller, 1, PARA)
     assert await replenishment.cancel_open("shift ended") == 0
     assert controller.ledger.open_reservation_count() == 0
+
+
+async def test_a_poll_cancelled_while_reserving_leaves_no_reservation_behind(
+    cabinet: tuple[Controller, Plant],
+) -> None:
+    controller, plant = cabinet
+    replenishment = controller.replenishment
+    plant.cabinet.withdraw(1, 2, 6)  # 8 -> 2, below min 4
+    poll = asyncio.create_task(controller.pollers["CAB1"].poll_once())
+    # Cancel the poll as soon as the reservation is under way in the ledger's thread.
+    for _ in range(2000):
+        if replenishment._in_flight:
+            break
+        await asyncio.sleep(0.001)
+    assert replenishment._in_flight, "the poll never asked for a refill"
+    poll.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    await replenishment.drain()
+    await controller.aledger.call("open_reservation_count")  # the ledger's queue is empty
+    assert [r.refill_id for r in replenishment.refills if r.open] != []
+    assert await replenishment.cancel_open("shift ended") == 1
+    assert controller.ledger.open_reservation_count() == 0

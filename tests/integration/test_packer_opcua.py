@@ -204,12 +204,13 @@ async def test_empty_canister_holds_then_refill_and_unhold_completes(
     assert status.stop_reason == StopReason.CANISTER_EMPTY == 101
     assert sim.stop_canister == 3
     assert status.job_pouches_good == 2  # 5 tablets: two pouches, the third would need 2
-    assert await canister_map(driver) == {1: (98, 2), 3: (1, 4)}  # nothing of pouch 3
+    # Pouch 3 is open: its paracetamol and the last tablet of canister 3 are in it.
+    assert await canister_map(driver) == {1: (97, 3), 3: (0, 5)}
 
     with pytest.raises(DriverError, match=r"capacity 50"):
-        await driver.refill_canister(3, 50)
+        await driver.refill_canister(3, 51)
     await driver.refill_canister(3, 30)
-    assert (await canister_map(driver))[3] == (31, 4)
+    assert (await canister_map(driver))[3] == (30, 5)
     await driver.command(C.UNHOLD)
     status = await wait_state(driver, S.COMPLETE)
     assert status.stop_reason == StopReason.NONE and sim.stop_canister == 0

@@ -8,31 +8,19 @@ the ledger books exactly what the machine dispensed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, date, datetime, time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 import pytest
 
 from controller.app import Controller
 from controller.ledger import verify_ledger
 from controller.packing.job import JobState
-from controller.packing.planner import PlannedJob, PlannedPouch
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
 from drivers.serial_packer import SerialPackerDriver
 from simulators.packer_serial import SerialPackerSimulator
-from tests.sites import FURO, METO, PARA, make_site
-
-DAY = date(2026, 11, 23)
-
-
-def job(job_id: str, pouches: int, items: tuple[tuple[str, int], ...]) -> PlannedJob:
-    return PlannedJob(
-        job_id,
-        "W1",
-        DAY,
-        time(8),
-        tuple(PlannedPouch(i, f"PT-{i:04d}", items) for i in range(1, pouches + 1)),
-    )
+from tests.sites import FURO, METO, PARA, job, make_site
+from tests.technician import Technician
 
 
 async def serial_runner(
@@ -71,7 +59,13 @@ async def serial_runner(
     )
     driver = SerialPackerDriver("PK1", sim.address, timeout=1.0)
     runner = PackerRunner(
-        config, driver, controller.aledger, controller.store, controller.metrics, settings
+        config,
+        driver,
+        controller.aledger,
+        controller.store,
+        controller.metrics,
+        settings,
+        controller.canister_desk,
     )
     await driver.connect()
     return controller, runner, sim
@@ -79,7 +73,7 @@ async def serial_runner(
 
 @pytest.fixture
 async def packing(
-    ledger_url: str,
+    ledger_url: str, staff: Callable[..., Technician]
 ) -> AsyncIterator[tuple[Controller, PackerRunner, SerialPackerSimulator]]:
     """A serial packer on loopback, the controller on SQLite and on PostgreSQL."""
     controller, runner, sim = await serial_runner(
@@ -88,6 +82,7 @@ async def packing(
         seed=3,
         reject_rate=0.25,
     )
+    staff(controller.canister_desk)
     try:
         yield controller, runner, sim
     finally:
@@ -125,13 +120,16 @@ async def test_job_books_good_pouches_and_rejects(
     assert sim.state.name == "IDLE"  # the runner reset the machine for the next job
 
 
-async def test_canister_running_empty_is_refilled_over_the_line(ledger_url: str) -> None:
+async def test_canister_running_empty_is_refilled_over_the_line(
+    ledger_url: str, staff: Callable[..., Technician]
+) -> None:
     controller, runner, sim = await serial_runner(
         ledger_url,
         [(1, PARA, 0, 200), (2, METO, 0, 30), (3, FURO, 0, 200)],
         seed=5,
         reject_rate=0.3,
     )
+    staff(controller.canister_desk)
     try:
         result = await runner.run_job(job("J1", 25, ((METO, 1),)))
         states = [dest for _, dest in result.job.history]

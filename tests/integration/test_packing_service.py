@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
@@ -20,19 +20,10 @@ from controller.packing.planner import PlannedJob, PlannedPouch
 from controller.packing.runner import canister_location
 from drivers.base import UnitMode
 from simulators.packer_opcua import PackerSimulator
-from tests.sites import FURO, METO, OXY, PARA, make_site
+from tests.sites import FURO, JOB_DAY, METO, OXY, PARA, job, make_site
+from tests.technician import Technician
 
-DAY = date(2026, 11, 23)
-
-
-def job(job_id: str, pouches: int, items: tuple[tuple[str, int], ...]) -> PlannedJob:
-    return PlannedJob(
-        job_id,
-        "W1",
-        DAY,
-        time(8),
-        tuple(PlannedPouch(i, f"PT-{i:04d}", items) for i in range(1, pouches + 1)),
-    )
+DAY = JOB_DAY
 
 
 async def start_plant(cache: Path, **knobs: float) -> PackerSimulator:
@@ -52,12 +43,13 @@ async def start_plant(cache: Path, **knobs: float) -> PackerSimulator:
 
 @pytest.fixture
 async def packing(
-    ledger_url: str, address_space_cache: Path
+    ledger_url: str, address_space_cache: Path, staff: Callable[..., Technician]
 ) -> AsyncIterator[tuple[Controller, PackerSimulator]]:
     """A packer on loopback, the controller on SQLite and on PostgreSQL."""
     sim = await start_plant(address_space_cache, reject_rate=0.25)
     site = make_site(packer_address=sim.endpoint)
     controller = Controller(site, ledger_url=ledger_url)
+    staff(controller.canister_desk)
     controller.prepare_ledger()
     controller.receive_opening_stock(datetime.now(UTC).date())
     runner = controller.runners["PK1"]
@@ -170,8 +162,7 @@ async def test_a_jam_holds_the_machine_and_the_job_resumes(
 
 
 async def test_canister_running_empty_is_refilled_and_the_job_completes(
-    ledger_url: str,
-    address_space_cache: Path,
+    ledger_url: str, address_space_cache: Path, staff: Callable[..., Technician]
 ) -> None:
     sim = PackerSimulator(
         "PK1",
@@ -200,6 +191,7 @@ async def test_canister_running_empty_is_refilled_and_the_job_completes(
         }
     )
     controller = Controller(site, ledger_url=ledger_url)
+    staff(controller.canister_desk)
     controller.prepare_ledger()
     controller.receive_opening_stock(datetime.now(UTC).date())
     runner = controller.runners["PK1"]
@@ -225,12 +217,13 @@ async def test_canister_running_empty_is_refilled_and_the_job_completes(
 
 
 async def test_runner_reconnects_after_the_packer_restarts(
-    ledger_url: str, address_space_cache: Path
+    ledger_url: str, address_space_cache: Path, staff: Callable[..., Technician]
 ) -> None:
     """Jobs go through the dispatcher; a job that finds the link dead goes back to it
     and runs once the packer is reachable again."""
     sim = await start_plant(address_space_cache)
     controller = Controller(make_site(packer_address=sim.endpoint), ledger_url=ledger_url)
+    staff(controller.canister_desk)
     controller.prepare_ledger()
     controller.receive_opening_stock(datetime.now(UTC).date())
     runner = controller.runners["PK1"]
@@ -284,12 +277,13 @@ async def test_runner_reconnects_after_the_packer_restarts(
 
 
 async def test_full_output_tray_suspends_and_the_runner_unsuspends(
-    ledger_url: str, address_space_cache: Path
+    ledger_url: str, address_space_cache: Path, staff: Callable[..., Technician]
 ) -> None:
     """A tray of 4 pouches: the machine suspends (StopReason 103) each time it fills;
     the operator empties it and the runner sends Unsuspend; every pouch is booked."""
     sim = await start_plant(address_space_cache, output_capacity=4, output_empty_after_s=20)
     controller = Controller(make_site(packer_address=sim.endpoint), ledger_url=ledger_url)
+    staff(controller.canister_desk)
     controller.prepare_ledger()
     controller.receive_opening_stock(datetime.now(UTC).date())
     runner = controller.runners["PK1"]
@@ -330,3 +324,39 @@ async def test_packer_in_maintenance_takes_no_job(
     result = await runner.run_job(controller.store.job("J1"))
     assert result.job.state == JobState.COMPLETED
     assert controller.store.job("J1").state == "completed"
+
+
+async def test_hand_added_items_are_reserved_with_the_job_and_consumed_per_good_pouch(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    """Items no canister holds go into the pouches by hand: they are held in the store
+    with the job and consumed for the pouches that left the machine good and for the
+    pouches made wholly by hand; a job whose hand items are short does not start."""
+    controller, _sim = packing
+    led = controller.ledger
+    runner = controller.runners["PK1"]
+    pouches = (
+        *(PlannedPouch(i, f"PT-{i:04d}", ((PARA, 1),), manual=((OXY, 1),)) for i in range(1, 5)),
+        PlannedPouch(5, "PT-0005", (), manual=((OXY, 2),)),
+    )
+    short = PlannedJob("J0", "W1", DAY, time(8), pouches)
+    result = await runner.run_job(short)
+    assert result.job.state == JobState.FAILED
+    assert f"insufficient stock of {OXY}" in result.job.reason
+    assert led.open_reservation_count() == 0 and led.moved_quantity("consume") == 0
+
+    led.receive(
+        "oxy",
+        gtin=OXY,
+        batch="O-1",
+        expiry=date(2027, 12, 31),
+        quantity=10,
+        to_location="CENTRAL/A01",
+        actor="goods-in",
+    )
+    result = await runner.run_job(PlannedJob("J1", "W1", DAY, time(8), pouches))
+    assert result.job.state == JobState.COMPLETED, result.job.reason
+    assert result.consumed == {PARA: 4, OXY: 6}
+    assert led.on_hand("CENTRAL/A01", OXY) == 4
+    assert led.open_reservation_count() == 0
+    assert verify_ledger(led.engine) == []

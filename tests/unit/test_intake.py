@@ -24,6 +24,7 @@ from controller.intake import (
     Catalogue,
     IntakeError,
     Strength,
+    message_format,
     parse_fhir,
     parse_hl7v2,
     parse_message,
@@ -822,3 +823,13 @@ def test_fuzz_hl7_field_replaced(catalogue: Catalogue, seg: int, field: int, val
     fields[field] = value
     lines[seg] = "|".join(fields)
     no_escape(catalogue, "\r".join(lines))
+
+
+def test_message_format_names_what_it_saw() -> None:
+    assert message_format({"resourceType": "Bundle"}) == "fhir"
+    assert message_format(b"\xef\xbb\xbf  {}") == "fhir"
+    assert message_format("\x0bMSH|^~\\&|HIS") == "hl7v2"
+    assert message_format(b"\r\nMSH|^~\\&|HIS") == "hl7v2"
+    with pytest.raises(IntakeError) as refused:
+        message_format("PID|1")
+    assert "PID" in str(refused.value.problems[0])

@@ -17,6 +17,7 @@ from controller.ledger import (
     Ledger,
     LedgerError,
     ReservationClosed,
+    UnknownEntity,
     verify_ledger,
 )
 from controller.ledger.engine import make_engine
@@ -89,7 +90,7 @@ def receive(led: Ledger, key: str, gtin: str, batch: str, days: int, qty: int, l
 
 
 def test_schema_is_at_the_latest_migration(ledger: Ledger) -> None:
-    assert current(ledger.engine) == "0002"
+    assert current(ledger.engine) == "0003"
 
 
 def test_receive_from_a_gs1_scan_and_bad_scans(ledger: Ledger) -> None:
@@ -381,5 +382,61 @@ def test_reset_leaves_a_database_that_migrates_again(ledger: Ledger) -> None:
     reset(ledger.engine)
     assert current(ledger.engine) is None
     ledger.create_schema()  # a demo run after a demo run
-    assert current(ledger.engine) == "0002"
+    assert current(ledger.engine) == "0003"
     assert ledger.movement_count() == 0
+
+
+def test_a_reservation_of_one_lot_takes_that_lot_only(ledger: Ledger) -> None:
+    """A canister top-up names its lot: FEFO order does not apply across lots, and
+    substitutes are never taken for it."""
+    receive(ledger, "r1", PARA, "EARLY", 90, 30, "A1")
+    receive(ledger, "r2", PARA, "LATE", 300, 40, "A1")
+    receive(ledger, "r3", PARA, "LATE", 300, 25, "A2")
+    receive(ledger, "r4", PARA2, "OTHER", 200, 100, "A2")
+    receive(ledger, "r5", PARA, "SHORT", 10, 50, "A2")  # inside the minimum shelf life
+    assert ledger.free_lots(PARA, ["A1", "A2"]) == [
+        ("EARLY", TODAY + timedelta(days=90), 30),
+        ("LATE", TODAY + timedelta(days=300), 65),
+    ]
+    view = ledger.reserve(
+        "top-up",
+        purpose="canister",
+        needs=[Need(PARA, 60, batch="LATE")],
+        from_locations=["A1", "A2"],
+        timeout_s=60,
+        actor="controller",
+        substitute=True,
+    )
+    assert {(line.batch, line.location) for line in view.lines} == {("LATE", "A1"), ("LATE", "A2")}
+    assert sum(line.quantity for line in view.lines) == 60
+    assert ledger.free_lots(PARA, ["A1", "A2"])[1][2] == 5
+    with pytest.raises(InsufficientStock):
+        ledger.reserve(
+            "too-much",
+            purpose="canister",
+            needs=[Need(PARA, 6, batch="LATE")],
+            from_locations=["A1", "A2"],
+            timeout_s=60,
+            actor="controller",
+            substitute=True,
+        )
+    with pytest.raises(UnknownEntity, match="NOPE"):
+        ledger.reserve(
+            "unknown-lot",
+            purpose="canister",
+            needs=[Need(PARA, 1, batch="NOPE")],
+            from_locations=["A1"],
+            timeout_s=60,
+            actor="controller",
+        )
+    # A lot inside the minimum shelf life is not taken, even when named.
+    with pytest.raises(InsufficientStock):
+        ledger.reserve(
+            "short-lot",
+            purpose="canister",
+            needs=[Need(PARA, 1, batch="SHORT")],
+            from_locations=["A2"],
+            timeout_s=60,
+            actor="controller",
+        )
+    assert ledger.open_reservation_count() == 1

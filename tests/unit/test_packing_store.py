@@ -162,6 +162,20 @@ def test_submit_without_orders_is_refused(store: PackingStore) -> None:
         store.submit([], source="hl7", actor="intake", review_required=True)
 
 
+def test_overlong_source_or_actor_is_refused_by_name_and_files_nothing(
+    store: PackingStore,
+) -> None:
+    """On PostgreSQL these would otherwise fail deep in the database; on SQLite they
+    would be stored whole. Both are refused up front, naming the field."""
+    with pytest.raises(LedgerError, match=r"source: 'x{20}.*1 to 20 characters"):
+        store.submit([order()], source="x" * 21, actor="intake", review_required=True)
+    with pytest.raises(LedgerError, match=r"actor: .* longer than 100 characters"):
+        store.submit([order()], source="hl7", actor="a" * 101, review_required=True)
+    with pytest.raises(LedgerError, match=r"actor: .* longer than 100 characters"):
+        store.review([1], approve=True, actor="pharmacist:" + "b" * 95, note="")
+    assert store.orders() == []
+
+
 def test_resubmitted_orders_are_duplicates(controller: Controller, store: PackingStore) -> None:
     orders = [order("PT-000000000A"), order("PT-000000000B", gtin=FURO)]
     first = store.submit(orders, source="hl7", actor="intake", review_required=True)
