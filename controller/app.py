@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
-from datetime import date
+from collections.abc import Callable, Coroutine
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from controller.async_ledger import AsyncLedger
+from controller.cabinets.cold_chain import ColdChain
 from controller.cabinets.poller import CabinetPoller, pocket_location
 from controller.cabinets.replenishment import Replenishment
 from controller.config import Site
-from controller.devices import cabinet_driver, packer_driver, scanner_driver
+from controller.devices import cabinet_drivers, packer_driver, scanner_driver
 from controller.ledger import Ledger, LedgerError
 from controller.ledger.engine import make_engine
 from controller.metrics import Metrics
@@ -35,8 +37,17 @@ SITE_ROOT = "SITE"  # the root of the location tree
 
 
 class Controller:
-    def __init__(self, site: Site, *, ledger_url: str | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        ledger_url: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """`clock` (aware datetimes) is the site's wall clock for refill rounds and due
+        times; the demo passes one that runs a day in a minute."""
         self.site = site
+        self.tz = ZoneInfo(site.site.timezone)
         self.metrics = Metrics()
         self.ledger = Ledger(
             make_engine(ledger_url or site.ledger.url),
@@ -66,25 +77,32 @@ class Controller:
             for p in site.packers
         }
         self.dispatcher = Dispatcher(self.store, self.aledger, self.runners)
-        self.cabinet_drivers: dict[str, CabinetDriver] = {
-            c.name: cabinet_driver(c) for c in site.cabinets
-        }
+        self.cabinet_drivers: dict[str, CabinetDriver] = cabinet_drivers(site.cabinets)
         self.pollers: dict[str, CabinetPoller] = {}
+        # Pockets are refilled from the whole store, preparedness bins included: that
+        # stock is kept by rotation, first expiry first, so that none of it expires.
         self.replenishment = Replenishment(
             self.aledger,
             self.metrics,
             self.pollers,
             site.store.all_bins,
             reservation_timeout_s=site.ledger.reservation_timeout_s,
+            settings=site.replenishment,
+            tz=self.tz,
+            clock=clock,
         )
+        self.cold_chain = ColdChain(self.aledger, self.replenishment, self.metrics)
         for c in site.cabinets:
-            self.pollers[c.name] = CabinetPoller(
+            poller = CabinetPoller(
                 c,
                 self.cabinet_drivers[c.name],
                 self.aledger,
                 self.metrics,
                 on_low=self.replenishment.request,
             )
+            poller.refill_in_flight = self.replenishment.in_flight
+            self.cold_chain.attach(poller)
+            self.pollers[c.name] = poller
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
         self.scan_router = ScanRouter([self.replenishment, self.canister_desk])
         self.scan_log: list[ScanOutcome] = []
@@ -174,6 +192,7 @@ class Controller:
         # does not keep the rest of the site from running.
         for scanner in self.scanners.values():
             await scanner.connect()
+        await self.replenishment.recover(self.site.cabinets)
         for runner in self.runners.values():
             self._spawn(runner.serve(), f"packer-{runner.name}")
         self._spawn(self.dispatcher.serve(), "dispatcher")
@@ -251,6 +270,8 @@ class Controller:
         expired = await self.aledger.call("expire_overdue")
         for key in expired:
             log.warning("reservation %s expired and was released", key)
+            await self.replenishment.reservation_expired(key)
+        self.metrics.open_discrepancies.set(await self.aledger.call("open_discrepancy_count"))
         self.metrics.open_reservations.set(await self.aledger.call("open_reservation_count"))
 
     async def _housekeeping(self) -> None:

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
 from controller.config import ConfigError, load_site
 
@@ -537,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_parsers(sub, lsub)
     add_packing_parsers(sub)
+    add_cabinet_parsers(sub)
     return parser
 
 

@@ -167,6 +167,8 @@ class Packer(Strict):
 class PocketSim(Strict):
     initial: int = Field(default=0, ge=0)
     daily_withdrawals: float = Field(default=0, ge=0)
+    # Share of visits in which a nurse drops the dose (discarded at the cabinet).
+    waste_share: float = Field(default=0, ge=0, le=1)
 
 
 class Pocket(Strict):
@@ -183,21 +185,72 @@ class Pocket(Strict):
         return self
 
 
+SERIAL_URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
+
+
+def serial_address_problem(address: str) -> str | None:
+    """Why `address` is neither a serial device path nor a pyserial URL (None if it is)."""
+    if not address or address != address.strip():
+        return "must be a serial device path or a pyserial URL, without spaces around it"
+    if "://" not in address:
+        return None  # /dev/ttyUSB0, COM3: whether it exists shows when it is opened
+    scheme, rest = address.split("://", 1)
+    if scheme not in SERIAL_URL_SCHEMES:
+        return (
+            "must be a serial device path (/dev/ttyUSB0) or a pyserial URL "
+            "(socket://host:port, rfc2217://host:port, loop://)"
+        )
+    if scheme in ("socket", "rfc2217"):
+        host, _, port = rest.partition(":")
+        if not host or not port.split("?")[0].isdigit():
+            return f"must be {scheme}://host:port"
+    return None
+
+
+class ExcursionSim(Strict):
+    """Simulators only: a fridge fails at a time of the simulated day."""
+
+    at: time
+    celsius: float
+    minutes: float = Field(default=30, gt=0)
+
+
+class CabinetSim(Strict):
+    excursions: list[ExcursionSim] = []
+
+
 class Cabinet(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     ward: str
-    driver: Literal["modbus_tcp"] = "modbus_tcp"
+    # modbus_tcp: Modbus TCP to the cabinet or its gateway (tcp://host:port).
+    # modbus_rtu: Modbus RTU on a serial line: a device path or a pyserial URL
+    # (socket://host:port for a serial device server); several cabinets may share one
+    # line, each with its own unit_id.
+    driver: Literal["modbus_tcp", "modbus_rtu"] = "modbus_tcp"
     address: str
+    baudrate: int = Field(default=19200, gt=0)  # modbus_rtu only; the line runs 8E1
     unit_id: int = Field(default=1, ge=1, le=247)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # A refrigerated cabinet: a temperature excursion quarantines its stock until a
+    # pharmacist releases or wastes it.
+    cold: bool = False
     pockets: list[Pocket] = Field(min_length=1)
+    sim: CabinetSim = CabinetSim()
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if not v.startswith("tcp://"):
-            raise ValueError(f"address {v!r} must be a tcp://host:port URL")
-        return v
+    @model_validator(mode="after")
+    def _address(self) -> Cabinet:
+        if self.driver == "modbus_tcp" and not self.address.startswith("tcp://"):
+            raise ValueError(
+                f"cabinet {self.name}: address {self.address!r} must be a tcp://host:port URL"
+                " for driver modbus_tcp"
+            )
+        if self.driver == "modbus_rtu":
+            problem = serial_address_problem(self.address)
+            if problem:
+                raise ValueError(
+                    f"cabinet {self.name}: address {self.address!r} {problem} for driver modbus_rtu"
+                )
+        return self
 
 
 class Scanner(Strict):
@@ -208,7 +261,26 @@ class Scanner(Strict):
 
 
 class Replenishment(Strict):
+    """When pocket refills go out. Low pockets wait for the next scheduled round; an
+    empty pocket gets a pick list at once, due within `urgent_due_minutes`."""
+
+    # Times of day (site time zone) at which a round's pick lists are made.
+    rounds: list[time] = Field(
+        default_factory=lambda: [time(7, 0), time(13, 0), time(19, 0)], min_length=1
+    )
+    # How long a technician has to pick and fill a scheduled round's lists.
+    round_due_minutes: float = Field(default=60, gt=0)
+    # How long an urgent pick list (a pocket at 0) may take.
+    urgent_due_minutes: float = Field(default=30, gt=0)
+    # Demo only: how long the technician takes to pick a list.
     pick_delay_s: float = Field(default=1.0, ge=0)
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds(cls, v: list[time]) -> list[time]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"rounds: a time appears twice in {[t.isoformat() for t in v]}")
+        return sorted(v)
 
 
 class PackingConfig(Strict):
@@ -313,6 +385,29 @@ class Site(Strict):
                         f"cabinets.{cab.name}.pocket {pocket.number}.gtin: {pocket.gtin!r} "
                         "is not in the catalogue"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _cabinet_lines(self) -> Site:
+        """Cabinets on one address share a line (RTU) or a gateway connection (TCP):
+        each needs its own unit id, and an RTU line runs at one baudrate."""
+        first: dict[tuple[str, str, int], Cabinet] = {}
+        line_rate: dict[str, Cabinet] = {}
+        for cab in self.cabinets:
+            other = first.setdefault((cab.driver, cab.address, cab.unit_id), cab)
+            if other is not cab:
+                raise ValueError(
+                    f"cabinets.{cab.name}.unit_id: {cab.unit_id} is also the unit id of"
+                    f" cabinet {other.name} on {cab.address}"
+                )
+            if cab.driver != "modbus_rtu":
+                continue
+            other = line_rate.setdefault(cab.address, cab)
+            if other.baudrate != cab.baudrate:
+                raise ValueError(
+                    f"cabinets.{cab.name}.baudrate: {cab.baudrate} differs from"
+                    f" {other.baudrate} of cabinet {other.name} on the same line {cab.address}"
+                )
         return self
 
     def product(self, gtin: str) -> Product:

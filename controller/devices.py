@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from controller.config import Cabinet, Packer, Scanner
 from drivers.base import CabinetDriver, PackerDriver, ScannerDriver
+
+if TYPE_CHECKING:
+    from drivers.modbus_cabinet import ModbusBus
 
 
 def packer_driver(config: Packer) -> PackerDriver:
@@ -16,12 +22,63 @@ def packer_driver(config: Packer) -> PackerDriver:
     return OpcUaPackerDriver(config.name, config.address)
 
 
-def cabinet_driver(config: Cabinet) -> CabinetDriver:
+class BusRegistry:
+    """One Modbus bus per (driver, address), shared by every cabinet driver on it.
+
+    Cabinets on one RTU line must share one bus: the port opens exclusively, and only
+    one object can keep the line's request/reply turns and inter-frame silence. Cabinets
+    behind one TCP gateway share its connection the same way. A bus closes its
+    connection when the last cabinet driver using it closes, and opens it again on
+    the next use, so the registry itself holds nothing that needs closing.
+    """
+
+    def __init__(self) -> None:
+        self._buses: dict[tuple[str, str], ModbusBus] = {}
+
+    def bus(self, config: Cabinet) -> ModbusBus:
+        from drivers.modbus_cabinet import ModbusRtuBus, ModbusTcpBus
+
+        key = (config.driver, config.address)
+        bus = self._buses.get(key)
+        if bus is None:
+            if config.driver == "modbus_rtu":
+                bus = ModbusRtuBus(config.address, baudrate=config.baudrate)
+            else:
+                bus = ModbusTcpBus(config.address)
+            self._buses[key] = bus
+        elif isinstance(bus, ModbusRtuBus) and bus.baudrate != config.baudrate:
+            # The site validator refuses this; a registry fed by hand must not either.
+            raise ValueError(
+                f"cabinet {config.name}: baudrate {config.baudrate} differs from"
+                f" {bus.baudrate} already used on {config.address}"
+            )
+        return bus
+
+    def __len__(self) -> int:
+        return len(self._buses)
+
+
+def cabinet_driver(config: Cabinet, buses: BusRegistry | None = None) -> CabinetDriver:
+    """The driver of one cabinet. Pass the controller's one `buses` registry so that
+    cabinets on the same line or gateway share a bus; without it the cabinet gets a bus
+    of its own (fine for one Modbus TCP cabinet, wrong for a shared RTU line)."""
     from drivers.modbus_cabinet import ModbusCabinetDriver
 
+    bus = (buses if buses is not None else BusRegistry()).bus(config)
     return ModbusCabinetDriver(
-        config.name, config.address, unit_id=config.unit_id, pocket_count=len(config.pockets)
+        config.name,
+        config.address,
+        unit_id=config.unit_id,
+        pocket_count=len(config.pockets),
+        timeout=bus.timeout,
+        bus=bus,
     )
+
+
+def cabinet_drivers(cabinets: Iterable[Cabinet]) -> dict[str, CabinetDriver]:
+    """Drivers for all of a site's cabinets by name, over one shared bus registry."""
+    buses = BusRegistry()
+    return {c.name: cabinet_driver(c, buses) for c in cabinets}
 
 
 def scanner_driver(config: Scanner) -> ScannerDriver:

@@ -66,6 +66,24 @@ class Metrics:
             ["cabinet"],
             registry=r,
         )
+        self.cabinet_link_state = Gauge(
+            "doseline_cabinet_link_state",
+            "1 for the cabinet link's current state, 0 for the others",
+            ["cabinet", "state"],
+            registry=r,
+        )
+        self.cabinet_link_transitions = Counter(
+            "doseline_cabinet_link_transitions_total",
+            "Entries of the cabinet link into a state",
+            ["cabinet", "state"],
+            registry=r,
+        )
+        self.cabinet_temperature = Gauge(
+            "doseline_cabinet_temperature_celsius",
+            "Temperature the cabinet reported at its last answered poll",
+            ["cabinet"],
+            registry=r,
+        )
         self.discrepancies = Counter(
             "doseline_stock_discrepancies_total",
             "Physical events the ledger could not fully book (stock missing at the location)",
@@ -77,6 +95,34 @@ class Metrics:
         )
         self.refills_pending = Gauge(
             "doseline_refills_pending", "Refills requested and not yet confirmed", registry=r
+        )
+        self.refills_overdue = Gauge(
+            "doseline_refills_overdue",
+            "Refills still waiting for the technician after their due time",
+            registry=r,
+        )
+        self.pick_lists = Counter(
+            "doseline_pick_lists_total",
+            "Pick lists made, by kind: a scheduled round or urgent (a pocket at 0)",
+            ["kind"],
+            registry=r,
+        )
+        self.temperature_excursions = Counter(
+            "doseline_cabinet_temperature_excursions_total",
+            "Temperature excursions a cabinet reported",
+            ["cabinet"],
+            registry=r,
+        )
+        self.quarantined_lots = Gauge(
+            "doseline_cabinet_quarantined_lots",
+            "Lots held at a cabinet until a pharmacist releases or wastes them",
+            ["cabinet"],
+            registry=r,
+        )
+        self.open_discrepancies = Gauge(
+            "doseline_stock_discrepancies_open",
+            "Stock discrepancies raised and not yet resolved by an operator",
+            registry=r,
         )
         self.scans = Counter(
             "doseline_scans_total", "Barcode scans at cabinets, by result", ["result"], registry=r

@@ -20,7 +20,9 @@ class ScanOutcome:
 
 
 class ScanDesk(Protocol):
-    ticket_prefix: str
+    # Prefixes of the codes that start or steer this desk's work (its tickets, and
+    # location labels such as a pocket's).
+    prefixes: tuple[str, ...]
 
     async def on_scan(self, data: str, station: str) -> ScanOutcome: ...
 
@@ -37,7 +39,7 @@ class ScanRouter:
 
     async def route(self, station: str, data: str) -> ScanOutcome:
         for desk in self.desks:
-            if data.startswith(desk.ticket_prefix):
+            if data.startswith(desk.prefixes):
                 self._working_for[station] = desk
                 break
         desk = self._working_for.get(station, self.desks[0])

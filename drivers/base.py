@@ -235,6 +235,18 @@ class PocketStatus:
     withdrawals_total: int
     refills_total: int
     returns_total: int
+    # Register map 2.0 additions; defaulted so that code written for 1.0 still builds these.
+    capacity: int = 0
+    locked: bool = False
+    """The cabinet refuses withdrawals from a locked pocket (refills are still accepted)."""
+    empty_hits_total: int = 0
+    """Doses a nurse wanted but the pocket was empty (demand the pocket did not meet)."""
+    waste_total: int = 0
+    """Doses a nurse discarded at the cabinet (dropped, broken)."""
+    counted_up_total: int = 0
+    """Doses added by stocktakes (a count keyed in at the cabinet or a SET_COUNT)."""
+    counted_down_total: int = 0
+    """Doses removed by stocktakes."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +260,13 @@ class CabinetStatus:
     temperature_c: float
     last_ack_sequence: int
     pockets: tuple[PocketStatus, ...] = field(default_factory=tuple)
+    map_minor: int = 0
+    temp_low_c: float | None = None
+    """The cabinet's own alarm band (None where the device does not report it)."""
+    temp_high_c: float | None = None
+    temp_excursions_total: int = 0
+    """Times the temperature left the band; a counter, so an excursion that began and
+    ended between two polls is still seen."""
 
 
 class CabinetCommand(enum.IntEnum):
@@ -256,6 +275,8 @@ class CabinetCommand(enum.IntEnum):
     NONE = 0
     REFILL = 1
     SET_COUNT = 2
+    LOCK_POCKET = 3
+    UNLOCK_POCKET = 4
 
 
 class CabinetDriver(Device):

@@ -1,7 +1,7 @@
-"""Register map version 1 of the Modbus ward dispensing cabinet: layout and codec.
+"""Register map version 2 of the Modbus ward dispensing cabinet: layout and codec.
 
-Pure functions and constants, no I/O and no pymodbus, so the TCP driver, a later RTU
-driver and unit tests share one definition of the bytes. The interface document is
+Pure functions and constants, no I/O and no pymodbus, so Modbus TCP, Modbus RTU and
+unit tests share one definition of the bytes. The interface document is
 docs/cabinet-register-map.md; keep both in step.
 
 All addresses are 0-based protocol (PDU) addresses of holding registers.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from drivers.base import CabinetCommand, CabinetStatusBit, PocketStatus
 
-MAP_MAJOR = 1
+MAP_MAJOR = 2
 MAP_MINOR = 0
 
 # Identity block (read only).
@@ -31,6 +31,9 @@ REG_FIRMWARE_MINOR = 7
 REG_HEARTBEAT = 8
 REG_STATUS = 9
 REG_TEMPERATURE = 10
+REG_TEMP_LOW_LIMIT = 11  # int16, 0.1 degC: the cabinet's own alarm band
+REG_TEMP_HIGH_LIMIT = 12  # int16, 0.1 degC
+REG_TEMP_EXCURSIONS_TOTAL = 13  # uint32, high word first
 # Acknowledgement block (read only).
 REG_ACK_SEQUENCE = 16
 REG_ACK_RESULT = 17
@@ -43,7 +46,7 @@ MAILBOX_LENGTH = 4
 
 HEADER_LENGTH = 32
 POCKET_BASE = 32
-POCKET_STRIDE = 16
+POCKET_STRIDE = 24
 
 # Offsets inside one pocket block.
 POCKET_NUMBER = 0
@@ -52,10 +55,17 @@ POCKET_COUNT = 3
 POCKET_MIN_LEVEL = 4
 POCKET_MAX_LEVEL = 5
 POCKET_CAPACITY = 6
-POCKET_WITHDRAWALS_TOTAL = 8  # uint32, high word first
-POCKET_REFILLS_TOTAL = 10  # uint32, high word first
-POCKET_RETURNS_TOTAL = 12  # uint32, high word first
-POCKET_EMPTY_HITS_TOTAL = 14  # uint32, high word first
+POCKET_FLAGS = 7
+POCKET_WITHDRAWALS_TOTAL = 8  # uint32, high word first (as every counter below)
+POCKET_REFILLS_TOTAL = 10
+POCKET_RETURNS_TOTAL = 12
+POCKET_EMPTY_HITS_TOTAL = 14
+POCKET_WASTE_TOTAL = 16
+POCKET_COUNTED_UP_TOTAL = 18
+POCKET_COUNTED_DOWN_TOTAL = 20
+
+FLAG_LOCKED = 0x0001
+"""POCKET_FLAGS bit 0: the cabinet refuses withdrawals from this pocket."""
 
 MAX_READ_REGISTERS = 125
 """Modbus limit for one FC3 read."""
@@ -105,11 +115,14 @@ class Identity:
 
 @dataclass(frozen=True)
 class Live:
-    """Heartbeat, status, temperature and the acknowledgement registers."""
+    """Heartbeat, status, temperature, alarm band and the acknowledgement registers."""
 
     heartbeat: int
     status: CabinetStatusBit
     temperature_c: float
+    temp_low_c: float
+    temp_high_c: float
+    temp_excursions_total: int
     ack_sequence: int
     ack_result: int
 
@@ -161,7 +174,10 @@ def decode_live(header: Sequence[int]) -> Live:
         heartbeat=header[REG_HEARTBEAT],
         # IntFlag keeps bits this map version does not name (a later minor version may).
         status=CabinetStatusBit(header[REG_STATUS]),
-        temperature_c=s16_from_register(header[REG_TEMPERATURE]) / 10.0,
+        temperature_c=_tenths(header[REG_TEMPERATURE]),
+        temp_low_c=_tenths(header[REG_TEMP_LOW_LIMIT]),
+        temp_high_c=_tenths(header[REG_TEMP_HIGH_LIMIT]),
+        temp_excursions_total=_u32_at(header, REG_TEMP_EXCURSIONS_TOTAL),
         ack_sequence=header[REG_ACK_SEQUENCE],
         ack_result=header[REG_ACK_RESULT],
     )
@@ -179,6 +195,13 @@ def decode_pocket(block: Sequence[int]) -> PocketStatus:
         withdrawals_total=_u32_at(block, POCKET_WITHDRAWALS_TOTAL),
         refills_total=_u32_at(block, POCKET_REFILLS_TOTAL),
         returns_total=_u32_at(block, POCKET_RETURNS_TOTAL),
+        capacity=block[POCKET_CAPACITY],
+        # Other flag bits are reserved in 2.0; a later minor version may name them.
+        locked=bool(block[POCKET_FLAGS] & FLAG_LOCKED),
+        empty_hits_total=_u32_at(block, POCKET_EMPTY_HITS_TOTAL),
+        waste_total=_u32_at(block, POCKET_WASTE_TOTAL),
+        counted_up_total=_u32_at(block, POCKET_COUNTED_UP_TOTAL),
+        counted_down_total=_u32_at(block, POCKET_COUNTED_DOWN_TOTAL),
     )
 
 
@@ -233,6 +256,10 @@ def split_pockets(registers: Sequence[int], pocket_count: int) -> list[Sequence[
 
 def _u32_at(block: Sequence[int], offset: int) -> int:
     return u32_from_words(block[offset], block[offset + 1])
+
+
+def _tenths(register: int) -> float:
+    return s16_from_register(register) / 10.0
 
 
 def _require(registers: Sequence[int], length: int, what: str) -> None:

@@ -1,9 +1,12 @@
-"""Simulated ward dispensing cabinets behind one Modbus TCP server.
+"""Simulated ward dispensing cabinets behind one Modbus server, TCP or RTU.
 
-This module is "the device": it speaks register map version 1
+This module is "the device": it speaks register map version 2
 (docs/cabinet-register-map.md) over a real socket and keeps its own copy of the
 addresses, so it shares no code with the driver that talks to it. Each cabinet answers
-on its own Modbus device (unit) id, like serial cabinets behind a TCP gateway.
+on its own Modbus device (unit) id: with transport "tcp" like serial cabinets behind a
+TCP gateway; with transport "rtu" like cabinets on one RS-485 line, reached through a
+serial device server in raw TCP mode (RTU frames on a TCP socket, which pyserial opens
+as `socket://host:port`). On RTU a unit without a cabinet stays silent.
 
 Physics run in simulated time (`time_factor` x real time, or only through `advance()`
 when `time_factor` is 0): nurses withdraw single doses from each pocket as a seeded
@@ -11,6 +14,7 @@ Poisson process. Registers are rendered from the model on every request, so a re
 always sees one consistent snapshot of a cabinet.
 
 Run alone: python -m simulators.cabinet_modbus --port 5020 --seed 1 --time-factor 600
+           (add --transport rtu for an RTU line on socket://host:port)
 """
 
 from __future__ import annotations
@@ -22,41 +26,55 @@ import enum
 import logging
 import random
 import signal
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 log = logging.getLogger(__name__)
 
-# --- register map version 1 (the device's own copy) -------------------------------------
-MAP_VERSION = (1, 0)
+# --- register map version 2 (the device's own copy) -------------------------------------
+MAP_VERSION = (2, 0)
 HEADER_LENGTH = 32
 POCKET_BASE = 32
-POCKET_STRIDE = 16
+POCKET_STRIDE = 24
 R_MAP_MAJOR, R_MAP_MINOR, R_CABINET_ID, R_POCKET_COUNT = 0, 1, 2, 3
 R_POCKET_BASE, R_POCKET_STRIDE, R_FW_MAJOR, R_FW_MINOR = 4, 5, 6, 7
 R_HEARTBEAT, R_STATUS, R_TEMPERATURE = 8, 9, 10
+R_TEMP_LOW, R_TEMP_HIGH, R_TEMP_EXCURSIONS = 11, 12, 13
 R_ACK_SEQUENCE, R_ACK_RESULT = 16, 17
 R_CMD_SEQUENCE, MAILBOX_LENGTH = 20, 4
-P_NUMBER, P_ARTICLE, P_COUNT, P_MIN, P_MAX, P_CAPACITY = 0, 1, 3, 4, 5, 6
+P_NUMBER, P_ARTICLE, P_COUNT, P_MIN, P_MAX, P_CAPACITY, P_FLAGS = 0, 1, 3, 4, 5, 6, 7
 P_WITHDRAWALS, P_REFILLS, P_RETURNS, P_EMPTY_HITS = 8, 10, 12, 14
+P_WASTE, P_COUNTED_UP, P_COUNTED_DOWN = 16, 18, 20
 
 STATUS_DOOR_OPEN = 1
 STATUS_FAULT = 2
 STATUS_TEMPERATURE_ALARM = 4
+FLAG_LOCKED = 1
 
 CMD_REFILL = 1
 CMD_SET_COUNT = 2
+CMD_LOCK_POCKET = 3
+CMD_UNLOCK_POCKET = 4
+
+ROOM_BAND = (15.0, 25.0)
+ROOM_START = 21.0
+COLD_BAND = (2.0, 8.0)
+COLD_START = 5.0
 
 U32 = 2**32
 SECONDS_PER_DAY = 86_400.0
 
 
 class Result(enum.IntEnum):
-    """Acknowledgement result codes of map version 1."""
+    """Acknowledgement result codes of map version 2 (unchanged since 1.0)."""
 
     OK = 0
     UNKNOWN_COMMAND = 1
@@ -78,20 +96,44 @@ class PocketSpec:
     max_level: int
     capacity: int
     daily_withdrawals: float = 0.0
+    waste_share: float = 0.0
+    """Share of nurse visits in which the dose is dropped and discarded, not given."""
 
 
 @dataclass(frozen=True)
 class CabinetSpec:
-    """One cabinet; `cabinet_id` is also its Modbus device id (1..247)."""
+    """One cabinet; `cabinet_id` is also its Modbus device id (1..247).
+
+    The alarm band and the start temperature default to a room cabinet (15.0-25.0,
+    21.0 degC), or with `cold` to a refrigerated one (2.0-8.0, 5.0 degC); a value given
+    explicitly wins.
+    """
 
     cabinet_id: int
     pockets: Sequence[PocketSpec]
-    temperature_c: float = 21.0
-    temperature_alarm_low_c: float = 15.0
-    temperature_alarm_high_c: float = 25.0
+    temperature_c: float | None = None
+    temperature_alarm_low_c: float | None = None
+    temperature_alarm_high_c: float | None = None
     firmware: tuple[int, int] = (1, 0)
     map_version: tuple[int, int] = MAP_VERSION
     """Only the version registers change: lets tests meet a device of another map version."""
+    cold: bool = False
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """(low, high) of the temperature alarm band, degC, both inside."""
+        low, high = COLD_BAND if self.cold else ROOM_BAND
+        if self.temperature_alarm_low_c is not None:
+            low = self.temperature_alarm_low_c
+        if self.temperature_alarm_high_c is not None:
+            high = self.temperature_alarm_high_c
+        return low, high
+
+    @property
+    def start_temperature_c(self) -> float:
+        if self.temperature_c is not None:
+            return self.temperature_c
+        return COLD_START if self.cold else ROOM_START
 
 
 @dataclass(frozen=True)
@@ -104,6 +146,10 @@ class PocketState:
     refills_total: int
     returns_total: int
     empty_hits_total: int
+    waste_total: int = 0
+    counted_up_total: int = 0
+    counted_down_total: int = 0
+    locked: bool = False
 
 
 # --- model ------------------------------------------------------------------------------
@@ -116,6 +162,10 @@ class _Pocket:
     refills_total: int = 0
     returns_total: int = 0
     empty_hits_total: int = 0
+    waste_total: int = 0
+    counted_up_total: int = 0
+    counted_down_total: int = 0
+    locked: bool = False
     next_withdrawal_at: float = float("inf")
 
     def schedule_from(self, clock: float) -> None:
@@ -124,12 +174,41 @@ class _Pocket:
         self.next_withdrawal_at = clock + self.rng.expovariate(rate) if rate > 0 else float("inf")
 
     def take(self, n: int) -> int:
-        """A nurse takes up to n doses; a dose not there is an empty hit."""
+        """A nurse takes up to n doses; a dose not there is an empty hit.
+
+        A locked pocket does not open, so nothing is taken and no empty hit counted.
+        """
+        if self.locked:
+            return 0
         taken = min(n, self.count)
         self.count -= taken
         self.withdrawals_total = (self.withdrawals_total + taken) % U32
         self.empty_hits_total = (self.empty_hits_total + n - taken) % U32
         return taken
+
+    def give_back(self, n: int) -> int:
+        """A nurse returns up to n unused doses; only what fits is taken back."""
+        accepted = max(0, min(n, self.spec.capacity - self.count))
+        self.count += accepted
+        self.returns_total = (self.returns_total + accepted) % U32
+        return accepted
+
+    def discard(self, n: int) -> int:
+        """Doses dropped or broken at the cabinet, up to what the pocket holds."""
+        wasted = max(0, min(n, self.count))
+        self.count -= wasted
+        self.waste_total = (self.waste_total + wasted) % U32
+        return wasted
+
+    def stocktake(self, counted: int) -> None:
+        """COUNT becomes what was counted; the difference goes to the counted counters,
+        so that COUNT stays explained by counters alone."""
+        difference = counted - self.count
+        if difference > 0:
+            self.counted_up_total = (self.counted_up_total + difference) % U32
+        else:
+            self.counted_down_total = (self.counted_down_total - difference) % U32
+        self.count = counted
 
 
 @dataclass
@@ -149,6 +228,7 @@ class _Cabinet:
     ack_result: int = Result.OK
     commands_executed: int = 0
     commands_repeated: int = 0
+    temp_excursions_total: int = 0
     by_number: dict[int, _Pocket] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,13 +241,19 @@ class _Cabinet:
             bits |= STATUS_DOOR_OPEN
         if self.fault:
             bits |= STATUS_FAULT
-        if not (
-            self.spec.temperature_alarm_low_c
-            <= self.temperature_c
-            <= self.spec.temperature_alarm_high_c
-        ):
+        if not self.in_band(self.temperature_c):
             bits |= STATUS_TEMPERATURE_ALARM
         return bits
+
+    def in_band(self, celsius: float) -> bool:
+        low, high = self.spec.band
+        return low <= celsius <= high
+
+    def set_temperature(self, celsius: float) -> None:
+        """Each move from inside the band to outside counts one excursion."""
+        if self.in_band(self.temperature_c) and not self.in_band(celsius):
+            self.temp_excursions_total = (self.temp_excursions_total + 1) % U32
+        self.temperature_c = celsius
 
     def advance(self, seconds: float) -> None:
         """Run the cabinet's own clock forward; a stalled controller does nothing."""
@@ -176,8 +262,13 @@ class _Cabinet:
         target = self.clock + seconds
         for pocket in self.pockets:
             while pocket.next_withdrawal_at <= target:
-                if not self.withdrawals_paused:
-                    pocket.take(1)
+                # A nurse does not try a locked pocket: it shows as locked on the screen.
+                if not self.withdrawals_paused and not pocket.locked:
+                    share = pocket.spec.waste_share
+                    if share > 0 and pocket.rng.random() < share:
+                        pocket.discard(1)
+                    else:
+                        pocket.take(1)
                 pocket.schedule_from(pocket.next_withdrawal_at)
         self.clock = target
 
@@ -193,8 +284,11 @@ class _Cabinet:
         header[R_FW_MAJOR], header[R_FW_MINOR] = spec.firmware
         header[R_HEARTBEAT] = int(self.clock) & 0xFFFF
         header[R_STATUS] = self.status
-        tenths = max(-32768, min(32767, round(self.temperature_c * 10)))
-        header[R_TEMPERATURE] = tenths & 0xFFFF
+        low, high = spec.band
+        header[R_TEMPERATURE] = _tenths(self.temperature_c)
+        header[R_TEMP_LOW] = _tenths(low)
+        header[R_TEMP_HIGH] = _tenths(high)
+        header[R_TEMP_EXCURSIONS : R_TEMP_EXCURSIONS + 2] = _words(self.temp_excursions_total)
         header[R_ACK_SEQUENCE] = self.ack_sequence
         header[R_ACK_RESULT] = self.ack_result
         header[R_CMD_SEQUENCE : R_CMD_SEQUENCE + MAILBOX_LENGTH] = self.mailbox
@@ -207,10 +301,14 @@ class _Cabinet:
             block[P_MIN] = pocket.spec.min_level
             block[P_MAX] = pocket.spec.max_level
             block[P_CAPACITY] = pocket.spec.capacity
+            block[P_FLAGS] = FLAG_LOCKED if pocket.locked else 0
             block[P_WITHDRAWALS : P_WITHDRAWALS + 2] = _words(pocket.withdrawals_total)
             block[P_REFILLS : P_REFILLS + 2] = _words(pocket.refills_total)
             block[P_RETURNS : P_RETURNS + 2] = _words(pocket.returns_total)
             block[P_EMPTY_HITS : P_EMPTY_HITS + 2] = _words(pocket.empty_hits_total)
+            block[P_WASTE : P_WASTE + 2] = _words(pocket.waste_total)
+            block[P_COUNTED_UP : P_COUNTED_UP + 2] = _words(pocket.counted_up_total)
+            block[P_COUNTED_DOWN : P_COUNTED_DOWN + 2] = _words(pocket.counted_down_total)
             start = POCKET_BASE + slot * POCKET_STRIDE
             registers[start : start + POCKET_STRIDE] = block
 
@@ -233,14 +331,14 @@ class _Cabinet:
         self.commands_executed += 1
 
     def _execute(self, code: int, number: int, quantity: int) -> Result:
-        if code not in (CMD_REFILL, CMD_SET_COUNT):
+        if code not in (CMD_REFILL, CMD_SET_COUNT, CMD_LOCK_POCKET, CMD_UNLOCK_POCKET):
             return Result.UNKNOWN_COMMAND
         pocket = self.by_number.get(number)
         if pocket is None:
             return Result.UNKNOWN_POCKET
         if self.fault:
             return Result.DEVICE_FAULT
-        if code == CMD_REFILL:
+        if code == CMD_REFILL:  # also into a locked pocket: stock can go in, not out
             if quantity == 0:
                 return Result.BAD_QUANTITY
             if pocket.count + quantity > pocket.spec.capacity:
@@ -248,15 +346,25 @@ class _Cabinet:
             pocket.count += quantity
             pocket.refills_total = (pocket.refills_total + quantity) % U32
             return Result.OK
-        if quantity > pocket.spec.capacity:
-            return Result.OVER_CAPACITY
-        pocket.count = quantity  # a stocktake: counters stay as they are
+        if code == CMD_SET_COUNT:
+            if quantity > pocket.spec.capacity:
+                return Result.OVER_CAPACITY
+            pocket.stocktake(quantity)
+            return Result.OK
+        if quantity != 0:
+            return Result.BAD_QUANTITY
+        pocket.locked = code == CMD_LOCK_POCKET  # locking a locked pocket is fine
         return Result.OK
 
 
 def _words(value: int) -> list[int]:
     value %= U32
     return [value >> 16, value & 0xFFFF]
+
+
+def _tenths(celsius: float) -> int:
+    """int16 register in 0.1 degC, clamped to its range."""
+    return max(-32768, min(32767, round(celsius * 10))) & 0xFFFF
 
 
 def _validate(specs: Sequence[CabinetSpec]) -> None:
@@ -267,6 +375,12 @@ def _validate(specs: Sequence[CabinetSpec]) -> None:
         if cab.cabinet_id in seen:
             raise ValueError(f"cabinet_id {cab.cabinet_id} is configured twice")
         seen.add(cab.cabinet_id)
+        low, high = cab.band
+        if not -3276.8 <= low < high <= 3276.7:
+            raise ValueError(
+                f"cabinet {cab.cabinet_id}: alarm band {low}..{high} degC must be low < high"
+                " and fit the int16 0.1 degC registers"
+            )
         numbers: set[int] = set()
         for p in cab.pockets:
             where = f"cabinet {cab.cabinet_id} pocket {p.number}"
@@ -283,11 +397,21 @@ def _validate(specs: Sequence[CabinetSpec]) -> None:
                 raise ValueError(f"{where}: need 0 <= min_level <= max_level <= capacity")
             if p.daily_withdrawals < 0:
                 raise ValueError(f"{where}: daily_withdrawals must be >= 0")
+            if not 0 <= p.waste_share <= 1:
+                raise ValueError(f"{where}: waste_share must be 0..1, got {p.waste_share!r}")
 
 
 # --- server -----------------------------------------------------------------------------
+Transport = Literal["tcp", "rtu"]
+
+
 class CabinetSimulator:
-    """One Modbus TCP server on loopback (or any host) simulating one or more cabinets."""
+    """One Modbus server on loopback (or any host) simulating one or more cabinets.
+
+    `transport="tcp"` serves Modbus TCP (MBAP framing); `transport="rtu"` serves RTU
+    frames on a TCP socket, as a serial device server in raw mode would, so a client
+    opening `socket://host:port` talks Modbus RTU to the cabinets on that "line".
+    """
 
     def __init__(
         self,
@@ -297,12 +421,16 @@ class CabinetSimulator:
         time_factor: float = 1.0,
         seed: int = 0,
         tick: float = 0.02,
+        transport: Transport = "tcp",
     ) -> None:
         if not cabinets:
             raise ValueError("cabinets must name at least one CabinetSpec")
         if time_factor < 0:
             raise ValueError(f"time_factor must be >= 0, got {time_factor!r}")
+        if transport not in ("tcp", "rtu"):
+            raise ValueError(f"transport must be 'tcp' or 'rtu', got {transport!r}")
         _validate(cabinets)
+        self.transport: Transport = transport
         self.host = host
         self._port = port
         self.time_factor = time_factor
@@ -315,9 +443,13 @@ class CabinetSimulator:
                 pocket = _Pocket(p, random.Random(f"{seed}/{spec.cabinet_id}/{p.number}"), p.count)
                 pocket.schedule_from(0.0)
                 pockets.append(pocket)
-            self._cabinets[spec.cabinet_id] = _Cabinet(spec, pockets, spec.temperature_c)
-        self._server: ModbusTcpServer | None = None
+            self._cabinets[spec.cabinet_id] = _Cabinet(spec, pockets, spec.start_temperature_c)
+        self._server: ModbusBaseServer | None = None
         self._physics: asyncio.Task[None] | None = None
+        self.frames: deque[tuple[float, bool, int]] = deque(maxlen=10_000)
+        """(time.monotonic(), sending, unit id) of the frames on the wire: a request
+        when (the first part of) it arrives, a reply when it is sent. Dropped replies
+        are not listed. Lets tests check the line discipline of a client."""
 
     # -- lifecycle --
     @property
@@ -327,8 +459,10 @@ class CabinetSimulator:
 
     @property
     def address(self) -> str:
-        """The driver address of this server."""
-        return f"tcp://{self.host}:{self._port}"
+        """The driver address of this server: tcp://host:port, or socket://host:port
+        for RTU."""
+        scheme = "socket" if self.transport == "rtu" else "tcp"
+        return f"{scheme}://{self.host}:{self._port}"
 
     @property
     def running(self) -> bool:
@@ -347,9 +481,21 @@ class CabinetSimulator:
             for cab_id, cab in self._cabinets.items()
         ]
         devices.append(self._missing_unit_device())
-        server = ModbusTcpServer(
-            devices, address=(self.host, self._port), trace_packet=self._trace_packet
-        )
+        server: ModbusBaseServer
+        if self.transport == "rtu":
+            # pymodbus 3.16 turns a socket:// serial server into a TCP listener that
+            # speaks the RTU framer, which is what a serial device server does.
+            server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=f"socket://{self.host}:{self._port}",
+                parity="E",
+                trace_packet=self._trace_packet,
+            )
+        else:
+            server = ModbusTcpServer(
+                devices, address=(self.host, self._port), trace_packet=self._trace_packet
+            )
         await server.serve_forever(background=True)
         # pymodbus 3.16 keeps the asyncio.Server as .transport; port 0 is resolved here.
         self._port = int(server.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
@@ -435,21 +581,27 @@ class CabinetSimulator:
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """pymodbus hook on every frame; an empty reply is never sent (lost reply)."""
-        if not sending or len(data) < 7:
+        rtu = self.transport == "rtu"
+        unit_at = 0 if rtu else 6  # RTU: address byte first; TCP: byte 6 of the MBAP header
+        if len(data) <= unit_at:
             return data
-        cab = self._cabinets.get(data[6])  # MBAP header: byte 6 is the unit id
-        if cab is None:
-            return data
-        if cab.silent:
-            return b""
-        if cab.replies_to_drop > 0:
-            cab.replies_to_drop -= 1
-            return b""
+        unit = data[unit_at]
+        cab = self._cabinets.get(unit)
+        if sending:
+            if cab is None and rtu:
+                return b""  # no device at that address on the line: nobody answers
+            if cab is not None and cab.silent:
+                return b""
+            if cab is not None and cab.replies_to_drop > 0:
+                cab.replies_to_drop -= 1
+                return b""
+        self.frames.append((time.monotonic(), sending, unit))
         return data
 
     @staticmethod
     def _missing_unit_device() -> SimDevice:
-        """Device id 0 answers for every unit id without a cabinet, as a gateway does."""
+        """Device id 0 answers for every unit id without a cabinet, as a gateway does
+        (on RTU that answer is dropped again in `_trace_packet`)."""
 
         async def no_such_unit(*_args: object) -> ExcCodes:
             return ExcCodes.GATEWAY_NO_RESPONSE
@@ -483,6 +635,10 @@ class CabinetSimulator:
             p.refills_total,
             p.returns_total,
             p.empty_hits_total,
+            p.waste_total,
+            p.counted_up_total,
+            p.counted_down_total,
+            p.locked,
         )
 
     def heartbeat(self, cabinet_id: int) -> int:
@@ -501,14 +657,30 @@ class CabinetSimulator:
         return self._cab(cabinet_id).commands_repeated
 
     def withdraw(self, cabinet_id: int, pocket: int, n: int = 1) -> int:
-        """A nurse takes n doses now; returns how many were there to take."""
+        """A nurse takes n doses now; returns how many were there to take (0 from a
+        locked pocket, which also counts no empty hit)."""
         return self._pocket(cabinet_id, pocket).take(n)
 
-    def return_doses(self, cabinet_id: int, pocket: int, n: int = 1) -> None:
-        """A nurse puts n unused doses back."""
+    def return_doses(self, cabinet_id: int, pocket: int, n: int = 1) -> int:
+        """A nurse puts n unused doses back; returns how many fitted (and were counted)."""
+        return self._pocket(cabinet_id, pocket).give_back(n)
+
+    def waste(self, cabinet_id: int, pocket: int, n: int = 1) -> int:
+        """A nurse discards n doses at the cabinet (dropped, broken); returns how many
+        the pocket held to discard."""
+        return self._pocket(cabinet_id, pocket).discard(n)
+
+    def stocktake(self, cabinet_id: int, pocket: int, counted: int) -> None:
+        """A count keyed in at the cabinet's keypad: COUNT becomes `counted` and the
+        counted-up or counted-down counter moves by the difference."""
         p = self._pocket(cabinet_id, pocket)
-        p.count = min(p.spec.capacity, p.count + n)
-        p.returns_total = (p.returns_total + n) % U32
+        if not 0 <= counted <= p.spec.capacity:
+            raise ValueError(f"counted must be 0..{p.spec.capacity}, got {counted!r}")
+        p.stocktake(counted)
+
+    def set_locked(self, cabinet_id: int, pocket: int, locked: bool) -> None:
+        """Lock or unlock a pocket at the cabinet itself (not through the mailbox)."""
+        self._pocket(cabinet_id, pocket).locked = locked
 
     def set_counters(
         self,
@@ -518,15 +690,24 @@ class CabinetSimulator:
         withdrawals_total: int | None = None,
         refills_total: int | None = None,
         returns_total: int | None = None,
+        empty_hits_total: int | None = None,
+        waste_total: int | None = None,
+        counted_up_total: int | None = None,
+        counted_down_total: int | None = None,
     ) -> None:
         """Preset counters, e.g. near 2**32 to exercise wraparound."""
         p = self._pocket(cabinet_id, pocket)
-        if withdrawals_total is not None:
-            p.withdrawals_total = withdrawals_total % U32
-        if refills_total is not None:
-            p.refills_total = refills_total % U32
-        if returns_total is not None:
-            p.returns_total = returns_total % U32
+        for name, value in (
+            ("withdrawals_total", withdrawals_total),
+            ("refills_total", refills_total),
+            ("returns_total", returns_total),
+            ("empty_hits_total", empty_hits_total),
+            ("waste_total", waste_total),
+            ("counted_up_total", counted_up_total),
+            ("counted_down_total", counted_down_total),
+        ):
+            if value is not None:
+                setattr(p, name, value % U32)
 
     def set_door(self, cabinet_id: int, open_: bool) -> None:
         self._cab(cabinet_id).door_open = open_
@@ -536,8 +717,19 @@ class CabinetSimulator:
         self._cab(cabinet_id).fault = fault
 
     def set_temperature(self, cabinet_id: int, celsius: float) -> None:
-        """Outside the spec's alarm band this also raises the temperature alarm bit."""
-        self._cab(cabinet_id).temperature_c = celsius
+        """Outside the spec's alarm band this also raises the temperature alarm bit, and
+        a move from inside the band to outside counts one excursion."""
+        self._cab(cabinet_id).set_temperature(celsius)
+
+    def temperature(self, cabinet_id: int) -> float:
+        return self._cab(cabinet_id).temperature_c
+
+    def temperature_excursions(self, cabinet_id: int) -> int:
+        return self._cab(cabinet_id).temp_excursions_total
+
+    def set_temperature_excursions(self, cabinet_id: int, total: int) -> None:
+        """Preset the excursion counter, e.g. near 2**32 to exercise wraparound."""
+        self._cab(cabinet_id).temp_excursions_total = total % U32
 
     def pause_withdrawals(self, cabinet_id: int | None = None, paused: bool = True) -> None:
         """Stop (or resume) the nurses; visits due while paused are skipped, not queued."""
@@ -581,8 +773,10 @@ def default_cabinets() -> list[CabinetSpec]:
     return [CabinetSpec(cabinet_id=1, pockets=pockets)]
 
 
-async def _serve(host: str, port: int, seed: int, time_factor: float) -> None:
-    sim = CabinetSimulator(host, port, default_cabinets(), time_factor=time_factor, seed=seed)
+async def _serve(host: str, port: int, seed: int, time_factor: float, transport: Transport) -> None:
+    sim = CabinetSimulator(
+        host, port, default_cabinets(), time_factor=time_factor, seed=seed, transport=transport
+    )
     await sim.start()
     print(f"cabinet simulator on {sim.address} (unit id 1), Ctrl-C to stop", flush=True)
     done = asyncio.Event()
@@ -597,14 +791,20 @@ async def _serve(host: str, port: int, seed: int, time_factor: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(description="Modbus TCP ward cabinet simulator")
+    parser = argparse.ArgumentParser(description="Modbus ward cabinet simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5020)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-factor", type=float, default=1.0)
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "rtu"),
+        default="tcp",
+        help="tcp: Modbus TCP; rtu: Modbus RTU frames on the socket (socket://host:port)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.seed, args.time_factor))
+    asyncio.run(_serve(args.host, args.port, args.seed, args.time_factor, args.transport))
 
 
 if __name__ == "__main__":

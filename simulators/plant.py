@@ -79,6 +79,32 @@ def _endpoint(sim: Any) -> str:
     return f"socket://127.0.0.1:{sim.port}"
 
 
+def _hours(text: str) -> float:
+    """'15:30' as hours of the day."""
+    hours, _, minutes = text.partition(":")
+    return int(hours) + int(minutes or 0) / 60
+
+
+def _cabinet_spec(c: dict[str, Any], articles: dict[str, int]) -> CabinetSpec:
+    return CabinetSpec(
+        cabinet_id=int(c.get("unit_id", 1)),
+        cold=bool(c.get("cold", False)),
+        pockets=[
+            PocketSpec(
+                number=p["number"],
+                article=articles[str(p["gtin"]).zfill(14)],
+                count=int(p.get("sim", {}).get("initial", 0)),
+                min_level=p["min"],
+                max_level=p["max"],
+                capacity=p["max"],
+                daily_withdrawals=float(p.get("sim", {}).get("daily_withdrawals", 0)),
+                waste_share=float(p.get("sim", {}).get("waste_share", 0)),
+            )
+            for p in c["pockets"]
+        ],
+    )
+
+
 class Plant:
     def __init__(
         self, site: dict[str, Any], *, day_seconds: float, free_ports: bool, seed: int | None = None
@@ -88,34 +114,32 @@ class Plant:
         self.packers = [
             _packer(p, seed + i, free_ports) for i, p in enumerate(site.get("packers", []))
         ]
-        self.cabinet_names = [c["name"] for c in site.get("cabinets", [])]
-        self.cabinets = [
-            CabinetSimulator(
-                port=_port(c["address"], free_ports),
-                cabinets=[
-                    CabinetSpec(
-                        cabinet_id=int(c.get("unit_id", 1)),
-                        pockets=[
-                            PocketSpec(
-                                number=p["number"],
-                                article=articles[str(p["gtin"]).zfill(14)],
-                                count=int(p.get("sim", {}).get("initial", 0)),
-                                min_level=p["min"],
-                                max_level=p["max"],
-                                capacity=p["max"],
-                                daily_withdrawals=float(
-                                    p.get("sim", {}).get("daily_withdrawals", 0)
-                                ),
-                            )
-                            for p in c["pockets"]
-                        ],
-                    )
-                ],
+        # One simulator per Modbus line: a TCP cabinet has its own, cabinets on one RTU
+        # line (same address) share one, each answering to its unit id.
+        lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for c in site.get("cabinets", []):
+            driver = c.get("driver", "modbus_tcp")
+            key = (driver, c["address"] if driver == "modbus_rtu" else c["name"])
+            lines.setdefault(key, []).append(c)
+        self.cabinets: list[CabinetSimulator] = []
+        self.cabinet_sims: dict[str, tuple[CabinetSimulator, int]] = {}
+        self.excursions: list[tuple[CabinetSimulator, int, dict[str, Any]]] = []
+        for i, ((driver, _), members) in enumerate(lines.items()):
+            sim = CabinetSimulator(
+                port=_port(members[0]["address"], free_ports),
+                cabinets=[_cabinet_spec(c, articles) for c in members],
                 time_factor=DAY_SECONDS / day_seconds,
                 seed=seed + 100 + i,
+                transport="rtu" if driver == "modbus_rtu" else "tcp",
             )
-            for i, c in enumerate(site.get("cabinets", []))
-        ]
+            self.cabinets.append(sim)
+            for c in members:
+                unit = int(c.get("unit_id", 1))
+                self.cabinet_sims[c["name"]] = (sim, unit)
+                for excursion in c.get("sim", {}).get("excursions", []):
+                    self.excursions.append((sim, unit, excursion))
+        self.day_seconds = day_seconds
+        self._weather: list[asyncio.Task[None]] = []
         self.scanner_names = [s["name"] for s in site.get("scanners", [])]
         self.scanners = [
             ScannerSimulator(port=_port(s["address"], free_ports), seed=seed + 200 + i)
@@ -128,8 +152,23 @@ class Plant:
     async def start(self) -> None:
         for sim in self._all():
             await sim.start()
+        for sim, unit, excursion in self.excursions:
+            self._weather.append(asyncio.create_task(self._excursion(sim, unit, excursion)))
+
+    async def _excursion(self, sim: CabinetSimulator, unit: int, excursion: dict[str, Any]) -> None:
+        """A fridge failing at a time of the simulated day, for a while."""
+        at = _hours(str(excursion["at"])) / 24 * self.day_seconds
+        await asyncio.sleep(at)
+        normal = sim.temperature(unit)
+        sim.set_temperature(unit, float(excursion["celsius"]))
+        await asyncio.sleep(
+            float(excursion.get("minutes", 30)) * 60 / DAY_SECONDS * self.day_seconds
+        )
+        sim.set_temperature(unit, normal)
 
     async def stop(self) -> None:
+        for task in self._weather:
+            task.cancel()
         for sim in reversed(self._all()):
             with contextlib.suppress(Exception):
                 await sim.stop()
@@ -137,9 +176,7 @@ class Plant:
     def addresses(self) -> dict[str, Any]:
         return {
             "packers": {p.name: _endpoint(p) for p in self.packers},
-            "cabinets": {
-                n: c.address for n, c in zip(self.cabinet_names, self.cabinets, strict=True)
-            },
+            "cabinets": {name: sim.address for name, (sim, _) in self.cabinet_sims.items()},
             "scanners": {
                 n: {"address": f"socket://127.0.0.1:{s.port}", "trigger_port": s.trigger_port}
                 for n, s in zip(self.scanner_names, self.scanners, strict=True)

@@ -3,19 +3,24 @@
 The cabinet's per-pocket counters only ever grow, so the poller books the difference
 between the counter now and the last value the ledger accounted for (stored with the
 movement itself). A missed poll, a slow poll or a controller restart loses nothing and
-books nothing twice.
+books nothing twice: withdrawals become consumption, doses discarded at the cabinet
+waste, returned doses go back in, and a pocket counted at the cabinet becomes an
+adjustment. Whatever the ledger cannot account for is raised as a discrepancy an
+operator sees (`doseline cabinets discrepancies`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from controller.async_ledger import AsyncLedger
+from controller.cabinets.link import CabinetLink
 from controller.config import Cabinet, Pocket
-from controller.ledger import CounterMark, InsufficientStock, Need, Use
+from controller.ledger import CounterMark, InsufficientStock, LedgerError, Need, Use
 from controller.metrics import Metrics
 from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverError, PocketStatus
 
@@ -24,6 +29,15 @@ ACTOR = "cabinet-poller"
 COUNTER_WRAP = 2**32
 
 LowPocketHandler = Callable[[Cabinet, Pocket, int, float], Awaitable[object]]
+ExcursionHandler = Callable[["CabinetPoller", CabinetStatus, int], Awaitable[object]]
+# Counters booked per pocket: (register field, ledger counter name).
+POCKET_COUNTERS = (
+    ("withdrawals_total", "withdrawals"),
+    ("waste_total", "waste"),
+    ("returns_total", "returns"),
+    ("counted_up_total", "counted_up"),
+    ("counted_down_total", "counted_down"),
+)
 
 
 def pocket_location(cabinet: str, number: int) -> str:
@@ -49,14 +63,30 @@ class CabinetPoller:
         self.on_low = on_low
         self.reconnect_max_s = reconnect_max_s
         self.pockets = {p.number: p for p in config.pockets}
-        self.online = False
+        self.link = CabinetLink(
+            self.name, metrics, heartbeat_stale_s=max(5.0, 5 * config.poll_interval_s)
+        )
         self.connected = False
         self.last_status: CabinetStatus | None = None
         self.withdrawals_booked = 0
         self.returns_booked = 0
+        self.wasted_booked = 0
+        self.counted_booked = 0  # net doses an in-cabinet count added (or removed, < 0)
+        # Set by the controller: a temperature excursion seen on the cabinet's counter;
+        # and whether a pocket has a refill booked that the cabinet was not told yet
+        # (its count lags the ledger until then, which is no discrepancy).
+        self.on_excursion: ExcursionHandler | None = None
+        self.after_poll: Callable[[CabinetPoller, CabinetStatus], Awaitable[object]] | None = None
+        self.refill_in_flight: Callable[[str, int, float], bool] = lambda cab, pocket, at: False
         self._bus = asyncio.Lock()  # one owner of the device link
+        self._booking = asyncio.Lock()  # one poll's bookings at a time
         self._sequence: int | None = None
-        self._outage_logged = False
+        self._raised: set[str] = set()  # discrepancies raised by this process
+
+    @property
+    def online(self) -> bool:
+        """The cabinet answers (whatever its state: door open, alarm...)."""
+        return self.link.reachable
 
     async def serve(self) -> None:
         backoff = self.config.poll_interval_s
@@ -65,41 +95,81 @@ class CabinetPoller:
                 await self.poll_once()
                 backoff = self.config.poll_interval_s
             except DriverError as exc:
-                self._went_offline(exc)
+                self.link.poll_failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
             await asyncio.sleep(self.config.poll_interval_s)
 
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No poll books anything while this is held (a pharmacist's decision being
+        carried out at the cabinet and in the ledger)."""
+        async with self._booking:
+            yield
+
     async def poll_once(self) -> CabinetStatus:
-        read_at = time.monotonic()
+        async with self._booking:
+            read_at = time.monotonic()
+            status = await self._read()
+            self.link.poll_ok(status)
+            self.last_status = status
+            if self._sequence is None:
+                self._sequence = status.last_ack_sequence
+            await self._check_excursions(status)
+            for pocket in status.pockets:
+                config = self.pockets.get(pocket.number)
+                if config is None:
+                    continue
+                self._show(config, pocket)
+                await self._book_pocket(config, pocket, read_at)
+            if self.after_poll is not None:
+                await self.after_poll(self, status)
+            low = [
+                (self.pockets[p.number], p.count)
+                for p in status.pockets
+                if p.number in self.pockets and p.count < self.pockets[p.number].min
+            ]
+        if self.on_low is not None:
+            for config, count in low:
+                await self.on_low(self.config, config, count, read_at)
+        return status
+
+    async def _read(self) -> CabinetStatus:
         async with self._bus:
             if not self.connected:
                 await self.driver.connect()
                 self.connected = True
             try:
-                status = await self.driver.read_status()
+                return await self.driver.read_status()
             except DriverError:
                 await self.driver.close()
                 self.connected = False
                 raise
-        if not self.online:
-            log.info("cabinet %s online", self.name)
-            self.online = True
-            self._outage_logged = False
-        self.metrics.cabinet_up.labels(self.name).set(1)
-        self.last_status = status
-        if self._sequence is None:
-            self._sequence = status.last_ack_sequence
-        for pocket in status.pockets:
-            config = self.pockets.get(pocket.number)
-            if config is None:
-                continue
-            self._show(config, pocket)
-            await self._book_withdrawals(config, pocket)
-            if pocket.count < config.min and self.on_low is not None:
-                await self.on_low(self.config, config, pocket.count, read_at)
-        return status
+
+    async def _check_excursions(self, status: CabinetStatus) -> None:
+        """A rise of the cabinet's excursion counter is an excursion, even one that
+        began and ended between two polls."""
+        counter = "temperature_excursions"
+        mark = await self.ledger.call("counter_mark", self.name, counter)
+        now = status.temp_excursions_total
+        if mark is None or now == mark:
+            if mark is None:
+                await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+            return
+        new = (now - mark) % COUNTER_WRAP
+        self.metrics.temperature_excursions.labels(self.name).inc(new)
+        log.error(
+            "cabinet %s: %d temperature excursion(s), now %.1f °C (band %s-%s °C)",
+            self.name,
+            new,
+            status.temperature_c,
+            status.temp_low_c,
+            status.temp_high_c,
+        )
+        if self.on_excursion is not None:
+            await self.on_excursion(self, status, now)
+        await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
 
     async def close(self) -> None:
         async with self._bus:
@@ -110,26 +180,52 @@ class CabinetPoller:
                 except DriverError as exc:
                     log.debug("cabinet %s: close: %s", self.name, exc)
 
-    async def command_refill(self, pocket: int, quantity: int) -> None:
-        """Tells the cabinet a pocket was refilled; retried with the same sequence."""
+    def next_sequence(self) -> int:
+        """A mailbox sequence for a new command: one past the last acknowledged one
+        seen at the first poll, counting 1..65535. Raises DriverError before that."""
+        if self._sequence is None:
+            raise DriverError(f"cabinet {self.name}: not polled yet, sequence unknown")
+        self._sequence = self._sequence % 65535 + 1
+        return self._sequence
+
+    def note_sequence(self, sequence: int) -> None:
+        """Makes sure later new commands do not reuse `sequence` (one handed out before
+        a restart and sent again now): moves the counter forward to it, never back."""
+        if self._sequence is None or 0 < (sequence - self._sequence) % 65535 < 32768:
+            self._sequence = sequence
+
+    def next_sequence_or_none(self) -> int | None:
+        try:
+            return self.next_sequence()
+        except DriverError:
+            return None
+
+    async def send_command(
+        self, command: CabinetCommand, pocket: int, quantity: int, *, sequence: int | None = None
+    ) -> int:
+        """Writes one command and waits for its acknowledgement; returns the sequence.
+
+        A command sent again with the sequence it had (a retry, a restart) is acted on
+        once by the cabinet. Retried here a few times on a link error.
+        """
         async with self._bus:
-            if self._sequence is None:
-                raise DriverError(f"cabinet {self.name}: not polled yet, sequence unknown")
-            self._sequence = self._sequence % 65535 + 1
-            sequence = self._sequence
+            if sequence is None:
+                sequence = self.next_sequence()
+            else:
+                self.note_sequence(sequence)
             last: DriverError | None = None
             for _attempt in range(3):
                 try:
                     if not self.connected:
                         await self.driver.connect()
                         self.connected = True
-                    await self.driver.send_command(
-                        sequence, CabinetCommand.REFILL, pocket, quantity
-                    )
-                    return
+                    await self.driver.send_command(sequence, command, pocket, quantity)
+                    return sequence
                 except DriverError as exc:
                     last = exc
                     self.metrics.driver_errors.labels(self.name).inc()
+                    if "refused" in str(exc):
+                        break
                     await asyncio.sleep(0.2)
             assert last is not None
             raise last
@@ -165,13 +261,13 @@ class CabinetPoller:
                     uses=[Use(config.gtin, pocket.count, location, "transfer", "opening stock")],
                     actor=ACTOR,
                 )
-            await self.ledger.call(
-                "set_counter_mark", CounterMark(device, counter, pocket.withdrawals_total)
-            )
-            await self.ledger.call(
-                "set_counter_mark",
-                CounterMark(device, f"pocket{pocket.number}.returns", pocket.returns_total),
-            )
+            for field_name, name in POCKET_COUNTERS:
+                await self.ledger.call(
+                    "set_counter_mark",
+                    CounterMark(
+                        device, f"pocket{pocket.number}.{name}", getattr(pocket, field_name)
+                    ),
+                )
 
     async def poll_status_only(self) -> CabinetStatus:
         async with self._bus:
@@ -185,25 +281,148 @@ class CabinetPoller:
         self.metrics.pocket_count.labels(*labels).set(pocket.count)
         self.metrics.pocket_fill.labels(*labels).set(pocket.count / config.max)
 
-    async def _book_withdrawals(self, config: Pocket, pocket: PocketStatus) -> None:
+    async def _book_pocket(self, config: Pocket, pocket: PocketStatus, read_at: float) -> None:
+        """Books every counter's growth, then compares the pocket with the ledger."""
+        ward = self.config.ward
         booked = await self._book_counter(
             config,
             pocket,
             "withdrawals",
             pocket.withdrawals_total,
             "consume",
-            f"withdrawal at {self.config.ward}",
+            f"withdrawal at {ward}",
         )
         self.withdrawals_booked += booked
         self.metrics.withdrawals.labels(self.name).inc(booked)
+        self.wasted_booked += await self._book_counter(
+            config,
+            pocket,
+            "waste",
+            pocket.waste_total,
+            "waste",
+            f"discarded at the cabinet on {ward}",
+            reason_code="damaged",
+        )
         self.returns_booked += await self._book_counter(
             config,
             pocket,
             "returns",
             pocket.returns_total,
             "return_consumed",
-            f"dose returned at {self.config.ward}",
+            f"dose returned at {ward}",
         )
+        await self._book_count(config, pocket)
+        await self._compare(config, pocket, read_at)
+
+    async def _book_count(self, config: Pocket, pocket: PocketStatus) -> None:
+        """A count keyed in at the cabinet (or a SET_COUNT) moved the counted counters:
+        the ledger is adjusted to the count, first expiry first, and any difference is
+        raised as a discrepancy. Both marks move in the same transaction."""
+        marks = {}
+        for field_name, counter in (
+            ("counted_up_total", "counted_up"),
+            ("counted_down_total", "counted_down"),
+        ):
+            now = getattr(pocket, field_name)
+            mark = await self.ledger.call(
+                "counter_mark", self.name, f"pocket{pocket.number}.{counter}"
+            )
+            marks[counter] = (mark, now)
+        if any(mark is None for mark, _ in marks.values()):
+            for counter, (_mark, now) in marks.items():
+                await self.ledger.call(
+                    "set_counter_mark",
+                    CounterMark(self.name, f"pocket{pocket.number}.{counter}", now),
+                )
+            return
+        if all(mark == now for mark, now in marks.values()):
+            return
+        location = pocket_location(self.name, pocket.number)
+        up = (marks["counted_up"][1] - marks["counted_up"][0]) % COUNTER_WRAP
+        down = (marks["counted_down"][1] - marks["counted_down"][0]) % COUNTER_WRAP
+        key = (
+            f"count:{self.name}:{pocket.number}:"
+            f"{marks['counted_up'][0]}-{marks['counted_up'][1]}:"
+            f"{marks['counted_down'][0]}-{marks['counted_down'][1]}"
+        )
+        before = await self.ledger.call("on_hand", location, config.gtin)
+        change = await self.ledger.call(
+            "count_to",
+            key,
+            location=location,
+            gtin=config.gtin,
+            counted=pocket.count,
+            actor=ACTOR,
+            reason=f"counted at the cabinet on {self.config.ward} (+{up} -{down})",
+            marks=[
+                CounterMark(self.name, f"pocket{pocket.number}.{c}", now)
+                for c, (_mark, now) in marks.items()
+            ],
+        )
+        self.counted_booked += change
+        if change:
+            await self._raise(
+                f"{key}:{before}",
+                config,
+                pocket,
+                source="count",
+                ledger_value=before,
+                detail=f"counted {pocket.count} at the cabinet, ledger had {before}",
+            )
+
+    async def _compare(self, config: Pocket, pocket: PocketStatus, read_at: float) -> None:
+        """After the bookings the ledger and the cabinet agree; if not (and no refill
+        is on its way to the cabinet), an operator must look."""
+        if pocket.locked or self.refill_in_flight(self.name, pocket.number, read_at):
+            # A locked pocket is in quarantine: the cold chain sets its count.
+            return
+        location = pocket_location(self.name, pocket.number)
+        booked = await self.ledger.call("on_hand", location, config.gtin)
+        if booked == pocket.count:
+            return
+        await self._raise(
+            f"cabinet:{self.name}:{pocket.number}:{pocket.count}:{booked}",
+            config,
+            pocket,
+            source="cabinet",
+            ledger_value=booked,
+            detail=f"cabinet counts {pocket.count}, ledger holds {booked}",
+        )
+
+    async def _raise(
+        self,
+        key: str,
+        config: Pocket,
+        pocket: PocketStatus,
+        *,
+        source: str,
+        ledger_value: int,
+        detail: str,
+    ) -> None:
+        if key in self._raised:
+            return
+        self._raised.add(key)
+        location = pocket_location(self.name, pocket.number)
+        try:
+            await self.ledger.call(
+                "raise_discrepancy",
+                key,
+                location,
+                config.gtin,
+                source=source,
+                device_value=pocket.count,
+                ledger_value=ledger_value,
+                detail=detail,
+                actor=ACTOR,
+            )
+        except LedgerError as exc:
+            self._raised.discard(key)
+            log.error(
+                "cabinet %s pocket %d: discrepancy not recorded: %s", self.name, pocket.number, exc
+            )
+            return
+        self.metrics.discrepancies.labels("pocket").inc()
+        log.warning("discrepancy at %s: %s", location, detail)
 
     async def _book_counter(
         self,
@@ -213,6 +432,8 @@ class CabinetPoller:
         now: int,
         operation: str,
         reason: str,
+        *,
+        reason_code: str | None = None,
     ) -> int:
         """Books the growth of one pocket counter since the last booked value."""
         device, counter = self.name, f"pocket{pocket.number}.{counter_name}"
@@ -233,6 +454,7 @@ class CabinetPoller:
         location = pocket_location(self.name, pocket.number)
         key = f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}"
         new_mark = CounterMark(device, counter, now)
+        extra = {} if reason_code is None else {"reason_code": reason_code}
         try:
             await self.ledger.call(
                 operation,
@@ -243,13 +465,13 @@ class CabinetPoller:
                 actor=ACTOR,
                 reason=reason,
                 mark=new_mark,
+                **extra,
             )
             return delta
         except InsufficientStock as exc:
             # The cabinet reports more than the ledger can account for at this pocket:
             # book what it can, make the rest visible as a discrepancy.
             log.error("cabinet %s pocket %d: %s", self.name, pocket.number, exc)
-            self.metrics.discrepancies.labels("pocket").inc(delta - exc.available)
             if exc.available:
                 await self.ledger.call(
                     operation,
@@ -260,15 +482,19 @@ class CabinetPoller:
                     actor=ACTOR,
                     reason=f"{reason} (short by {delta - exc.available})",
                     mark=new_mark,
+                    **extra,
                 )
             else:
                 await self.ledger.call("set_counter_mark", new_mark)
+            await self._raise(
+                f"{key}:short",
+                config,
+                pocket,
+                source="counter",
+                ledger_value=exc.available,
+                detail=(
+                    f"{counter_name} of {delta} reported, the ledger held only "
+                    f"{exc.available} at {location}"
+                ),
+            )
             return exc.available
-
-    def _went_offline(self, exc: DriverError) -> None:
-        """Logs the first failure of an outage once; recovery is logged by poll_once."""
-        self.metrics.cabinet_up.labels(self.name).set(0)
-        if self.online or not self._outage_logged:
-            log.warning("cabinet %s offline: %s", self.name, exc)
-            self._outage_logged = True
-        self.online = False

@@ -18,16 +18,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from controller.app import Controller
 from controller.cabinets.poller import pocket_location
-from controller.cabinets.replenishment import PickList, pack_of
+from controller.cabinets.replenishment import PickList, pack_of, pocket_label
 from controller.config import Site
 from controller.demo.orders import demo_orders
 from controller.gs1 import PackId, encode_pack
-from controller.ledger import verify_ledger
+from controller.ledger import Allocation, verify_ledger
 from controller.ledger.migrations import reset
 from controller.ledger.verify import count_negative_balances
 from controller.packing.planner import describe
@@ -112,16 +114,18 @@ def with_plant_addresses(site: Site, addresses: dict[str, Any]) -> Site:
 
 @dataclass
 class Technician:
-    """Picks each list after a while and scans it at the cabinet, pack by pack.
+    """Picks each list after a while and scans it at the cabinet: the list, then for
+    each pocket its label and its packs.
 
-    Once per demo it first holds up a pack that is not on the list, to show that
-    the cabinet refuses it.
+    Once per demo it first holds up a pack that is not on the list, and once a pack in
+    front of the wrong pocket, to show that the cabinet refuses both.
     """
 
     controller: Controller
     trigger_port: int
     pick_delay_s: float
     wrong_scan_done: bool = False
+    wrong_pocket_done: bool = False
     lists_done: int = 0
     serial: int = 0
     scans_sent: list[str] = field(default_factory=list)
@@ -133,21 +137,33 @@ class Technician:
                 pick = await self.controller.replenishment.pick_lists.get()
                 await asyncio.sleep(self.pick_delay_s)
                 await self._scan(reader, writer, pick.barcode)
-                if not self.wrong_scan_done:
-                    wrong = self._wrong_pack(pick)
-                    if wrong is not None:
-                        await self._scan(reader, writer, encode_pack(wrong))
-                        self.wrong_scan_done = True
-                for _refill, line in pick.lines():
-                    self.serial += 1
+                open_refills = [r for r in pick.refills if r.open]
+                for i, refill in enumerate(open_refills):
                     await self._scan(
-                        reader, writer, encode_pack(pack_of(line, f"{self.serial:010d}"))
+                        reader, writer, pocket_label(refill.cabinet, refill.pocket.number)
                     )
+                    if not self.wrong_scan_done:
+                        wrong = self._wrong_pack(pick)
+                        if wrong is not None:
+                            await self._scan(reader, writer, encode_pack(wrong))
+                            self.wrong_scan_done = True
+                    if not self.wrong_pocket_done and i + 1 < len(open_refills):
+                        # A pack of the next pocket's product, held up at this pocket.
+                        other = open_refills[i + 1]
+                        if other.lines and other.pocket.gtin != refill.pocket.gtin:
+                            await self._scan(reader, writer, self._pack(other.lines[0]))
+                            self.wrong_pocket_done = True
+                    for line in refill.lines:
+                        await self._scan(reader, writer, self._pack(line))
                 self.lists_done += 1
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def _pack(self, line: Allocation) -> str:
+        self.serial += 1
+        return encode_pack(pack_of(line, f"{self.serial:010d}"))
 
     async def _scan(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str
@@ -162,6 +178,41 @@ class Technician:
                 self.serial += 1
                 return PackId(lot.gtin, lot.batch, lot.expiry, f"{self.serial:010d}")
         return None
+
+
+@dataclass
+class Pharmacist:
+    """Decides on stock quarantined in a cold cabinet a while after the alarm: the
+    fridge was warm too long, so the pens are wasted."""
+
+    controller: Controller
+    decide_after_s: float
+    decisions: list[str] = field(default_factory=list)
+
+    async def work(self) -> None:
+        led = self.controller.aledger
+        while True:
+            held = await led.call("holds", status="held")
+            if held:
+                await asyncio.sleep(self.decide_after_s)
+                for hold in await led.call("holds", status="held"):
+                    if hold.on_hand_now:
+                        await led.call(
+                            "waste_hold",
+                            f"demo-waste:{hold.id}",
+                            hold.id,
+                            actor=DEMO_PHARMACIST,
+                            note="above 8 °C for 40 minutes: not usable",
+                        )
+                    else:
+                        await led.call(
+                            "release_hold", hold.id, actor=DEMO_PHARMACIST, note="nothing left"
+                        )
+                    self.decisions.append(
+                        f"{hold.location} batch {hold.batch}: {hold.on_hand_now} wasted by "
+                        f"{DEMO_PHARMACIST}"
+                    )
+            await asyncio.sleep(0.2)
 
 
 @dataclass
@@ -213,6 +264,16 @@ async def _send_scan(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await asyncio.sleep(0.05)  # a hand moves between packs
 
 
+def _cabinet_links(site: Site) -> str:
+    tcp = sum(1 for c in site.cabinets if c.driver == "modbus_tcp")
+    lines = {c.address for c in site.cabinets if c.driver == "modbus_rtu"}
+    rtu = sum(1 for c in site.cabinets if c.driver == "modbus_rtu")
+    parts = [f"{tcp} Modbus TCP"] if tcp else []
+    if rtu:
+        parts.append(f"{rtu} on {len(lines)} Modbus RTU line{'s' if len(lines) > 1 else ''}")
+    return ", ".join(parts)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -230,6 +291,16 @@ async def run_demo(
     day_seconds = minutes * 60
     started = time.monotonic()
     plant = await start_plant(site_path, day_seconds, free_ports)
+    # The site's clock runs as fast as the simulated day at the cabinets: refill rounds
+    # and due times are in simulated hours.
+    day_started = time.monotonic()
+    midnight = datetime.combine(
+        datetime.now(UTC).date(), dt_time(0, 0), tzinfo=ZoneInfo(site.site.timezone)
+    )
+
+    def day_clock() -> datetime:
+        return midnight + timedelta(seconds=(time.monotonic() - day_started) * 86400 / day_seconds)
+
     controller: Controller | None = None
     tech_tasks: list[asyncio.Task[None]] = []
     try:
@@ -240,7 +311,7 @@ async def run_demo(
         )
         say(
             f"plant: {len(site.packers)} packers ({kinds}), {len(site.cabinets)} cabinets "
-            f"(Modbus TCP), {len(site.scanners)} scanner (serial) on loopback"
+            f"({_cabinet_links(site)}), {len(site.scanners)} scanners (serial) on loopback"
         )
         for name, url in plant.addresses["packers"].items():
             say(f"  {name:<10} {url}")
@@ -249,7 +320,7 @@ async def run_demo(
         for name, info in plant.addresses["scanners"].items():
             say(f"  {name:<10} {info['address']}")
         live_site = with_plant_addresses(site, plant.addresses)
-        controller = Controller(live_site, ledger_url=ledger_url)
+        controller = Controller(live_site, ledger_url=ledger_url, clock=day_clock)
         reset(controller.ledger.engine)
         controller.prepare_ledger()
         today = datetime.now(UTC).date()
@@ -316,9 +387,11 @@ async def run_demo(
             controller, scanners[0]["trigger_port"], site.replenishment.pick_delay_s
         )
         canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"])
+        pharmacist = Pharmacist(controller, decide_after_s=day_seconds / 24)
         tech_tasks = [
             asyncio.create_task(technician.work(), name="technician"),
             asyncio.create_task(canister_technician.work(), name="canister-technician"),
+            asyncio.create_task(pharmacist.work(), name="pharmacist"),
         ]
 
         deadline = started + day_seconds
@@ -336,6 +409,7 @@ async def run_demo(
         await _cancel_all(tech_tasks)
         summary = await _wind_down(controller, technician)
         summary["canister_refills"] = canister_technician.refills
+        summary["cold_chain"] = pharmacist.decisions
         summary["duration_s"] = round(time.monotonic() - started, 1)
         summary["metrics_port"] = port
         summary["ledger_url"] = ledger_url
@@ -426,6 +500,13 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
         "refills_done": controller.replenishment.confirmed,
         "refills_cancelled": cancelled,
         "pick_lists": technician.lists_done,
+        "pick_lists_scheduled": sum(
+            1 for p in controller.replenishment.lists.values() if not p.urgent
+        ),
+        "pick_lists_urgent": sum(1 for p in controller.replenishment.lists.values() if p.urgent),
+        "wasted_at_cabinets": sum(p.wasted_booked for p in controller.pollers.values()),
+        "discrepancies_open": controller.ledger.open_discrepancy_count(),
+        "stock_on_hold": len(controller.ledger.holds(status="held")),
         "scans_accepted": sum(1 for s in scans if s.accepted),
         "scans_refused": sum(1 for s in scans if not s.accepted),
         "refused_scans": [s.message for s in scans if not s.accepted][:5],
@@ -452,13 +533,29 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  tablets                  {s['tablets_consumed']} in pouches, {s['tablets_wasted']} "
         f"wasted in rejects",
         f"  cabinet withdrawals      {s['withdrawals']} doses booked",
+        f"  cabinet waste            {s['wasted_at_cabinets']} doses discarded at the cabinets, "
+        "booked as waste",
         f"  pocket refills           {s['refills_done']} confirmed by scan in {s['pick_lists']} "
-        f"pick lists, {s['refills_cancelled']} not picked by day's end (released)",
+        f"pick lists ({s['pick_lists_scheduled']} from scheduled rounds, "
+        f"{s['pick_lists_urgent']} urgent for an empty pocket), {s['refills_cancelled']} "
+        "not picked by day's end (released)",
+        "  cold chain               "
+        + (
+            f"{len(s['cold_chain'])} lot(s) quarantined after a temperature excursion, "
+            "then decided by a pharmacist"
+            if s.get("cold_chain")
+            else "no excursion"
+        ),
+        *[f"      {m}" for m in s.get("cold_chain", [])],
         f"  canister refills         {s.get('canister_refills', 0)} confirmed by a scan of the "
         "reserved lot",
         f"  scans                    {s['scans_accepted']} accepted, {s['scans_refused']} refused",
     ]
     lines += [f"      refused: {m}" for m in s["refused_scans"]]
+    lines += [
+        f"  open discrepancies       {s['discrepancies_open']}",
+        f"  stock on hold            {s['stock_on_hold']}",
+    ]
     lines += [
         f"  open reservations        {s['open_reservations']}",
     ]
@@ -484,6 +581,8 @@ def demo_ok(summary: dict[str, Any]) -> bool:
         summary["ledger_verified"]
         and summary["negative_balances"] == 0
         and summary["open_reservations"] == 0
+        and summary["discrepancies_open"] == 0
+        and summary["stock_on_hold"] == 0
         and not summary["physical_mismatches"]
         and summary["jobs_failed"] == 0
         and summary["jobs_open"] == 0

@@ -1,6 +1,8 @@
 """The central stock ledger: every pack and tablet, where it is, and why it moved."""
 
 from controller.ledger.errors import (
+    DiscrepancyClosed,
+    HoldClosed,
     InsufficientStock,
     LedgerError,
     ReservationClosed,
@@ -11,6 +13,8 @@ from controller.ledger.ledger import (
     CounterMark,
     DeliveryError,
     DeliveryLine,
+    DiscrepancyView,
+    HoldView,
     Ledger,
     LotStock,
     Need,
@@ -24,6 +28,10 @@ __all__ = [
     "CounterMark",
     "DeliveryError",
     "DeliveryLine",
+    "DiscrepancyClosed",
+    "DiscrepancyView",
+    "HoldClosed",
+    "HoldView",
     "InsufficientStock",
     "Ledger",
     "LedgerError",

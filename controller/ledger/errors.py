@@ -37,3 +37,21 @@ class InvalidQuantity(LedgerError):
         super().__init__(f"invalid {field}: {value!r} (must be a positive whole number)")
         self.field = field
         self.value = value
+
+
+class HoldClosed(LedgerError):
+    """A hold that is no longer 'held' cannot be decided on again."""
+
+    def __init__(self, hold_id: int, status: str) -> None:
+        super().__init__(f"hold {hold_id} is already {status}")
+        self.hold_id = hold_id
+        self.status = status
+
+
+class DiscrepancyClosed(LedgerError):
+    """A discrepancy is resolved once; a second resolution would hide who decided."""
+
+    def __init__(self, discrepancy_id: int, status: str) -> None:
+        super().__init__(f"discrepancy {discrepancy_id} is already {status}")
+        self.discrepancy_id = discrepancy_id
+        self.status = status

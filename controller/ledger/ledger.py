@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from controller.ledger.audit import Change, movement_record, write_audit
 from controller.ledger.errors import (
+    DiscrepancyClosed,
+    HoldClosed,
     InsufficientStock,
     InvalidQuantity,
     LedgerError,
@@ -37,7 +40,9 @@ from controller.ledger.errors import (
     UnknownEntity,
 )
 from controller.ledger.schema import (
+    DISCREPANCY_STATUSES,
     EXTERNAL_KINDS,
+    HOLD_STATUSES,
     INTERNAL_KINDS,
     PRODUCT_CATEGORIES,
     STORAGE,
@@ -54,6 +59,8 @@ from controller.ledger.schema import (
     products,
     reservation_lines,
     reservations,
+    stock_discrepancies,
+    stock_holds,
 )
 
 SUPPLIER = "SUPPLIER"
@@ -79,6 +86,7 @@ class CounterMark:
 
 
 MAX_ACTOR = 100  # characters of who did something, as the audit trail stores it
+MAX_HOLD_KEY = 190  # a hold's rows are keyed key#n within the 200 characters of a key
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,9 @@ class ReservationView:
 
 @dataclass(frozen=True)
 class LotStock:
+    """A balance row. `held`: a location hold quarantines it here, so none of it is
+    available, whatever the lot's status."""
+
     location: str
     gtin: str
     batch: str
@@ -141,10 +152,53 @@ class LotStock:
     status: str
     on_hand: int
     reserved: int
+    held: bool = False
 
     @property
     def available(self) -> int:
-        return self.on_hand - self.reserved
+        return 0 if self.held else self.on_hand - self.reserved
+
+
+@dataclass(frozen=True)
+class HoldView:
+    """A location hold: a lot quarantined at one location, and what became of it."""
+
+    id: int
+    key: str
+    location: str
+    gtin: str
+    batch: str
+    expiry: date
+    quantity_at_hold: int
+    on_hand_now: int
+    reason: str
+    status: str
+    raised_at: datetime
+    raised_by: str
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_note: str | None
+
+
+@dataclass(frozen=True)
+class DiscrepancyView:
+    """A device (or a count) that disagreed with the ledger, until someone resolves it."""
+
+    id: int
+    key: str
+    location: str
+    gtin: str
+    source: str
+    device_value: int
+    ledger_value: int
+    difference: int
+    detail: str
+    status: str
+    raised_at: datetime
+    raised_by: str
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution_note: str | None
 
 
 @dataclass(frozen=True)
@@ -535,11 +589,22 @@ class Ledger:
         actor: str,
         reason: str,
         reason_code: str = "other",
+        mark: CounterMark | None = None,
     ) -> None:
-        """Books stock destroyed at a location, with the reason why."""
+        """Books stock destroyed at a location, with the reason why (and, like
+        `consume`, the device counter that reported it)."""
         _check_waste_reason(reason_code)
         self._take_free(
-            key, "waste", gtin, quantity, location, WASTE, actor, reason, reason_code=reason_code
+            key,
+            "waste",
+            gtin,
+            quantity,
+            location,
+            WASTE,
+            actor,
+            reason,
+            reason_code=reason_code,
+            mark=mark,
         )
 
     def return_consumed(
@@ -662,6 +727,81 @@ class Ledger:
 
         return dict(self._run(key, "stocktake", run, actor, reason)["differences"])
 
+    def count_to(
+        self,
+        key: str,
+        *,
+        location: str,
+        gtin: str,
+        counted: int,
+        actor: str,
+        reason: str,
+        marks: Sequence[CounterMark] = (),
+    ) -> int:
+        """A device counted one product at a location (a cabinet pocket's count keyed
+        in at the cabinet) without telling lots apart: adjusts the ledger to `counted`.
+
+        Doses missing are taken first expiry first, as nurses take them; doses found
+        are put on the latest-expiring lot there (or the one last there). `marks`, the
+        counters that reported the count, move in the same transaction. Returns the
+        change (counted - on hand before).
+        """
+        if not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
+            raise InvalidQuantity(f"count of {gtin} at {location}", counted)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            for mark in marks:
+                self._set_mark(conn, mark)
+            loc_id = self._internal_location_id(conn, location)
+            adjustment = self._location_id(conn, ADJUSTMENT)
+            product_id = self._product_id(conn, gtin)
+            held = conn.execute(
+                select(balances.c.lot_id, balances.c.on_hand, balances.c.reserved)
+                .join(lots, lots.c.id == balances.c.lot_id)
+                .where(
+                    balances.c.location_id == loc_id,
+                    lots.c.product_id == product_id,
+                    balances.c.on_hand > 0,
+                )
+                .order_by(lots.c.expiry, lots.c.id)
+            ).all()
+            change = counted - sum(int(r.on_hand) for r in held)
+            if change > 0:
+                lot_id = (
+                    int(held[-1].lot_id) if held else self._last_lot_at(conn, loc_id, product_id)
+                )
+                if lot_id is None:
+                    raise LedgerError(
+                        f"count of {gtin} at {location}: {counted} counted, but no lot of it "
+                        "was ever there; book the found stock with a stocktake by lot"
+                    )
+                self._book(conn, key, "adjust", lot_id, adjustment, loc_id, change)
+            remaining = -change
+            for row in held:
+                if remaining <= 0:
+                    break
+                loss = min(remaining, int(row.on_hand))
+                free = int(row.on_hand) - int(row.reserved)
+                if loss > free:
+                    self._reallocate(conn, loc_id, int(row.lot_id), loss - free)
+                if self._take(conn, loc_id, int(row.lot_id), loss) != loss:
+                    raise LedgerError(f"count of {location}: could not book a loss of {loss}")
+                self._book(conn, key, "adjust", int(row.lot_id), loc_id, adjustment, loss)
+                remaining -= loss
+            return {"change": change}
+
+        return int(self._run(key, "count", run, actor, reason)["change"])
+
+    def _last_lot_at(self, conn: Connection, loc_id: int, product_id: int) -> int | None:
+        row = conn.execute(
+            select(movements.c.lot_id)
+            .join(lots, lots.c.id == movements.c.lot_id)
+            .where(movements.c.to_location_id == loc_id, lots.c.product_id == product_id)
+            .order_by(movements.c.id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else int(row.lot_id)
+
     # ------------------------------------------------------------------ lot status
 
     def set_lot_status(
@@ -706,6 +846,410 @@ class Ledger:
             return {"moved": moved, "released": released}
 
         return self._run(key, "lot-status", run, actor, reason or f"lot {status}")
+
+    # ------------------------------------------------------------------ location holds
+
+    def hold_location(self, key: str, location: str, *, reason: str, actor: str) -> list[HoldView]:
+        """Quarantines the stock at one location (and the locations under it): every lot
+        on hand there that is not held yet. The same lots elsewhere stay usable.
+
+        Held stock is not reserved, transferred or counted as available until a
+        pharmacist releases or wastes it; open reservations on it are moved to other
+        stock, or shrink, as for a quarantined lot. Consumption booked there still goes
+        through: it is what a cabinet's counter says happened. A repeat with the same
+        key returns the same holds.
+        """
+        reason = _text("reason", reason, 300)
+        _check_actor(actor)
+        if len(key) > MAX_HOLD_KEY:
+            raise LedgerError(
+                f"invalid idempotency key: {key!r} (at most {MAX_HOLD_KEY} characters for a "
+                "hold: each held lot is stored as key#n)"
+            )
+
+        def run(conn: Connection) -> dict[str, Any]:
+            loc_ids = self._subtree(conn, location)
+            rows = self._unheld_stock(conn, loc_ids)
+            if conn.dialect.name == "postgresql":
+                # Lock the lots: a reservation allocating from them finishes first (and
+                # its lines are then moved below), or waits and sees the holds; a
+                # concurrent hold of the same stock waits and finds it held.
+                locked: set[int] = set()
+                while wanted := sorted({r.lot_id for r in rows} - locked):
+                    conn.execute(
+                        select(lots.c.id)
+                        .where(lots.c.id.in_(wanted))
+                        .order_by(lots.c.id)
+                        .with_for_update()
+                    )
+                    locked.update(wanted)
+                    rows = self._unheld_stock(conn, loc_ids)
+            now = self.clock()
+            ids: list[int] = []
+            moved = released = 0
+            for number, row in enumerate(rows, start=1):
+                hold_id = conn.execute(
+                    insert(stock_holds)
+                    .values(
+                        key=f"{key}#{number}",
+                        location_id=row.location_id,
+                        lot_id=row.lot_id,
+                        quantity=row.on_hand,
+                        reason=reason,
+                        raised_at=now,
+                        raised_by=actor,
+                        status="held",
+                    )
+                    .returning(stock_holds.c.id)
+                ).scalar_one()
+                ids.append(int(hold_id))
+                self._note(
+                    "hold",
+                    str(hold_id),
+                    None,
+                    {
+                        "location": self._location_name(conn, row.location_id),
+                        "lot": self._lot_name(conn, row.lot_id),
+                        "quantity": int(row.on_hand),
+                        "reason": reason,
+                        "status": "held",
+                    },
+                )
+            for row in rows:
+                if row.reserved > 0:
+                    m, r = self._reallocate(conn, row.location_id, row.lot_id, None)
+                    moved += m
+                    released += r
+            return {"holds": ids, "moved": moved, "released": released}
+
+        result = self._run(key, "hold", run, actor, reason)
+        return self._hold_views([int(i) for i in result["holds"]])
+
+    def release_hold(self, hold_id: int, *, actor: str, note: str) -> HoldView:
+        """A pharmacist's decision that held stock is fit for use: it is available again."""
+        note = _text("note", note, 300)
+        _check_actor(actor)
+        with self._tx(actor, "hold-release", note) as conn:
+            self._resolve_hold(conn, hold_id, "released", actor, note)
+        return self._hold_views([hold_id])[0]
+
+    def waste_hold(
+        self,
+        key: str,
+        hold_id: int,
+        *,
+        actor: str,
+        note: str,
+        reason_code: str = "temperature",
+    ) -> HoldView:
+        """A pharmacist's decision that held stock is unfit: all of the lot still on hand
+        at the location is booked to `WASTE`, and the hold is closed as wasted."""
+        note = _text("note", note, 300)
+        _check_actor(actor)
+        _check_waste_reason(reason_code)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            loc_id, lot_id = self._resolve_hold(conn, hold_id, "wasted", actor, note, key)
+            reserved = conn.execute(
+                select(balances.c.reserved).where(
+                    balances.c.location_id == loc_id, balances.c.lot_id == lot_id
+                )
+            ).scalar()
+            if reserved:
+                self._reallocate(conn, loc_id, lot_id, None)
+            on_hand = conn.execute(
+                select(balances.c.on_hand).where(
+                    balances.c.location_id == loc_id, balances.c.lot_id == lot_id
+                )
+            ).scalar()
+            took = self._take(conn, loc_id, lot_id, int(on_hand)) if on_hand else 0
+            if took == 0:
+                raise LedgerError(
+                    f"hold {hold_id}: nothing of {self._lot_name(conn, lot_id)} is left at "
+                    f"{self._location_name(conn, loc_id)} to waste; release the hold instead"
+                )
+            waste_id = self._location_id(conn, WASTE)
+            self._book(conn, key, "waste", lot_id, loc_id, waste_id, took, reason_code=reason_code)
+            return {"hold": hold_id, "quantity": took}
+
+        result = self._run(key, "hold-waste", run, actor, note)
+        return self._hold_views([int(result["hold"])])[0]
+
+    def holds(self, *, location: str | None = None, status: str | None = "held") -> list[HoldView]:
+        """Holds, oldest first; `location` includes the locations under it, and a
+        `status` of None lists every hold."""
+        if status is not None and status not in HOLD_STATUSES:
+            raise LedgerError(f"invalid status: {status!r} (one of {HOLD_STATUSES} or None)")
+        with self.engine.connect() as conn:
+            query = self._hold_query()
+            if status is not None:
+                query = query.where(stock_holds.c.status == status)
+            if location is not None:
+                query = query.where(stock_holds.c.location_id.in_(self._subtree(conn, location)))
+            return [HoldView(*row) for row in conn.execute(query)]
+
+    def _hold_views(self, ids: Sequence[int]) -> list[HoldView]:
+        if not ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._hold_query().where(stock_holds.c.id.in_(list(ids))))
+            views = {view.id: view for view in (HoldView(*row) for row in rows)}
+        missing = [i for i in ids if i not in views]
+        if missing:
+            raise UnknownEntity("hold", missing[0])
+        return [views[i] for i in ids]
+
+    @staticmethod
+    def _hold_query() -> Any:
+        return (
+            select(
+                stock_holds.c.id,
+                stock_holds.c.key,
+                locations.c.code,
+                products.c.gtin,
+                lots.c.batch,
+                lots.c.expiry,
+                stock_holds.c.quantity,
+                func.coalesce(balances.c.on_hand, 0),
+                stock_holds.c.reason,
+                stock_holds.c.status,
+                stock_holds.c.raised_at,
+                stock_holds.c.raised_by,
+                stock_holds.c.resolved_at,
+                stock_holds.c.resolved_by,
+                stock_holds.c.resolution_note,
+            )
+            .join(locations, locations.c.id == stock_holds.c.location_id)
+            .join(lots, lots.c.id == stock_holds.c.lot_id)
+            .join(products, products.c.id == lots.c.product_id)
+            .outerjoin(
+                balances,
+                (balances.c.location_id == stock_holds.c.location_id)
+                & (balances.c.lot_id == stock_holds.c.lot_id),
+            )
+            .order_by(stock_holds.c.id)
+        )
+
+    @staticmethod
+    def _unheld_stock(conn: Connection, loc_ids: Sequence[int]) -> list[Any]:
+        return list(
+            conn.execute(
+                select(
+                    balances.c.location_id,
+                    balances.c.lot_id,
+                    balances.c.on_hand,
+                    balances.c.reserved,
+                )
+                .where(balances.c.location_id.in_(list(loc_ids)), balances.c.on_hand > 0, ~_held())
+                .order_by(balances.c.location_id, balances.c.lot_id)
+            ).all()
+        )
+
+    def _resolve_hold(
+        self,
+        conn: Connection,
+        hold_id: int,
+        status: str,
+        actor: str,
+        note: str,
+        waste_key: str | None = None,
+    ) -> tuple[int, int]:
+        """Closes an open hold (only once: the UPDATE checks that it is still held);
+        returns its (location, lot)."""
+        row = conn.execute(
+            update(stock_holds)
+            .where(stock_holds.c.id == hold_id, stock_holds.c.status == "held")
+            .values(
+                status=status,
+                resolved_at=self.clock(),
+                resolved_by=actor,
+                resolution_note=note,
+                waste_key=waste_key,
+            )
+            .returning(stock_holds.c.location_id, stock_holds.c.lot_id)
+        ).first()
+        if row is None:
+            current = conn.execute(
+                select(stock_holds.c.status).where(stock_holds.c.id == hold_id)
+            ).scalar()
+            if current is None:
+                raise UnknownEntity("hold", hold_id)
+            raise HoldClosed(hold_id, str(current))
+        self._note("hold", str(hold_id), {"status": "held"}, {"status": status, "note": note})
+        return int(row.location_id), int(row.lot_id)
+
+    def _subtree(self, conn: Connection, code: str) -> list[int]:
+        """A stock-keeping location and every one under it (a cabinet and its pockets)."""
+        root = self._internal_location_id(conn, code)
+        children: dict[int, list[int]] = defaultdict(list)
+        for row in conn.execute(
+            select(locations.c.id, locations.c.parent_id).where(
+                locations.c.parent_id.is_not(None), locations.c.kind.in_(INTERNAL_KINDS)
+            )
+        ):
+            children[int(row.parent_id)].append(int(row.id))
+        found, todo = [root], [root]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+        return found
+
+    # ------------------------------------------------------------------ discrepancies
+
+    def raise_discrepancy(
+        self,
+        key: str,
+        location: str,
+        gtin: str,
+        *,
+        source: str,
+        device_value: int,
+        ledger_value: int,
+        detail: str,
+        actor: str,
+    ) -> DiscrepancyView:
+        """Records that a device (or a count) disagrees with the ledger, for an operator
+        to look at; the ledger's balances are not changed by it. Idempotent by key."""
+        source = _text("source", source, 20)
+        detail = _text("detail", detail, 300)
+        _check_actor(actor)
+        _count("device_value", device_value)
+        _count("ledger_value", ledger_value)
+
+        def run(conn: Connection) -> dict[str, Any]:
+            loc_id = self._internal_location_id(conn, location)
+            product_id = self._product_id(conn, gtin)
+            values = {
+                "source": source,
+                "device_value": device_value,
+                "ledger_value": ledger_value,
+                "difference": device_value - ledger_value,
+                "detail": detail,
+            }
+            found_id = conn.execute(
+                insert(stock_discrepancies)
+                .values(
+                    key=key,
+                    location_id=loc_id,
+                    product_id=product_id,
+                    raised_at=self.clock(),
+                    raised_by=actor,
+                    status="open",
+                    **values,
+                )
+                .returning(stock_discrepancies.c.id)
+            ).scalar_one()
+            self._note(
+                "discrepancy",
+                str(found_id),
+                None,
+                {"location": location, "gtin": gtin, "status": "open", **values},
+            )
+            return {"discrepancy": int(found_id)}
+
+        result = self._run(key, "discrepancy", run, actor, detail)
+        return self._discrepancy_views([int(result["discrepancy"])])[0]
+
+    def resolve_discrepancy(self, discrepancy_id: int, *, actor: str, note: str) -> DiscrepancyView:
+        """Closes a discrepancy with what was found or done about it (once)."""
+        note = _text("note", note, 300)
+        _check_actor(actor)
+        with self._tx(actor, "discrepancy-resolve", note) as conn:
+            done = conn.execute(
+                update(stock_discrepancies)
+                .where(
+                    stock_discrepancies.c.id == discrepancy_id,
+                    stock_discrepancies.c.status == "open",
+                )
+                .values(
+                    status="resolved",
+                    resolved_at=self.clock(),
+                    resolved_by=actor,
+                    resolution_note=note,
+                )
+            ).rowcount
+            if done != 1:
+                current = conn.execute(
+                    select(stock_discrepancies.c.status).where(
+                        stock_discrepancies.c.id == discrepancy_id
+                    )
+                ).scalar()
+                if current is None:
+                    raise UnknownEntity("discrepancy", discrepancy_id)
+                raise DiscrepancyClosed(discrepancy_id, str(current))
+            self._note(
+                "discrepancy",
+                str(discrepancy_id),
+                {"status": "open"},
+                {"status": "resolved", "note": note},
+            )
+        return self._discrepancy_views([discrepancy_id])[0]
+
+    def discrepancies(
+        self, *, status: str | None = "open", location: str | None = None
+    ) -> list[DiscrepancyView]:
+        """Discrepancies, oldest first; `location` includes the locations under it, and
+        a `status` of None lists every one."""
+        if status is not None and status not in DISCREPANCY_STATUSES:
+            raise LedgerError(f"invalid status: {status!r} (one of {DISCREPANCY_STATUSES} or None)")
+        with self.engine.connect() as conn:
+            query = self._discrepancy_query()
+            if status is not None:
+                query = query.where(stock_discrepancies.c.status == status)
+            if location is not None:
+                query = query.where(
+                    stock_discrepancies.c.location_id.in_(self._subtree(conn, location))
+                )
+            return [DiscrepancyView(*row) for row in conn.execute(query)]
+
+    def open_discrepancy_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(stock_discrepancies)
+                    .where(stock_discrepancies.c.status == "open")
+                ).scalar_one()
+            )
+
+    def _discrepancy_views(self, ids: Sequence[int]) -> list[DiscrepancyView]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                self._discrepancy_query().where(stock_discrepancies.c.id.in_(list(ids)))
+            )
+            views = {view.id: view for view in (DiscrepancyView(*row) for row in rows)}
+        missing = [i for i in ids if i not in views]
+        if missing:
+            raise UnknownEntity("discrepancy", missing[0])
+        return [views[i] for i in ids]
+
+    @staticmethod
+    def _discrepancy_query() -> Any:
+        d = stock_discrepancies
+        return (
+            select(
+                d.c.id,
+                d.c.key,
+                locations.c.code,
+                products.c.gtin,
+                d.c.source,
+                d.c.device_value,
+                d.c.ledger_value,
+                d.c.difference,
+                d.c.detail,
+                d.c.status,
+                d.c.raised_at,
+                d.c.raised_by,
+                d.c.resolved_at,
+                d.c.resolved_by,
+                d.c.resolution_note,
+            )
+            .join(locations, locations.c.id == d.c.location_id)
+            .join(products, products.c.id == d.c.product_id)
+            .order_by(d.c.id)
+        )
 
     # ------------------------------------------------------------------ reservations
 
@@ -1001,6 +1545,7 @@ class Ledger:
                 lots.c.status,
                 balances.c.on_hand,
                 balances.c.reserved,
+                _held().label("held"),
             )
             .join(locations, locations.c.id == balances.c.location_id)
             .join(lots, lots.c.id == balances.c.lot_id)
@@ -1013,7 +1558,19 @@ class Ledger:
         if gtin is not None:
             query = query.where(products.c.gtin == gtin)
         with self.engine.connect() as conn:
-            return [LotStock(*row) for row in conn.execute(query)]
+            return [
+                LotStock(
+                    location=r.code,
+                    gtin=r.gtin,
+                    batch=r.batch,
+                    expiry=r.expiry,
+                    status=r.status,
+                    on_hand=r.on_hand,
+                    reserved=r.reserved,
+                    held=bool(r.held),
+                )
+                for r in conn.execute(query)
+            ]
 
     def available(self, location: str, gtin: str) -> int:
         """Free stock of a product at a location (usable lots only)."""
@@ -1395,11 +1952,12 @@ class Ledger:
         )
         if usable_only:
             cutoff = self.clock().date() + timedelta(days=self.min_shelf_life_days)
-            query = query.where(lots.c.status == "released", lots.c.expiry >= cutoff)
+            query = query.where(lots.c.status == "released", lots.c.expiry >= cutoff, ~_held())
             if conn.dialect.name == "postgresql":
-                # A share lock on the lots allocated from: quarantining or recalling one
-                # of them waits until this transaction's lines exist (and then moves
-                # them), and an allocation that waited re-checks the lot's new status.
+                # A share lock on the lots allocated from: quarantining, recalling or
+                # holding one of them waits until this transaction's lines exist (and
+                # then moves them), and an allocation that waited re-checks the lot's
+                # new status (and `_conditional` re-checks holds).
                 query = query.with_for_update(read=True, of=lots)
         return [(int(a), int(b), int(c)) for a, b, c in conn.execute(query)]
 
@@ -1428,6 +1986,10 @@ class Ledger:
         """Holds (or takes) `want` if free on the row; retries smaller if a rival took some."""
         column = balances.c.reserved if hold else balances.c.on_hand
         sign = 1 if hold else -1
+        # Reserving checks for a location hold in the same statement: a hold committed
+        # while this transaction waited for the lot's lock is seen here (a new statement
+        # takes a new snapshot), so held stock is never reserved.
+        unheld = [~_held()] if hold else []
         while want > 0:
             row = conn.execute(
                 update(balances)
@@ -1435,6 +1997,7 @@ class Ledger:
                     balances.c.location_id == loc_id,
                     balances.c.lot_id == lot_id,
                     balances.c.on_hand - balances.c.reserved >= want,
+                    *unheld,
                 )
                 .values({column.name: column + sign * want})
                 .returning(balances.c.on_hand, balances.c.reserved)
@@ -1444,7 +2007,7 @@ class Ledger:
                 return want
             free = conn.execute(
                 select(balances.c.on_hand - balances.c.reserved).where(
-                    balances.c.location_id == loc_id, balances.c.lot_id == lot_id
+                    balances.c.location_id == loc_id, balances.c.lot_id == lot_id, *unheld
                 )
             ).scalar()
             want = min(want - 1, int(free or 0))
@@ -1739,6 +2302,38 @@ def _line_problem(line: DeliveryLine, today: date) -> LedgerError | None:
             f"expired lot: batch {line.batch!r} of {line.gtin} expired on {line.expiry}"
         )
     return None
+
+
+def _held() -> ColumnElement[bool]:
+    """Whether a balance row is under an open location hold (correlated to `balances`)."""
+    return exists().where(
+        stock_holds.c.location_id == balances.c.location_id,
+        stock_holds.c.lot_id == balances.c.lot_id,
+        stock_holds.c.status == "held",
+    )
+
+
+def _text(field: str, value: object, limit: int) -> str:
+    """A required free text (a reason, a note): blank or too long is refused."""
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise LedgerError(
+            f"invalid {field}: {value!r} (must be non-blank, at most {limit} characters)"
+        )
+    return value.strip()
+
+
+INT32 = 2**31 - 1  # the largest value an Integer column holds on PostgreSQL
+
+
+def _count(field: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT32:
+        raise LedgerError(f"invalid {field}: {value!r} (must be a whole number 0..{INT32})")
+    return value
+
+
+def _check_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip():
+        raise LedgerError(f"invalid actor: {actor!r} (who decided must be named)")
 
 
 def _check_waste_reason(code: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -372,4 +373,117 @@ canister_fills = Table(
     Column("dispensed_before", BigInteger),
     # The scan station whose GS1 scan confirmed the pack at the canister.
     Column("confirmed_by", String(64)),
+)
+
+# ---------------------------------------------------------------- holds and discrepancies
+
+HOLD_STATUSES = ("held", "released", "wasted")
+DISCREPANCY_STATUSES = ("open", "resolved")
+
+# Stock quarantined at one location (a cold cabinet after a temperature excursion): the
+# same lot elsewhere stays usable, unlike a lot's status, which blocks it everywhere.
+# While a (location, lot) has a 'held' row it is never reserved, transferred or counted
+# as available; consumption booked there (a fact from the cabinet) still goes through.
+# `quantity` is what was on hand when it was held; `waste_key` names the waste movement
+# that resolved a wasted hold.
+stock_holds = Table(
+    "stock_holds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("lot_id", Integer, ForeignKey("lots.id"), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("reason", String(300), nullable=False),
+    Column("raised_at", UTCDateTime(), nullable=False),
+    Column("raised_by", String(100), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(100), nullable=True),
+    Column("resolution_note", String(300), nullable=True),
+    Column("waste_key", String(200), nullable=True),
+    CheckConstraint("status IN ('held', 'released', 'wasted')", name="ck_stock_hold_status"),
+    CheckConstraint("quantity >= 0", name="ck_stock_hold_quantity"),
+)
+# At most one open hold per (location, lot), whoever raises it.
+Index(
+    "ux_stock_holds_open",
+    stock_holds.c.location_id,
+    stock_holds.c.lot_id,
+    unique=True,
+    sqlite_where=stock_holds.c.status == "held",
+    postgresql_where=stock_holds.c.status == "held",
+)
+
+# A device (or a count) that disagrees with the ledger, kept until an operator has looked
+# at it: the ledger books what it can prove, the difference is shown, never silently
+# absorbed.
+stock_discrepancies = Table(
+    "stock_discrepancies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("product_id", Integer, ForeignKey("products.id"), nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("device_value", Integer, nullable=False),
+    Column("ledger_value", Integer, nullable=False),
+    Column("difference", Integer, nullable=False),  # device - ledger
+    Column("detail", String(300), nullable=False),
+    Column("raised_at", UTCDateTime(), nullable=False),
+    Column("raised_by", String(100), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(100), nullable=True),
+    Column("resolution_note", String(300), nullable=True),
+    CheckConstraint("status IN ('open', 'resolved')", name="ck_stock_discrepancy_status"),
+)
+Index("ix_stock_discrepancies_status", stock_discrepancies.c.status)
+
+# ---------------------------------------------------------------- pocket refills
+# Refills of cabinet pockets and the pick lists that gather them, persisted so that a
+# restarted controller carries on with the refills it had promised.
+
+pick_lists = Table(
+    "pick_lists",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("list_id", String(60), nullable=False, unique=True),
+    Column("cabinet", String(40), nullable=False),
+    Column("urgent", Boolean, nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("status", String(12), nullable=False),  # open, done, cancelled
+    Column("closed_at", UTCDateTime(), nullable=True),
+)
+
+pocket_refills = Table(
+    "pocket_refills",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("refill_id", String(80), nullable=False, unique=True),
+    Column("cabinet", String(40), nullable=False),
+    Column("pocket", Integer, nullable=False),
+    Column("gtin", String(14), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("urgent", Boolean, nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("pick_list", String(60), nullable=True),
+    Column("reservation_key", String(200), nullable=False),
+    # JSON list of the indexes of the reservation's lines already scanned at the cabinet
+    Column("scanned", Text, nullable=False, server_default="[]"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("confirmed_at", UTCDateTime(), nullable=True),
+    Column("confirmed_by", String(100), nullable=True),
+    # the mailbox sequence the cabinet is told the refill with (sent again after a
+    # restart, the cabinet acts on it once)
+    Column("command_sequence", Integer, nullable=True),
+    Column("cancel_reason", String(300), nullable=True),
+)
+Index(
+    "ix_pocket_refills_cabinet_pocket_state",
+    pocket_refills.c.cabinet,
+    pocket_refills.c.pocket,
+    pocket_refills.c.state,
 )

@@ -2,8 +2,10 @@
 
 The cached balances must equal what the append-only movements add up to, nothing may
 be negative, and what is reserved on a row must equal the open reservation lines on it
-and never exceed what is on hand. The audit chain must be whole, and every movement
-must be exactly what the audit trail recorded when it was booked.
+and never exceed what is on hand. Stock under an open location hold is reserved for
+nothing, and a hold closed as wasted has its waste movement. The audit chain must be
+whole, and every movement must be exactly what the audit trail recorded when it was
+booked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from controller.ledger.schema import (
     products,
     reservation_lines,
     reservations,
+    stock_holds,
 )
 
 
@@ -87,6 +90,28 @@ def verify_ledger(engine: Engine) -> list[Violation]:
             for row in conn.execute(select(balances))
         }
 
+        holds = conn.execute(
+            select(
+                stock_holds.c.id,
+                stock_holds.c.location_id,
+                stock_holds.c.lot_id,
+                stock_holds.c.status,
+                stock_holds.c.waste_key,
+            ).where(stock_holds.c.status.in_(("held", "wasted")))
+        ).all()
+        waste_keys = [h.waste_key for h in holds if h.status == "wasted" and h.waste_key]
+        wasted: dict[tuple[str, int, int], int] = defaultdict(int)
+        if waste_keys:
+            for m in conn.execute(
+                select(
+                    movements.c.idempotency_key,
+                    movements.c.from_location_id,
+                    movements.c.lot_id,
+                    movements.c.quantity,
+                ).where(movements.c.kind == "waste", movements.c.idempotency_key.in_(waste_keys))
+            ):
+                wasted[(m.idempotency_key, m.from_location_id, m.lot_id)] += m.quantity
+
     def name(key: tuple[int, int]) -> str:
         loc, lot = key
         return f"{internal.get(loc, f'location #{loc}')} lot {lot_names.get(lot, f'#{lot}')}"
@@ -115,6 +140,23 @@ def verify_ledger(engine: Engine) -> list[Violation]:
         if reserved > on_hand:
             found.append(
                 Violation("over-reserved", f"{name(key)}: reserved {reserved} > on hand {on_hand}")
+            )
+    for hold in holds:
+        key = (hold.location_id, hold.lot_id)
+        if hold.status == "held" and cached.get(key, (0, 0))[1] > 0:
+            found.append(
+                Violation(
+                    "held-reserved",
+                    f"hold {hold.id}: {name(key)} is held but {cached[key][1]} of it is reserved",
+                )
+            )
+        if hold.status == "wasted" and wasted.get((hold.waste_key, *key), 0) <= 0:
+            found.append(
+                Violation(
+                    "hold-waste-missing",
+                    f"hold {hold.id}: {name(key)} is wasted but no waste movement "
+                    f"{hold.waste_key!r} took it from there",
+                )
             )
     return found
 

@@ -54,7 +54,7 @@ class CanisterTicket:
 class CanisterDesk:
     """Open canister tickets, and the scans that confirm them."""
 
-    ticket_prefix = TICKET_PREFIX
+    prefixes: tuple[str, ...] = (TICKET_PREFIX,)
 
     def __init__(self, today: Callable[[], date] | None = None) -> None:
         self.open: dict[str, CanisterTicket] = {}

@@ -65,6 +65,10 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
         "doseline_ledger_open_reservations",
         'doseline_ledger_operation_seconds_bucket{le="0.01",operation="reserve"}',
         "doseline_cabinet_withdrawals_total",
+        # The cabinets on the RTU line are polled through their shared bus.
+        'doseline_cabinet_link_state{cabinet="CAB-GER3",state="online"} 1.0',
+        'doseline_cabinet_temperature_celsius{cabinet="CAB-ICU-COLD"}',
+        "doseline_refills_pending",
     ):
         assert name in scraped, f"{name} missing from /metrics"
     assert "PT-" not in scraped  # no patient pseudonyms as labels, let alone names
@@ -79,6 +83,13 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     assert summary["ledger_verified"] is True
     assert summary["physical_mismatches"] == []
     assert summary["scans_refused"] >= 1  # the demo's deliberately wrong pack
+    refused = " | ".join(summary["refused_scans"])
+    assert "wrong pocket" in refused and "is not on pick list" in refused
+    assert summary["pick_lists_scheduled"] >= 1 and summary["pick_lists_urgent"] >= 1
+    assert summary["wasted_at_cabinets"] >= 1
+    # The fridge's excursion: its stock was held, then wasted by the pharmacist.
+    assert summary["cold_chain"] and "wasted by pharmacist:demo" in summary["cold_chain"][0]
+    assert summary["stock_on_hold"] == 0 and summary["discrepancies_open"] == 0
     # Both packer types packed: PACKER-1 over OPC UA, PACKER-2 over the serial line.
     assert summary["pouches_by_packer"]["PACKER-1"] > 0
     assert summary["pouches_by_packer"]["PACKER-2"] > 0

@@ -110,7 +110,19 @@ def pocket(status: CabinetStatus, number: int) -> PocketStatus:
 async def test_read_status_decodes_every_field(
     sim: CabinetSimulator, make_driver: DriverFactory
 ) -> None:
-    sim.set_counters(1, 2, withdrawals_total=70_000, refills_total=0x0001_2345, returns_total=3)
+    sim.set_counters(
+        1,
+        2,
+        withdrawals_total=70_000,
+        refills_total=0x0001_2345,
+        returns_total=3,
+        empty_hits_total=0x0002_0001,
+        waste_total=5,
+        counted_up_total=0xFFFF_FFFE,
+        counted_down_total=65_536,
+    )
+    sim.set_locked(1, 7, True)
+    sim.set_temperature_excursions(1, 0x0003_0004)
     sim.advance(123.9)
     driver = await make_driver(sim.address)
 
@@ -118,16 +130,35 @@ async def test_read_status_decodes_every_field(
 
     assert status == CabinetStatus(
         cabinet_id=1,
-        map_version=1,
+        map_version=2,
         heartbeat=123,
         status=CabinetStatusBit(0),
         temperature_c=21.5,
         last_ack_sequence=0,
         pockets=(
-            PocketStatus(1, 100_101, 40, 10, 50, 0, 0, 0),
-            PocketStatus(2, 70_000_123, 25, 8, 30, 70_000, 0x0001_2345, 3),
-            PocketStatus(7, 4_000_000_000, 0, 2, 10, 0, 0, 0),
+            PocketStatus(1, 100_101, 40, 10, 50, 0, 0, 0, capacity=60),
+            PocketStatus(
+                2,
+                70_000_123,
+                25,
+                8,
+                30,
+                70_000,
+                0x0001_2345,
+                3,
+                capacity=40,
+                locked=False,
+                empty_hits_total=131_073,
+                waste_total=5,
+                counted_up_total=4_294_967_294,
+                counted_down_total=65_536,
+            ),
+            PocketStatus(7, 4_000_000_000, 0, 2, 10, 0, 0, 0, capacity=12, locked=True),
         ),
+        map_minor=0,
+        temp_low_c=15.0,
+        temp_high_c=25.0,
+        temp_excursions_total=0x0003_0004,
     )
     assert driver.identity is not None
     assert (driver.identity.firmware_major, driver.identity.firmware_minor) == (2, 7)
@@ -272,6 +303,189 @@ async def test_same_seed_same_withdrawals() -> None:
     assert run(5) != run(6)
 
 
+# --- map 2.0: every change of COUNT has a counter -----------------------------------------
+
+
+def conserved(before: PocketStatus, after: PocketStatus) -> int:
+    """COUNT as the conservation rule of map 2.0 predicts it from the counter deltas."""
+
+    def d(name: str) -> int:
+        return reg.counter_delta(getattr(before, name), getattr(after, name))
+
+    return (
+        before.count
+        - d("withdrawals_total")
+        - d("waste_total")
+        + d("refills_total")
+        + d("returns_total")
+        + d("counted_up_total")
+        - d("counted_down_total")
+    )
+
+
+async def test_waste_and_keypad_stocktakes_are_counted(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    driver = await make_driver(sim.address)
+    before = pocket(await driver.read_status(), 1)  # 40
+
+    assert sim.waste(1, 1, 2) == 2  # 38
+    sim.stocktake(1, 1, 41)  # the nurse finds 3 more: counted up 3
+    sim.stocktake(1, 1, 37)  # and then 4 fewer: counted down 4
+    after = pocket(await driver.read_status(), 1)
+
+    assert (after.count, after.waste_total) == (37, 2)
+    assert (after.counted_up_total, after.counted_down_total) == (3, 4)
+    assert after.withdrawals_total == 0
+    assert conserved(before, after) == after.count
+    with pytest.raises(ValueError, match="counted"):
+        sim.stocktake(1, 1, 61)
+    assert sim.waste(1, 7, 3) == 0  # pocket 7 is empty: nothing to discard
+
+
+async def test_empty_hits_count_demand_the_pocket_did_not_meet(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    driver = await make_driver(sim.address)
+    assert sim.withdraw(1, 7, 2) == 0
+    sim.return_doses(1, 7, 1)
+    assert sim.withdraw(1, 7, 3) == 1
+
+    p = pocket(await driver.read_status(), 7)
+    assert (p.count, p.withdrawals_total, p.returns_total, p.empty_hits_total) == (0, 1, 1, 4)
+
+
+async def test_returns_beyond_capacity_are_not_counted(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    driver = await make_driver(sim.address)
+    before = pocket(await driver.read_status(), 2)  # 25 of 40
+    assert sim.return_doses(1, 2, 20) == 15
+    after = pocket(await driver.read_status(), 2)
+    assert (after.count, after.returns_total) == (40, 15)
+    assert conserved(before, after) == after.count
+
+
+async def test_lock_and_unlock_through_the_mailbox(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    driver = await make_driver(sim.address)
+
+    await driver.send_command(1, CabinetCommand.LOCK_POCKET, 2, 0)
+    await driver.send_command(2, CabinetCommand.LOCK_POCKET, 2, 0)  # locked again: fine
+    p = pocket(await driver.read_status(), 2)
+    assert p.locked and sim.pocket(1, 2).locked
+
+    assert sim.withdraw(1, 2, 3) == 0  # refused: no withdrawal, no empty hit
+    await driver.send_command(3, CabinetCommand.REFILL, 2, 5)  # stock may still go in
+    p = pocket(await driver.read_status(), 2)
+    assert (p.count, p.withdrawals_total, p.empty_hits_total, p.refills_total) == (30, 0, 0, 5)
+
+    with pytest.raises(DriverError, match="bad quantity"):
+        await driver.send_command(4, CabinetCommand.UNLOCK_POCKET, 2, 1)
+    assert sim.pocket(1, 2).locked
+    with pytest.raises(DriverError, match="unknown pocket"):
+        await driver.send_command(5, CabinetCommand.LOCK_POCKET, 3, 0)
+
+    await driver.send_command(6, CabinetCommand.UNLOCK_POCKET, 2, 0)
+    assert not pocket(await driver.read_status(), 2).locked
+    assert sim.withdraw(1, 2, 3) == 3
+
+
+async def test_nurses_skip_a_locked_pocket(make_driver: DriverFactory) -> None:
+    simulator = CabinetSimulator(
+        cabinets=[CabinetSpec(cabinet_id=1, pockets=busy_pockets(daily=200))],
+        time_factor=0,
+        seed=3,
+    )
+    async with simulator:
+        driver = await make_driver(simulator.address, pocket_count=2)
+        await driver.send_command(1, CabinetCommand.LOCK_POCKET, 1, 0)
+        simulator.advance(86_400)
+        status = await driver.read_status()
+
+    locked, open_ = pocket(status, 1), pocket(status, 2)
+    assert locked.locked and (locked.count, locked.withdrawals_total) == (2000, 0)
+    assert locked.empty_hits_total == 0
+    assert open_.withdrawals_total > 100 and not open_.locked
+
+
+async def test_temperature_band_and_excursions(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    driver = await make_driver(sim.address)
+    status = await driver.read_status()
+    assert (status.temp_low_c, status.temp_high_c, status.temp_excursions_total) == (15.0, 25.0, 0)
+
+    sim.set_temperature(1, 26.0)  # out: one excursion
+    sim.set_temperature(1, 27.0)  # still out: the same excursion
+    sim.set_temperature(1, 22.0)  # back in: no poll saw any of it
+    sim.set_temperature(1, 14.9)  # out on the cold side: the second
+    status = await driver.read_status()
+    assert status.temp_excursions_total == 2
+    assert status.status == CabinetStatusBit.TEMPERATURE_ALARM
+    sim.set_temperature(1, 25.0)  # the band's edges are inside
+    status = await driver.read_status()
+    assert status.temp_excursions_total == 2 and status.status == CabinetStatusBit(0)
+
+
+async def test_cold_cabinet_band_and_counter_wrap(make_driver: DriverFactory) -> None:
+    simulator = CabinetSimulator(
+        cabinets=[
+            CabinetSpec(cabinet_id=4, pockets=POCKETS[:1], cold=True),
+            CabinetSpec(
+                cabinet_id=5,
+                pockets=POCKETS[:1],
+                cold=True,
+                temperature_alarm_high_c=6.5,
+                temperature_c=-1.5,
+            ),
+        ],
+        time_factor=0,
+    )
+    async with simulator:
+        fridge = await make_driver(simulator.address, unit_id=4, pocket_count=1)
+        other = await make_driver(simulator.address, unit_id=5, pocket_count=1)
+        status = await fridge.read_status()
+        assert (status.temperature_c, status.temp_low_c, status.temp_high_c) == (5.0, 2.0, 8.0)
+        assert status.status == CabinetStatusBit(0)
+
+        simulator.set_temperature_excursions(4, 2**32 - 1)
+        before = await fridge.read_status()
+        simulator.set_temperature(4, 9.1)
+        after = await fridge.read_status()
+        assert after.temp_excursions_total == 0
+        assert reg.counter_delta(before.temp_excursions_total, after.temp_excursions_total) == 1
+        assert after.status == CabinetStatusBit.TEMPERATURE_ALARM
+
+        status = await other.read_status()
+        assert (status.temperature_c, status.temp_low_c, status.temp_high_c) == (-1.5, 2.0, 6.5)
+        assert status.status == CabinetStatusBit.TEMPERATURE_ALARM  # started outside
+        assert status.temp_excursions_total == 0  # but never left the band
+
+
+async def test_counts_are_explained_by_counters_alone(
+    sim: CabinetSimulator, make_driver: DriverFactory
+) -> None:
+    """The conservation rule of map 2.0 over a mix of everything that moves COUNT."""
+    driver = await make_driver(sim.address)
+    before = {p.number: p for p in (await driver.read_status()).pockets}
+
+    sim.withdraw(1, 1, 7)
+    sim.waste(1, 1, 1)
+    sim.return_doses(1, 1, 2)
+    await driver.send_command(1, CabinetCommand.REFILL, 1, 10)
+    await driver.send_command(2, CabinetCommand.SET_COUNT, 2, 31)
+    sim.stocktake(1, 2, 29)
+    sim.withdraw(1, 7, 4)  # empty: empty hits move, COUNT does not
+    await driver.send_command(3, CabinetCommand.REFILL, 7, 12)
+    sim.waste(1, 7, 12)
+
+    after = await driver.read_status()
+    for p in after.pockets:
+        assert conserved(before[p.number], p) == p.count, p.number
+
+
 # --- commands -----------------------------------------------------------------------------
 
 
@@ -351,16 +565,25 @@ async def test_unknown_pocket_and_unknown_command_are_refused(
     assert sim.pocket(1, 1).count == 40
 
 
-async def test_set_count_is_a_stocktake_without_counters(
+async def test_set_count_is_a_stocktake_that_moves_the_counted_counters(
     sim: CabinetSimulator, make_driver: DriverFactory
 ) -> None:
     driver = await make_driver(sim.address)
-    sim.withdraw(1, 1, 2)
+    sim.withdraw(1, 1, 2)  # 40 -> 38
 
-    await driver.send_command(8, CabinetCommand.SET_COUNT, 1, 33)
-
+    await driver.send_command(8, CabinetCommand.SET_COUNT, 1, 33)  # 5 fewer than thought
     state = sim.pocket(1, 1)
     assert (state.count, state.withdrawals_total, state.refills_total) == (33, 2, 0)
+    assert (state.counted_up_total, state.counted_down_total) == (0, 5)
+
+    await driver.send_command(9, CabinetCommand.SET_COUNT, 1, 36)  # 3 more
+    await driver.send_command(10, CabinetCommand.SET_COUNT, 1, 36)  # no difference
+    p = pocket(await driver.read_status(), 1)
+    assert (p.count, p.counted_up_total, p.counted_down_total) == (36, 3, 5)
+
+    with pytest.raises(DriverError, match="capacity"):
+        await driver.send_command(11, CabinetCommand.SET_COUNT, 1, 61)
+    assert sim.pocket(1, 1).counted_up_total == 3
 
 
 async def test_faulted_cabinet_refuses_commands(
@@ -429,11 +652,16 @@ async def test_server_stop_raises_and_the_driver_recovers(
     with pytest.raises(DriverError, match="ward-1"):
         await driver.read_status()
     assert time.monotonic() - started < 1.6
-    with pytest.raises(DriverError, match="connect"):  # still down: refused at once
+    with pytest.raises(DriverError, match="connect"):  # still down
         await driver.read_status()
+    started = time.monotonic()
+    with pytest.raises(DriverError, match=rf"127\.0\.0\.1:{port}.*next attempt in \d"):
+        await driver.read_status()  # within the backoff: refused without trying
+    assert time.monotonic() - started < 0.1
 
     await sim.start()
     assert sim.port == port
+    await asyncio.sleep(driver.bus.retry_in)
     assert (await driver.read_status()).cabinet_id == 1  # reconnects by itself
 
     await driver.close()
@@ -446,14 +674,30 @@ async def test_server_stop_raises_and_the_driver_recovers(
     assert (await driver.read_status()).pockets[0].count == 40
 
 
-async def test_other_map_version_is_refused(make_driver: DriverFactory) -> None:
+@pytest.mark.parametrize("version", [(1, 0), (1, 3), (3, 0)])
+async def test_other_map_major_is_refused(
+    make_driver: DriverFactory, version: tuple[int, int]
+) -> None:
     simulator = CabinetSimulator(
-        cabinets=[CabinetSpec(cabinet_id=1, pockets=POCKETS, map_version=(2, 0))],
+        cabinets=[CabinetSpec(cabinet_id=1, pockets=POCKETS, map_version=version)],
         time_factor=0,
     )
     async with simulator:
-        with pytest.raises(DriverError, match=r"map version 2\.0.*supports 1\.x"):
+        with pytest.raises(
+            DriverError, match=rf"map version {version[0]}\.{version[1]}.*supports 2\.x"
+        ):
             await make_driver(simulator.address)
+
+
+async def test_a_later_minor_version_is_accepted(make_driver: DriverFactory) -> None:
+    simulator = CabinetSimulator(
+        cabinets=[CabinetSpec(cabinet_id=1, pockets=POCKETS, map_version=(2, 4))],
+        time_factor=0,
+    )
+    async with simulator:
+        driver = await make_driver(simulator.address)
+        status = await driver.read_status()
+    assert (status.map_version, status.map_minor) == (2, 4)
 
 
 async def test_pocket_count_mismatch_is_refused(
@@ -503,7 +747,7 @@ def test_address_parsing() -> None:
 
 def test_read_plan_keeps_pockets_whole_and_reads_few() -> None:
     plan = reg.read_plan(24)
-    assert len(plan) <= 4
+    assert plan == [(0, 104), (104, 120), (224, 120), (344, 120), (464, 120), (584, 24)]
     assert all(count <= reg.MAX_READ_REGISTERS for _, count in plan)
     covered = [a for start, count in plan for a in range(start, start + count)]
     assert covered == list(range(reg.pocket_address(24)))

@@ -11,7 +11,7 @@ import pytest
 
 from controller.app import Controller
 from controller.cabinets.poller import pocket_location
-from controller.cabinets.replenishment import RefillState
+from controller.cabinets.replenishment import RefillState, pocket_label
 from controller.config import parse_site
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import verify_ledger
@@ -121,11 +121,16 @@ async def test_more_withdrawn_than_booked_is_a_visible_discrepancy(
         1, 2, withdrawals_total=plant.cabinet.pocket(1, 2).withdrawals_total + 11
     )
     await controller.pollers["CAB1"].poll_once()
+    await controller.pollers["CAB1"].poll_once()  # raised once, not once per poll
     assert pocket_stock(controller, 2, METO) == 0
+    # The counter says 11 were taken where the ledger held 8; and the cabinet still
+    # counts 8 doses the ledger no longer has. An operator sees both.
+    found = {(d.source, d.device_value, d.ledger_value) for d in controller.ledger.discrepancies()}
+    assert found == {("counter", 8, 8), ("cabinet", 8, 0)}
     sample = controller.metrics.registry.get_sample_value(
         "doseline_stock_discrepancies_total", {"location_kind": "pocket"}
     )
-    assert sample == 3.0
+    assert sample == 2.0
     assert verify_ledger(controller.ledger.engine) == []
 
 
@@ -161,6 +166,12 @@ async def test_low_pocket_is_refilled_after_scans_over_the_serial_line(
         "refused: no pick list open"
     )
     assert (await scan(pick.barcode)).startswith("ok: pick list")
+    assert "scan the label of the pocket" in await scan(
+        encode_pack(PackId(PARA, line.batch, line.expiry))
+    )
+    assert "pocket 2 of CAB1 has no refill open on pick list" in await scan(pocket_label("CAB1", 2))
+    assert "wrong cabinet" in await scan(pocket_label("CAB9", 1))
+    assert (await scan(pocket_label("CAB1", 1))).startswith("ok: pocket 1 of CAB1")
     assert "GTIN 07359990000020 is not on pick list" in await scan(
         encode_pack(PackId(METO, "M-1", TODAY + timedelta(days=200)))
     )
@@ -236,6 +247,7 @@ async def test_shutdown_during_a_confirmation_lets_it_finish(
     [refill] = replenishment.refills
     [pick] = await replenishment.make_pick_lists()
     assert (await replenishment.on_scan(pick.barcode)).accepted
+    assert (await replenishment.on_scan(pocket_label("CAB1", 1))).accepted
     line = refill.lines[0]
     plant.cabinet.set_stalled(1, True)  # the cabinet holds the refill command for now
     scan = asyncio.create_task(

@@ -71,7 +71,7 @@ async def test_no_scan_in_time_withdraws_the_ticket() -> None:
 
 async def test_a_station_works_for_the_desk_whose_ticket_it_scanned_last() -> None:
     class PickDesk:
-        ticket_prefix = "PL:"
+        prefixes = ("PL:",)
 
         def __init__(self) -> None:
             self.seen: list[str] = []

@@ -1,0 +1,107 @@
+"""Cold-storage cabinets: a temperature excursion quarantines what they hold.
+
+When a cold cabinet's excursion counter rises, every lot in its pockets is held in the
+ledger (that cabinet only: the same lot elsewhere stays usable), its pockets are locked
+so that nurses cannot take from them, and no refill goes there. A pharmacist then
+releases or wastes the held stock (`doseline cabinets release|waste`, from any
+process: the ledger is the shared truth). The poll after that decision carries it out
+at the cabinet: a wasted pocket's count is set to what the ledger holds, and the
+pockets are unlocked.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from controller.async_ledger import AsyncLedger
+from controller.cabinets.poller import CabinetPoller, pocket_location
+from controller.ledger import LedgerError
+from controller.metrics import Metrics
+from drivers.base import CabinetCommand, CabinetStatus, DriverError
+
+if TYPE_CHECKING:
+    from controller.cabinets.replenishment import Replenishment
+
+log = logging.getLogger("doseline.cold_chain")
+ACTOR = "cold-chain"
+QUARANTINE = "stock under temperature quarantine until a pharmacist releases or wastes it"
+
+
+class ColdChain:
+    def __init__(self, ledger: AsyncLedger, replenishment: Replenishment, metrics: Metrics) -> None:
+        self.ledger = ledger
+        self.replenishment = replenishment
+        self.metrics = metrics
+
+    def attach(self, poller: CabinetPoller) -> None:
+        poller.on_excursion = self.on_excursion
+        poller.after_poll = self.reconcile
+
+    async def on_excursion(
+        self, poller: CabinetPoller, status: CabinetStatus, excursions_total: int
+    ) -> None:
+        cabinet = poller.config
+        if not cabinet.cold:
+            log.warning(
+                "cabinet %s is not a cold cabinet: excursion alarmed, stock not held", cabinet.name
+            )
+            return
+        reason = (
+            f"temperature excursion on {cabinet.name} (band {status.temp_low_c}-"
+            f"{status.temp_high_c} °C, {status.temperature_c:.1f} °C when seen)"
+        )
+        holds = await self.ledger.call(
+            "hold_location",
+            f"excursion:{cabinet.name}:{excursions_total}",
+            cabinet.name,
+            reason=reason,
+            actor=ACTOR,
+        )
+        log.error("%s: %d lot(s) quarantined until a pharmacist decides", reason, len(holds))
+        await self._quarantine(poller, status)
+
+    async def _quarantine(self, poller: CabinetPoller, status: CabinetStatus) -> None:
+        name = poller.name
+        if name not in self.replenishment.blocked:
+            self.replenishment.block(name, QUARANTINE)
+            await self.replenishment.cancel_open(f"{name}: {QUARANTINE}", cabinet=name)
+        for pocket in status.pockets:
+            if not pocket.locked and pocket.number in poller.pockets:
+                await self._command(poller, CabinetCommand.LOCK_POCKET, pocket.number, 0)
+
+    async def reconcile(self, poller: CabinetPoller, status: CabinetStatus) -> None:
+        """Keeps the cabinet in step with the ledger's holds: locked while stock is
+        held; after the pharmacist's decision, counts set and pockets unlocked."""
+        if not poller.config.cold and not any(p.locked for p in status.pockets):
+            return
+        held = await self.ledger.call("holds", location=poller.name, status="held")
+        self.metrics.quarantined_lots.labels(poller.name).set(len(held))
+        if held:
+            await self._quarantine(poller, status)
+            return
+        for pocket in status.pockets:
+            config = poller.pockets.get(pocket.number)
+            if not pocket.locked or config is None:
+                continue
+            location = pocket_location(poller.name, pocket.number)
+            decided = await self.ledger.call("holds", location=location, status=None)
+            if decided and decided[-1].status == "wasted":
+                booked = await self.ledger.call("on_hand", location, config.gtin)
+                if booked != pocket.count:
+                    await self._command(poller, CabinetCommand.SET_COUNT, pocket.number, booked)
+            await self._command(poller, CabinetCommand.UNLOCK_POCKET, pocket.number, 0)
+        if poller.name in self.replenishment.blocked:
+            self.replenishment.unblock(poller.name)
+            log.info("cabinet %s: quarantine resolved, pockets unlocked", poller.name)
+
+    async def _command(
+        self, poller: CabinetPoller, command: CabinetCommand, pocket: int, quantity: int
+    ) -> None:
+        try:
+            await poller.send_command(command, pocket, quantity)
+        except (DriverError, LedgerError) as exc:
+            # Tried again at the next poll: the ledger still says what should be.
+            log.error(
+                "cabinet %s pocket %d: %s not done: %s", poller.name, pocket, command.name, exc
+            )
