@@ -99,6 +99,13 @@ class CabinetPoller:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_max_s)
                 continue
+            except LedgerError as exc:
+                # The ledger could not book: the marks did not move, so the next poll
+                # books the same events again.
+                log.error("cabinet %s: booking failed: %s", self.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.reconnect_max_s)
+                continue
             await asyncio.sleep(self.config.poll_interval_s)
 
     @contextlib.asynccontextmanager

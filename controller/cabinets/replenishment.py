@@ -321,15 +321,24 @@ class Replenishment:
             except TimeoutError:
                 pass
             self._urgent.clear()
-            now = self.clock()
-            if any(r.urgent and r.state == R.RESERVED for r in self.refills):
-                await self.make_pick_lists(urgent_only=True)
-            if now >= self._next_round:
-                log.info("round of %s", self._local(self._next_round))
-                await self.make_pick_lists(round_at=self._next_round)
-                self._next_round = next_round(now, self.settings.rounds, self.tz)
-            await self.tell_cabinets()
-            self._update_pending()
+            try:
+                await self._tick()
+            except LedgerError as exc:
+                # The database is unreachable or refused: the same work is tried again
+                # at the next tick, nothing was half-written.
+                log.error("refills: %s", exc)
+
+    async def _tick(self) -> None:
+        assert self._next_round is not None
+        now = self.clock()
+        if any(r.urgent and r.state == R.RESERVED for r in self.refills):
+            await self.make_pick_lists(urgent_only=True)
+        if now >= self._next_round:
+            log.info("round of %s", self._local(self._next_round))
+            await self.make_pick_lists(round_at=self._next_round)
+            self._next_round = next_round(now, self.settings.rounds, self.tz)
+        await self.tell_cabinets()
+        self._update_pending()
 
     async def make_pick_lists(
         self, *, urgent_only: bool = False, round_at: datetime | None = None
