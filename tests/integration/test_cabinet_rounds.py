@@ -6,6 +6,7 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from controller.cabinets.replenishment import RefillState, next_round, pack_of, 
 from controller.cli import main
 from controller.config import parse_site
 from controller.gs1 import encode_pack
-from controller.ledger import verify_ledger
+from controller.ledger import LedgerError, verify_ledger
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from tests.sites import METO, PARA, site_dict
 
@@ -379,3 +380,100 @@ async def test_a_booked_refill_is_told_once_when_two_tasks_try_at_once(
     assert sim.pocket(1, 1).count == 20 == stock(controller, 1, PARA)
     await controller.pollers["CAB1"].poll_once()
     assert controller.ledger.discrepancies() == []
+
+
+async def test_operators_see_refills_and_discrepancies_from_the_command_line(
+    site: tuple[Callable[..., Controller], CabinetSimulator, Clock],
+    ledger_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make, sim, _clock = site
+    controller = await ready(make())
+    sim.withdraw(1, 1, 8)  # 12 -> 4: a refill
+    sim.stocktake(1, 2, 5)  # a nurse counts 5 where the ledger has 8
+    await controller.pollers["CAB1"].poll_once()
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site_raw(sim)), encoding="utf-8")
+    common = ["--config", str(site_file), "--db", ledger_url]
+    capsys.readouterr()
+
+    assert main(["cabinets", "refills", *common]) == 0
+    out = capsys.readouterr().out
+    assert "CAB1-P01" in out and "x16" in out and "reserved" in out and "due" in out
+    assert main(["cabinets", "refills", *common, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["pocket"], row["quantity"], row["state"]) == (1, 16, "reserved")
+
+    assert main(["cabinets", "discrepancies", *common, "--json"]) == 0
+    [found] = json.loads(capsys.readouterr().out)
+    assert (found["location"], found["device_value"], found["ledger_value"]) == ("CAB1/P02", 5, 8)
+    assert (
+        main(
+            [
+                "cabinets",
+                "resolve",
+                str(found["id"]),
+                *common,
+                "--actor",
+                "tech:eva",
+                "--note",
+                "three found in the returns bin",
+            ]
+        )
+        == 0
+    )
+    assert "resolved by tech:eva" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "cabinets",
+                "resolve",
+                str(found["id"]),
+                *common,
+                "--actor",
+                "tech:eva",
+                "--note",
+                "again",
+            ]
+        )
+        == 2
+    )
+    assert "already resolved" in capsys.readouterr().err
+    assert main(["cabinets", "discrepancies", *common]) == 0
+    assert "no open discrepancies" in capsys.readouterr().out
+
+
+async def test_a_ledger_error_does_not_stop_polling(
+    site: tuple[Callable[..., Controller], CabinetSimulator, Clock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make, sim, _clock = site
+    controller = await ready(make())
+    poller = controller.pollers["CAB1"]
+    poller.config = poller.config.model_copy(update={"poll_interval_s": 0.05})
+    poller.reconnect_max_s = 0.1
+    real_call = controller.aledger.call
+    failures = 3
+
+    async def flaky(operation: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if operation == "consume" and failures:
+            failures -= 1
+            raise LedgerError("database went away")
+        return await real_call(operation, *args, **kwargs)
+
+    monkeypatch.setattr(controller.aledger, "call", flaky)
+    sim.withdraw(1, 1, 3)
+    serve = asyncio.create_task(poller.serve())
+    try:
+        for _ in range(100):
+            if poller.withdrawals_booked == 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        serve.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serve
+    assert failures == 0 and poller.withdrawals_booked == 3
+    assert stock(controller, 1, PARA) == 9 == sim.pocket(1, 1).count
