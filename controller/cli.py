@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
 from controller.config import ConfigError, load_site
+from controller.logs import FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -22,19 +23,6 @@ if TYPE_CHECKING:
     from controller.ledger import Ledger
 
 DEFAULT_SITE = "config/demo.yaml"
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # Library chatter (connection retries, frame dumps) is reported by the drivers as
-    # DriverError with context; keep their own loggers to real problems.
-    for noisy in ("asyncua", "pymodbus", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -450,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("DOSELINE_LOG_FORMAT", "text"),
+        choices=list(FORMATS),
+        help="text (default) or json: one object per line (or set DOSELINE_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run one simulated day end to end")
@@ -544,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except ConfigError as exc:
