@@ -519,7 +519,8 @@ class Replenishment:
             actor=ACTOR,
         )
         refill.confirmed_by = station or "scanner"
-        sequence = self.pollers[refill.cabinet].next_sequence()
+        # None when the cabinet was never polled: one is taken when it is told.
+        sequence = self.pollers[refill.cabinet].next_sequence_or_none()
         refill.command_sequence = sequence
         await self.ledger.run(
             self.store.update,
@@ -554,8 +555,21 @@ class Replenishment:
 
     async def _tell_now(self, refill: Refill) -> bool:
         poller = self.pollers[refill.cabinet]
+        if refill.command_sequence is None:
+            # The sequence is stored before it is sent: sent again after a restart,
+            # the cabinet recognises it and does not add the doses twice.
+            sequence = poller.next_sequence_or_none()
+            if sequence is None:
+                return False  # not polled yet; the next tick tries again
+            await self.ledger.run(
+                self.store.update,
+                refill.refill_id,
+                "refill sequence",
+                command_sequence=sequence,
+            )
+            refill.command_sequence = sequence
         try:
-            refill.command_sequence = await poller.send_command(
+            await poller.send_command(
                 CabinetCommand.REFILL,
                 refill.pocket.number,
                 refill.quantity,
