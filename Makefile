@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast lint clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ demo: $(STAMP)
 	$(BIN)/doseline demo $(ARGS)
 
 ## test: the whole test suite (PostgreSQL tests skip when no server answers, except under CI=true)
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(BIN)/pytest $(ARGS)
+
+## prometheus: promtool for the alert-rule tests (Debian's prometheus package, when missing
+## and installable; otherwise those tests skip, except under CI=true where they fail)
+prometheus:
+	@.ci/install-prometheus || echo "promtool missing: the alert-rule tests will skip (fail under CI=true)"
 
 ## test-fast: unit tests only
 test-fast: $(STAMP)

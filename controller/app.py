@@ -30,6 +30,7 @@ from controller.packing.planner import (
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
 from controller.packing.store import OPEN_STATES, PackingStore
 from controller.scanning import ScanOutcome, ScanRouter
+from controller.stock_metrics import StockMetrics
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
@@ -54,6 +55,7 @@ class Controller:
             min_shelf_life_days=site.ledger.min_shelf_life_days,
         )
         self.aledger = AsyncLedger(self.ledger, self.metrics)
+        self.stock_metrics = StockMetrics(self.metrics, self.aledger, tz=self.tz)
         self.store = PackingStore(self.ledger)
         settings = PackingSettings(
             store_bins=site.store.all_bins,
@@ -266,13 +268,15 @@ class Controller:
         self.ledger.engine.dispose()
 
     async def sweep(self) -> None:
-        """Releases reservations past their timeout and refreshes the gauge."""
+        """Releases reservations past their timeout and refreshes the gauges; the stock
+        gauges only every `stock_metrics.interval_s` (they run the ledger reports)."""
         expired = await self.aledger.call("expire_overdue")
         for key in expired:
             log.warning("reservation %s expired and was released", key)
             await self.replenishment.reservation_expired(key)
         self.metrics.open_discrepancies.set(await self.aledger.call("open_discrepancy_count"))
         self.metrics.open_reservations.set(await self.aledger.call("open_reservation_count"))
+        await self.stock_metrics.tick()  # never raises: a failure is logged and counted
 
     async def _housekeeping(self) -> None:
         while True:
@@ -306,10 +310,21 @@ class Controller:
 
 async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = False) -> int:
     """Runs a controller until SIGTERM or Ctrl-C: cabinets polled, refills planned,
-    scans checked, packers ready for jobs, metrics served."""
+    scans checked, packers ready for jobs, metrics served, and the HTTP API when the
+    site file enables it (`api.enabled`, docs/api.md)."""
     import signal
 
+    from controller.api import ApiServer, TokenFileError, Tokens, create_app, load_tokens
+
+    tokens: Tokens | None = None
+    if site.api.enabled:
+        try:  # before anything is started: a bad tokens file stops the start
+            tokens = load_tokens(site.api)
+        except TokenFileError as exc:
+            print(f"doseline run: {exc}", flush=True)
+            return 2
     controller = Controller(site, ledger_url=ledger_url)
+    api_server: ApiServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -321,6 +336,32 @@ async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = F
         if adopt:
             await controller.adopt_cabinets()
         await controller.start()
+        if tokens is not None:
+            app = create_app(
+                site=site,
+                ledger=controller.ledger,
+                store=controller.store,
+                controller=controller,
+                tokens=tokens,
+            )
+            api_server = ApiServer(app, site.api.host, site.api.port)
+            try:
+                url = await api_server.start()
+            except OSError as exc:
+                api_server = None
+                print(
+                    f"doseline run: api: cannot listen on {site.api.host}:{site.api.port}: "
+                    f"{exc.strerror or exc}",
+                    flush=True,
+                )
+                return 1
+            print(f"api: {url}/api/v1 ({len(tokens)} tokens)", flush=True)
+            if not tokens:
+                source = site.api.tokens_file or f"${site.api.tokens_env}"
+                print(
+                    f"api: no tokens in {source}: every route but /health answers 401",
+                    flush=True,
+                )
         print(
             f"running {site.site.name}: {len(site.packers)} packers, {len(site.cabinets)} "
             f"cabinets, {len(site.scanners)} scanners; Ctrl-C stops",
@@ -332,6 +373,8 @@ async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = F
         print(f"doseline run: {exc}", flush=True)
         return 1
     finally:
+        if api_server is not None:
+            await api_server.stop()
         await controller.stop()
         controller.close()
 

@@ -8,6 +8,7 @@ controller itself ignores, so a demo site and a real site differ only in address
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import date, time
 from decimal import Decimal
 from pathlib import Path
@@ -67,6 +68,20 @@ class LedgerConfig(Strict):
 class MetricsConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
+
+
+class ApiConfig(Strict):
+    """The HTTP API (docs/api.md), served by `doseline run` when enabled.
+
+    Tokens are never written in the site file: they come from `tokens_file` (one line
+    per token: `<sha256-hex of the token> <user> <role>`) or, without it, from the
+    environment variable named by `tokens_env`, in the same format."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: a free port, printed at start
+    tokens_file: str | None = None
+    tokens_env: str = Field(default="DOSELINE_API_TOKENS", min_length=1)
 
 
 class Product(Strict):
@@ -325,6 +340,7 @@ class Site(Strict):
     site: SiteInfo
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     catalogue: list[Product] = Field(min_length=1)
     store: StoreConfig
     stock: list[StockLot] = []
@@ -417,8 +433,22 @@ class Site(Strict):
         raise KeyError(gtin)
 
 
-def load_site(path: str | Path) -> Site:
-    """Reads and validates a site file; errors name the field and the value."""
+# Settings a deployment may set from the environment instead of the site file, so one
+# site file serves a container stack and a ledger URL with a password never has to be
+# written into it: variable -> (section, field).
+ENVIRONMENT_OVERRIDES = {
+    "DOSELINE_LEDGER_URL": ("ledger", "url"),
+    "DOSELINE_METRICS_HOST": ("metrics", "host"),
+    "DOSELINE_METRICS_PORT": ("metrics", "port"),
+    "DOSELINE_API_ENABLED": ("api", "enabled"),
+    "DOSELINE_API_HOST": ("api", "host"),
+    "DOSELINE_API_PORT": ("api", "port"),
+}
+
+
+def load_site(path: str | Path, environ: Mapping[str, str] | None = None) -> Site:
+    """Reads and validates a site file, with the ENVIRONMENT_OVERRIDES applied; errors
+    name the field (or the variable) and the value."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -426,6 +456,14 @@ def load_site(path: str | Path) -> Site:
         raise ConfigError(f"cannot read site file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"site file {path} is not valid YAML: {exc}") from exc
+    env = os.environ if environ is None else environ
+    if isinstance(raw, dict):
+        for variable, (section, field_name) in ENVIRONMENT_OVERRIDES.items():
+            if env.get(variable):
+                part = raw.setdefault(section, {})
+                if not isinstance(part, dict):
+                    raise ConfigError(f"site file {path}: {section}: must be a mapping")
+                part[field_name] = env[variable]
     return parse_site(raw, source=str(path))
 
 

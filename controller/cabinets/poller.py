@@ -67,6 +67,7 @@ class CabinetPoller:
             self.name, metrics, heartbeat_stale_s=max(5.0, 5 * config.poll_interval_s)
         )
         self.connected = False
+        self._ever_connected = False  # a later connect is a reconnect
         self.last_status: CabinetStatus | None = None
         self.withdrawals_booked = 0
         self.returns_booked = 0
@@ -145,14 +146,27 @@ class CabinetPoller:
     async def _read(self) -> CabinetStatus:
         async with self._bus:
             if not self.connected:
-                await self.driver.connect()
+                try:
+                    await self.driver.connect()
+                except DriverError:
+                    self.metrics.driver_errors.labels(self.name).inc()
+                    raise
                 self.connected = True
+                if self._ever_connected:
+                    self.metrics.driver_reconnects.labels(self.name).inc()
+                self._ever_connected = True
+            started = time.perf_counter()
             try:
-                return await self.driver.read_status()
+                status = await self.driver.read_status()
             except DriverError:
+                self.metrics.driver_errors.labels(self.name).inc()
                 await self.driver.close()
                 self.connected = False
                 raise
+            self.metrics.driver_latency.labels(self.name, "read_status").observe(
+                time.perf_counter() - started
+            )
+            return status
 
     async def _check_excursions(self, status: CabinetStatus) -> None:
         """A rise of the cabinet's excursion counter is an excursion, even one that
@@ -277,11 +291,7 @@ class CabinetPoller:
                 )
 
     async def poll_status_only(self) -> CabinetStatus:
-        async with self._bus:
-            if not self.connected:
-                await self.driver.connect()
-                self.connected = True
-            return await self.driver.read_status()
+        return await self._read()
 
     def _show(self, config: Pocket, pocket: PocketStatus) -> None:
         labels = (self.name, str(pocket.number))

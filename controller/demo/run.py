@@ -321,6 +321,8 @@ async def run_demo(
             say(f"  {name:<10} {info['address']}")
         live_site = with_plant_addresses(site, plant.addresses)
         controller = Controller(live_site, ledger_url=ledger_url, clock=day_clock)
+        # The stock gauges run the ledger reports: every simulated half hour here.
+        controller.stock_metrics.interval_s = max(1.0, day_seconds / 48)
         reset(controller.ledger.engine)
         controller.prepare_ledger()
         today = datetime.now(UTC).date()

@@ -23,7 +23,7 @@ from controller.async_ledger import AsyncLedger
 from controller.config import Packer
 from controller.ledger import InsufficientStock, LedgerError, Need, UnknownEntity, Use
 from controller.ledger.ledger import CONSUMED, WASTE
-from controller.metrics import Metrics
+from controller.metrics import Metrics, PackerOEE
 from controller.packing.canister_desk import CanisterDesk, CanisterTicket, RefillNotConfirmed
 from controller.packing.job import Job, JobState
 from controller.packing.planner import PlannedJob
@@ -109,7 +109,9 @@ class PackerRunner:
         self.recovered = False  # recover() ran since the last (re)connect
         self.unit_mode = 0  # last reported PackML unit mode (0: not read yet)
         self._seen: tuple[int, int] | None = None  # last processed/defective totals
+        self.oee = PackerOEE(config.pouches_per_minute)  # time in states, OEE factors
         self.link_ok = False  # set by ensure_connected, cleared by a failed exchange
+        self._ever_connected = False  # a later connect is a reconnect
         self._outage_logged = False
 
     # ---------------------------------------------------------------- service loop
@@ -164,6 +166,7 @@ class PackerRunner:
         self.link_ok = False
         self.recovered = False
         self.metrics.driver_errors.labels(self.name).inc()
+        self.metrics.packer_observed(self.name, self.oee, self.oee.lost())
         log.error("packer %s: link lost: %s", self.name, exc)
 
     async def _move(self, job: Job, trigger: str, **fields: object) -> None:
@@ -197,7 +200,9 @@ class PackerRunner:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            self.link_ok, self._outage_logged = True, False
+            if self._ever_connected:
+                self.metrics.driver_reconnects.labels(self.name).inc()
+            self.link_ok, self._outage_logged, self._ever_connected = True, False, True
             log.info("packer %s connected", self.name)
 
     # ---------------------------------------------------------------- one job
@@ -964,20 +969,28 @@ class PackerRunner:
                 pass  # never reserved, or already resolved
 
     async def read_status(self) -> PackerStatus:
+        started = time.perf_counter()
         try:
             status = await self.driver.read_status()
         except DriverError:
             self.metrics.driver_errors.labels(self.name).inc()
+            # No link, no state: the time until the next answer belongs to none.
+            self.metrics.packer_observed(self.name, self.oee, self.oee.lost())
             raise
+        self.metrics.driver_latency.labels(self.name, "read_status").observe(
+            time.perf_counter() - started
+        )
         self.unit_mode = status.unit_mode
         self.metrics.packer_state.labels(self.name).set(int(status.state))
         self.metrics.packer_stop_reason.labels(self.name).set(status.stop_reason)
         seen = (status.processed_total, status.defective_total)
+        processed = defective = 0
         if self._seen is not None:
-            self.metrics.packer_processed.labels(self.name).inc(max(0, seen[0] - self._seen[0]))
-            self.metrics.packer_defective.labels(self.name).inc(max(0, seen[1] - self._seen[1]))
-        else:
-            self.metrics.packer_processed.labels(self.name)
-            self.metrics.packer_defective.labels(self.name)
+            processed = max(0, seen[0] - self._seen[0])
+            defective = max(0, seen[1] - self._seen[1])
+        self.metrics.packer_processed.labels(self.name).inc(processed)
+        self.metrics.packer_defective.labels(self.name).inc(defective)
         self._seen = seen
+        spent = self.oee.observe(status.state, processed=processed, defective=defective)
+        self.metrics.packer_observed(self.name, self.oee, spent)
         return status

@@ -22,6 +22,7 @@ from controller.cli import main
 from controller.config import parse_site
 from controller.gs1 import encode_pack
 from controller.ledger import LedgerError, verify_ledger
+from drivers.base import DriverError
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from tests.sites import METO, PARA, site_dict
 
@@ -477,3 +478,25 @@ async def test_a_ledger_error_does_not_stop_polling(
             await serve
     assert failures == 0 and poller.withdrawals_booked == 3
     assert stock(controller, 1, PARA) == 9 == sim.pocket(1, 1).count
+
+
+async def test_cabinet_reads_are_timed_and_a_reconnect_is_counted(
+    site: tuple[Callable[..., Controller], CabinetSimulator, Clock],
+) -> None:
+    make, sim, _clock = site
+    controller = await ready(make())
+    poller = controller.pollers["CAB1"]
+    sample = controller.metrics.registry.get_sample_value
+    await poller.poll_once()
+    reads = sample(
+        "doseline_driver_latency_seconds_count", {"device": "CAB1", "operation": "read_status"}
+    )
+    assert reads is not None and reads >= 1
+    assert sample("doseline_driver_reconnects_total", {"device": "CAB1"}) in (None, 0.0)
+    await sim.stop()
+    with pytest.raises(DriverError):
+        await poller.poll_once()
+    assert (sample("doseline_driver_errors_total", {"device": "CAB1"}) or 0) >= 1
+    await sim.start()
+    await poller.poll_once()
+    assert sample("doseline_driver_reconnects_total", {"device": "CAB1"}) == 1.0

@@ -72,3 +72,21 @@ def test_serial_packer_needs_a_serial_address() -> None:
         parse_site(raw)
     raw["packers"][0]["address"] = "socket://127.0.0.1:7010"
     assert parse_site(raw).packers[0].driver == "serial"
+
+
+def test_a_deployment_overrides_the_ledger_and_listen_addresses_from_the_environment() -> None:
+    demo = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+    site = load_site(
+        demo,
+        environ={
+            "DOSELINE_LEDGER_URL": "postgresql://doseline@postgres:5432/doseline",
+            "DOSELINE_METRICS_HOST": "0.0.0.0",
+            "DOSELINE_METRICS_PORT": "9400",
+            "DOSELINE_API_ENABLED": "true",
+        },
+    )
+    assert site.ledger.url == "postgresql://doseline@postgres:5432/doseline"
+    assert (site.metrics.host, site.metrics.port, site.api.enabled) == ("0.0.0.0", 9400, True)
+    assert load_site(demo, environ={}).metrics.port == 0  # the file's own value
+    with pytest.raises(ConfigError, match=r"metrics\.port.*'lots'"):
+        load_site(demo, environ={"DOSELINE_METRICS_PORT": "lots"})

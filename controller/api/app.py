@@ -1,0 +1,94 @@
+"""The HTTP API application: `create_app` wires the routes to a site's ledger, its
+stores and (optionally) a running controller. docs/api.md describes every route."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from controller.api import errors
+from controller.api.auth import Tokens
+from controller.api.context import ApiContext
+from controller.api.routes_jobs import jobs_router, packers_router
+from controller.api.routes_misc import audit_router, health_router, refills_router
+from controller.api.routes_orders import router as orders_router
+from controller.api.routes_stock import router as stock_router
+from controller.config import Site
+from controller.ledger import Ledger
+from controller.packing.store import PackingStore
+
+if TYPE_CHECKING:
+    from controller.app import Controller
+
+PREFIX = "/api/v1"
+
+TAGS = [
+    {"name": "orders", "description": "Dose orders in (FHIR, HL7 v2), listed and reviewed"},
+    {"name": "jobs", "description": "Packing jobs planned from approved orders"},
+    {"name": "packers", "description": "PackML commands to the dose-packing machines"},
+    {"name": "stock", "description": "Stock reports from the ledger"},
+    {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
+    {"name": "audit", "description": "The hash-chained audit trail"},
+    {"name": "health", "description": "Liveness; no token needed"},
+]
+
+DESCRIPTION = """\
+The doseline controller over HTTP. Every route except `/health` needs
+`Authorization: Bearer <token>`; a token's role decides what it may do
+(viewer < technician < pharmacist < admin, each including the ones below).
+Each route names its least role under `x-required-role`.
+
+Every error is JSON: `{"error": ..., "field": ..., "value": ...}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("doseline")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def create_app(
+    *,
+    site: Site,
+    ledger: Ledger,
+    store: PackingStore,
+    controller: Controller | None = None,
+    tokens: Tokens,
+) -> FastAPI:
+    """The API for one site. Without a `controller` the ledger routes work and the
+    routes that need the machines (packer commands, scans) answer 503."""
+    version = _version()
+    app = FastAPI(
+        title=f"doseline API: {site.site.name}",
+        version=version,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ApiContext(
+        site=site,
+        ledger=ledger,
+        store=store,
+        tokens=tokens,
+        controller=controller,
+        version=version,
+    )
+    errors.install(app)
+    for router in (
+        orders_router,
+        jobs_router,
+        packers_router,
+        stock_router,
+        refills_router,
+        audit_router,
+        health_router,
+    ):
+        app.include_router(router, prefix=PREFIX)
+    # Load balancers and probes look for /health at the root as well.
+    app.include_router(health_router, include_in_schema=False)
+    return app
