@@ -66,6 +66,9 @@ class CabinetPoller:
         self.link = CabinetLink(
             self.name, metrics, heartbeat_stale_s=max(5.0, 5 * config.poll_interval_s)
         )
+        # The series exist from the start at 0, so that increase() sees the first one.
+        metrics.temperature_excursions.labels(self.name)
+        metrics.driver_reconnects.labels(self.name)
         self.connected = False
         self._ever_connected = False  # a later connect is a reconnect
         self.last_status: CabinetStatus | None = None
