@@ -31,6 +31,7 @@ from controller.packing.runner import PackerRunner, PackingSettings, canister_lo
 from controller.packing.store import OPEN_STATES, PackingStore
 from controller.scanning import ScanOutcome, ScanRouter
 from controller.stock_metrics import StockMetrics
+from controller.verification import HttpVerificationSystem, VerificationService
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
@@ -107,6 +108,19 @@ class Controller:
             self.pollers[c.name] = poller
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
         self.scan_router = ScanRouter([self.replenishment, self.canister_desk])
+        self.verification: VerificationService | None = None
+        if site.verification.enabled:
+            v = site.verification
+            self.verification = VerificationService(
+                HttpVerificationSystem(v.url, v.timeout_s),
+                self.aledger,
+                self.metrics,
+                decommission_on=v.decommission_on,
+                retry_interval_s=v.retry_interval_s,
+                quarantine_lot_on_alert=v.quarantine_lot_on_alert,
+            )
+            self.canister_desk.on_pack_used = self.verification.on_opened
+            self.replenishment.on_pack_used = self.verification.on_dispatched
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -174,6 +188,9 @@ class Controller:
         """Books the site file's opening lots into their bins; returns units booked."""
         units = 0
         for i, lot in enumerate(self.site.stock):
+            price = lot.unit_price
+            if price is None:
+                price = self.site.product(lot.gtin).unit_price
             self.ledger.receive(
                 f"opening:{lot.gtin}:{lot.batch}:{i}",
                 gtin=lot.gtin,
@@ -183,6 +200,7 @@ class Controller:
                 to_location=lot.bin,
                 actor="site-setup",
                 reason="opening stock",
+                unit_price=price,
             )
             units += lot.quantity
         return units
@@ -201,6 +219,8 @@ class Controller:
         for poller in self.pollers.values():
             self._spawn(poller.serve(), f"cabinet-{poller.name}")
         self._spawn(self.replenishment.serve(), "replenishment")
+        if self.verification is not None:
+            self._spawn(self.verification.serve(), "verification")
         for name, scanner in self.scanners.items():
             self._spawn(self._scan_station(name, scanner), f"scanner-{name}")
         self._spawn(self._housekeeping(), "housekeeping")
@@ -214,6 +234,8 @@ class Controller:
         for runner in self.runners.values():
             self._spawn(runner.serve(), f"packer-{runner.name}")
         self._spawn(self.dispatcher.serve(), "dispatcher")
+        if self.verification is not None:
+            self._spawn(self.verification.serve(), "verification")
         self._spawn(self._housekeeping(), "housekeeping")
 
     async def adopt_cabinets(self) -> None:
@@ -261,6 +283,8 @@ class Controller:
         for driver in drivers:
             with contextlib.suppress(DriverError, OSError):
                 await driver.close()
+        if self.verification is not None:
+            await self.verification.aclose()
 
     def close(self) -> None:
         self.aledger.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
+from controller.cli_verification import add_verification_parsers
 from controller.config import ConfigError, load_site
 from controller.logs import FORMATS, setup_logging
 
@@ -335,6 +336,51 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_debiting(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.ledger import debiting, reports
+    from controller.ledger.engine import make_engine
+    from controller.ledger.errors import LedgerError
+
+    site = load_site(args.site)
+    tz = args.tz or site.site.timezone
+    try:
+        if args.month:
+            month = debiting.parse_month(args.month)
+        else:  # the last whole calendar month in the site's time zone
+            month = (datetime.now(ZoneInfo(site.site.timezone)).date().replace(day=1)) - (
+                timedelta(days=1)
+            )
+    except LedgerError as exc:
+        print(f"doseline report debiting: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(args.db or site.ledger.url)
+    try:
+        report = debiting.ward_debiting(
+            engine, month=month, tz=tz, wards=site.ward_map(), cabinets=site.cabinet_wards()
+        )
+    except (LedgerError, SQLAlchemyError) as exc:
+        print(f"doseline report debiting: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8", newline="") as file:
+            count = debiting.write_debiting_csv(report, file)
+        print(
+            f"{args.csv}: {count} lines + control line, {report.units} units, "
+            f"{report.value:.2f} SEK ({report.month})"
+        )
+    elif args.json:
+        print(json.dumps(reports.to_jsonable(report), ensure_ascii=False, indent=2))
+    else:
+        print(debiting.render_text(report))
+    return 0 if report.reconciliation.balanced else 1
+
+
 def _cmd_import_assortment(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -413,6 +459,16 @@ def _add_report_parsers(sub: Any, ledger_sub: Any) -> None:
     add_window(p, "the last whole calendar month")
     p.add_argument("--tz", default="UTC", help="time zone of the calendar months")
     p.add_argument("--csv", help="write the semicolon-separated export to this file")
+    p = rsub.add_parser(
+        "debiting", help="ward debiting: consumption per ward and cost centre in a month"
+    )
+    p.add_argument("--site", default=DEFAULT_SITE, help="the site file: wards and cabinets")
+    p.add_argument("--db", help="ledger URL (default: the site file's)")
+    p.add_argument("--month", help="YYYY-MM (default: the last whole month, site time zone)")
+    p.add_argument("--tz", help="time zone of the month (default: the site's)")
+    p.add_argument("--csv", help="write the finance export (see docs/ward-debiting.md)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_debiting)
     p = add("proposal", "order proposal in whole packs")
     add_now(p)
     p.add_argument("--target-days", type=int, default=30)
@@ -533,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parsers(sub, lsub)
     add_packing_parsers(sub)
     add_cabinet_parsers(sub)
+    add_verification_parsers(sub)
     return parser
 
 

@@ -110,6 +110,8 @@ class StockLot(Strict):
     expires_in_days: int | None = None
     quantity: int = Field(gt=0)
     bin: str
+    # SEK per unit as bought; without it the lot is booked at the catalogue unit_price.
+    unit_price: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=4)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> StockLot:
@@ -306,6 +308,20 @@ class PackingConfig(Strict):
     refill_scan_timeout_s: float = Field(default=600, gt=0)
 
 
+class VerificationConfig(Strict):
+    """EU falsified-medicines verification of serialised packs (docs/verification.md)."""
+
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8090"
+    timeout_s: float = Field(default=5.0, gt=0)
+    # when a pack is decommissioned: opened for a packer's canister, dispatched to a
+    # ward's cabinet, or both
+    decommission_on: Literal["opened", "dispatched", "both"] = "both"
+    retry_interval_s: float = Field(default=30.0, gt=0)
+    # an alert also quarantines the pack's lot in the ledger (a pharmacist releases it)
+    quarantine_lot_on_alert: bool = True
+
+
 class OrdersConfig(Strict):
     """How dose orders are accepted."""
 
@@ -316,6 +332,15 @@ class OrdersConfig(Strict):
     pseudonym_salt_env: str = "DOSELINE_PSEUDONYM_SALT"
     # The ward for orders whose message names none; None refuses such orders.
     default_ward: str | None = None
+
+
+class Ward(Strict):
+    """A ward the pharmacy debits: its code (as cabinets and dose orders name it), its
+    name, and the cost centre the finance system charges."""
+
+    code: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1, max_length=100)
+    cost_centre: str = Field(min_length=1, max_length=20)
 
 
 class DemoConfig(Strict):
@@ -350,7 +375,11 @@ class Site(Strict):
     replenishment: Replenishment = Replenishment()
     orders: OrdersConfig = OrdersConfig()
     packing: PackingConfig = PackingConfig()
+    verification: VerificationConfig = VerificationConfig()
     exemptions: list[Exemption] = []
+    # The wards and their cost centres (ward debiting). When the list is given, every
+    # cabinet's ward and the demo's ward must be in it.
+    wards: list[Ward] = []
     seed: int = 7
     demo: DemoConfig | None = None
 
@@ -402,6 +431,32 @@ class Site(Strict):
                         "is not in the catalogue"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _wards(self) -> Site:
+        codes = [w.code for w in self.wards]
+        for i, code in enumerate(codes):
+            if code in codes[:i]:
+                raise ValueError(f"wards[{i}].code: {code!r} appears twice")
+        if not self.wards:
+            return self
+        listed = ", ".join(codes)
+        for cab in self.cabinets:
+            if cab.ward not in codes:
+                raise ValueError(
+                    f"cabinets.{cab.name}.ward: {cab.ward!r} is not a listed ward ({listed})"
+                )
+        if self.demo is not None and self.demo.ward not in codes:
+            raise ValueError(f"demo.ward: {self.demo.ward!r} is not a listed ward ({listed})")
+        return self
+
+    def ward_map(self) -> dict[str, Ward]:
+        """The listed wards by code (ward debiting)."""
+        return {w.code: w for w in self.wards}
+
+    def cabinet_wards(self) -> dict[str, str]:
+        """Each cabinet (the prefix of its pocket locations) -> its ward code."""
+        return {c.name: c.ward for c in self.cabinets}
 
     @model_validator(mode="after")
     def _cabinet_lines(self) -> Site:

@@ -254,6 +254,17 @@ class Metrics:
         self.scans = Counter(
             "doseline_scans_total", "Barcode scans at cabinets, by result", ["result"], registry=r
         )
+        self.verification_alerts = Counter(
+            "doseline_verification_alerts_total",
+            "Alerts of the medicines verification system on packs, by alert code",
+            ["code"],
+            registry=r,
+        )
+        self.verification_queue_pending = Gauge(
+            "doseline_verification_queue_pending",
+            "Verification requests (decommissions) waiting to be sent after an outage",
+            registry=r,
+        )
         self.open_reservations = Gauge(
             "doseline_ledger_open_reservations",
             "Reservations not yet posted, voided or expired",

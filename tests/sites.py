@@ -105,6 +105,10 @@ def site_dict(
             }
         ],
         "scanners": [{"name": "SC1", "address": scanner_address}],
+        "wards": [
+            {"code": "W1", "name": "Ward 1", "cost_centre": "4711"},
+            {"code": "W2", "name": "Ward 2", "cost_centre": "4722"},
+        ],
     }
 
 

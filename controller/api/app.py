@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from controller.api import errors
 from controller.api.auth import Tokens
 from controller.api.context import ApiContext
+from controller.api.routes_debiting import router as debiting_router
 from controller.api.routes_jobs import jobs_router, packers_router
 from controller.api.routes_misc import audit_router, health_router, refills_router
 from controller.api.routes_orders import router as orders_router
@@ -29,6 +30,7 @@ TAGS = [
     {"name": "jobs", "description": "Packing jobs planned from approved orders"},
     {"name": "packers", "description": "PackML commands to the dose-packing machines"},
     {"name": "stock", "description": "Stock reports from the ledger"},
+    {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},
@@ -84,6 +86,7 @@ def create_app(
         jobs_router,
         packers_router,
         stock_router,
+        debiting_router,
         refills_router,
         audit_router,
         health_router,

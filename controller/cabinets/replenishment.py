@@ -20,7 +20,7 @@ import enum
 import itertools
 import logging
 import time as monotonic_clock
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
@@ -160,6 +160,9 @@ class Station:
 
 class Replenishment:
     prefixes: tuple[str, ...] = (PICK_LIST_PREFIX, POCKET_LABEL_PREFIX)
+    # Called with a pack about to be dispatched to a pocket, and the pocket's location;
+    # a refusal it returns refuses the scan (pack verification, docs/verification.md).
+    on_pack_used: Callable[[PackId, str], Awaitable[ScanOutcome | None]] | None = None
 
     def __init__(
         self,
@@ -475,6 +478,11 @@ class Replenishment:
             )
         for refill, i, line in here_lines:
             if line.batch == pack.batch:
+                if self.on_pack_used is not None:
+                    where = pocket_location(refill.cabinet, refill.pocket.number)
+                    used = await self.on_pack_used(pack, where)
+                    if used is not None and not used.accepted:
+                        return used
                 refill.scanned.add(i)
                 await self.ledger.run(
                     self.store.update,

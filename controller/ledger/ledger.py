@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, select, update
@@ -65,6 +66,7 @@ from controller.ledger.schema import (
 
 SUPPLIER = "SUPPLIER"
 CONSUMED = "CONSUMED"
+log = logging.getLogger("doseline.ledger")
 WASTE = "WASTE"
 ADJUSTMENT = "ADJUSTMENT"
 LOT_STATUSES = ("released", "quarantined", "recalled")
@@ -210,6 +212,9 @@ class DeliveryLine:
     expiry: date
     quantity: int
     location: str
+    # SEK per dispensing unit as bought (None: not given). Stored on the lot when the
+    # lot is created; a later delivery of the same lot keeps the first price.
+    unit_price: Decimal | None = None
 
 
 class DeliveryError(LedgerError):
@@ -423,11 +428,13 @@ class Ledger:
         to_location: str,
         actor: str,
         reason: str = "delivery",
+        unit_price: Decimal | None = None,
     ) -> None:
-        """Books goods in from a supplier. An expired lot is refused."""
+        """Books goods in from a supplier. An expired lot is refused. `unit_price` (SEK
+        per unit) becomes the lot's purchase price when the lot is new."""
         self.receive_many(
             key,
-            [DeliveryLine(gtin, batch, expiry, quantity, to_location)],
+            [DeliveryLine(gtin, batch, expiry, quantity, to_location, unit_price)],
             actor=actor,
             reason=reason,
         )
@@ -462,7 +469,9 @@ class Ledger:
                 try:
                     product_id = self._product_id(conn, line.gtin)
                     dest = self._internal_location_id(conn, line.location)
-                    lot_id = self._ensure_lot(conn, product_id, line.gtin, line.batch, line.expiry)
+                    lot_id = self._ensure_lot(
+                        conn, product_id, line.gtin, line.batch, line.expiry, line.unit_price
+                    )
                 except LedgerError as exc:
                     if len(lines) == 1:
                         raise
@@ -484,21 +493,25 @@ class Ledger:
         to_location: str,
         actor: str,
         reason: str = "delivery",
+        unit_price: Decimal | None = None,
     ) -> DeliveryLine:
-        """Books goods in from a GS1 scan of the pack (GTIN, expiry, batch)."""
+        """Books goods in from a GS1 scan of the pack (GTIN, expiry, batch), with the
+        purchase price per unit when it is known."""
         from controller.gs1 import ScanError, parse_pack
 
         try:
             pack = parse_pack(data)
         except ScanError as exc:
             raise LedgerError(str(exc)) from exc
-        line = DeliveryLine(pack.gtin, pack.batch, pack.expiry, quantity, to_location)
+        line = DeliveryLine(pack.gtin, pack.batch, pack.expiry, quantity, to_location, unit_price)
         self.receive_many(key, [line], actor=actor, reason=reason)
         return line
 
     @staticmethod
     def parse_delivery_csv(text: str, default_location: str | None = None) -> list[DeliveryLine]:
-        """Reads a delivery file: `gtin;batch;expiry;quantity[;location]`, header first.
+        """Reads a delivery file: `gtin;batch;expiry;quantity[;location][;unit_price]`,
+        header first. `unit_price` is SEK per unit (decimal point or comma, at most 4
+        decimals); an empty one means not given.
 
         Every bad line is reported with its number, field and value; none is booked.
         """
@@ -509,7 +522,7 @@ class Ledger:
         if reader.fieldnames is None or not wanted <= set(reader.fieldnames):
             raise DeliveryError(
                 [
-                    f"header: expected gtin;batch;expiry;quantity[;location], "
+                    f"header: expected gtin;batch;expiry;quantity[;location][;unit_price], "
                     f"got {';'.join(reader.fieldnames or [])!r}"
                 ]
             )
@@ -536,8 +549,16 @@ class Ledger:
             if not location:
                 problems.append(f"{where}: location: missing")
                 continue
+            price_text = (row.get("unit_price") or "").strip()
+            try:
+                unit_price = _unit_price(price_text) if price_text else None
+            except ValueError as exc:
+                problems.append(f"{where}: unit_price: {price_text!r} {exc}")
+                continue
             lines.append(
-                DeliveryLine(gtin, (row["batch"] or "").strip(), expiry, quantity, location)
+                DeliveryLine(
+                    gtin, (row["batch"] or "").strip(), expiry, quantity, location, unit_price
+                )
             )
         if problems:
             raise DeliveryError(problems)
@@ -2267,10 +2288,22 @@ class Ledger:
         return cached
 
     def _ensure_lot(
-        self, conn: Connection, product_id: int, gtin: str, batch: str, expiry: date
+        self,
+        conn: Connection,
+        product_id: int,
+        gtin: str,
+        batch: str,
+        expiry: date,
+        unit_price: Decimal | None = None,
     ) -> int:
+        """The lot's id, created on its first delivery with the purchase price given.
+
+        A later delivery of a known lot keeps the recorded price (the first one wins:
+        the lot is one purchase); a different price is logged as a warning. A lot
+        recorded without a price takes the first price a delivery gives it.
+        """
         row = conn.execute(
-            select(lots.c.id, lots.c.expiry).where(
+            select(lots.c.id, lots.c.expiry, lots.c.purchase_price).where(
                 lots.c.product_id == product_id, lots.c.batch == batch
             )
         ).first()
@@ -2280,21 +2313,76 @@ class Ledger:
                     f"expiry {expiry} of batch {batch!r} of {gtin} differs from the "
                     f"recorded {row.expiry}"
                 )
+            if unit_price is not None:
+                if row.purchase_price is None:
+                    conn.execute(
+                        update(lots).where(lots.c.id == row.id).values(purchase_price=unit_price)
+                    )
+                    self._note(
+                        "lot",
+                        f"{gtin}/{batch}",
+                        {"purchase_price": None},
+                        {"purchase_price": unit_price},
+                    )
+                elif Decimal(row.purchase_price) != unit_price:
+                    log.warning(
+                        "lot %s/%s: delivered at %s SEK per unit, recorded at %s: the "
+                        "recorded purchase price is kept",
+                        gtin,
+                        batch,
+                        unit_price,
+                        row.purchase_price,
+                    )
             return int(row.id)
         lot_id = int(
             conn.execute(
                 insert(lots)
-                .values(product_id=product_id, batch=batch, expiry=expiry, status="released")
+                .values(
+                    product_id=product_id,
+                    batch=batch,
+                    expiry=expiry,
+                    status="released",
+                    purchase_price=unit_price,
+                )
                 .returning(lots.c.id)
             ).scalar_one()
         )
-        self._note("lot", f"{gtin}/{batch}", None, {"expiry": expiry, "status": "released"})
+        new: dict[str, Any] = {"expiry": expiry, "status": "released"}
+        if unit_price is not None:
+            new["purchase_price"] = unit_price
+        self._note("lot", f"{gtin}/{batch}", None, new)
         return lot_id
+
+
+def _unit_price(text: str) -> Decimal:
+    """A price per unit from a delivery file: SEK, >= 0, at most 4 decimals, with a
+    decimal point or a decimal comma."""
+    try:
+        value = Decimal(text.replace(",", "."))
+    except InvalidOperation:
+        raise ValueError("is not a number") from None
+    problem = _price_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _price_problem(value: Decimal) -> str | None:
+    if not value.is_finite() or value < 0 or value >= 10**8:
+        return "must be a number from 0 to below 100000000"
+    if value != value.quantize(Decimal("0.0001")):
+        return "has more than 4 decimals"
+    return None
 
 
 def _line_problem(line: DeliveryLine, today: date) -> LedgerError | None:
     if not isinstance(line.quantity, int) or isinstance(line.quantity, bool) or line.quantity <= 0:
         return InvalidQuantity("quantity", line.quantity)
+    if line.unit_price is not None:
+        price = line.unit_price
+        problem = "is not a Decimal" if not isinstance(price, Decimal) else _price_problem(price)
+        if problem:
+            return LedgerError(f"unit_price: {price!r} {problem}")
     if not line.batch or len(line.batch) > 20:
         return LedgerError(f"invalid batch: {line.batch!r}")
     if line.expiry < today:

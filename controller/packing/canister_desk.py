@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from controller.gs1 import ScanError, parse_pack
+from controller.gs1 import PackId, ScanError, parse_pack
 from controller.scanning import ScanOutcome
 
 log = logging.getLogger("doseline.canisters")
@@ -55,6 +55,9 @@ class CanisterDesk:
     """Open canister tickets, and the scans that confirm them."""
 
     prefixes: tuple[str, ...] = (TICKET_PREFIX,)
+    # Called with a pack about to be opened for a canister, and the canister's location;
+    # a refusal it returns refuses the scan (pack verification, docs/verification.md).
+    on_pack_used: Callable[[PackId, str], Awaitable[ScanOutcome | None]] | None = None
 
     def __init__(self, today: Callable[[], date] | None = None) -> None:
         self.open: dict[str, CanisterTicket] = {}
@@ -117,6 +120,10 @@ class CanisterDesk:
                 f"batch {pack.batch} of {pack.gtin} is not the reserved lot: canister "
                 f"{ticket.canister} of {ticket.packer} takes batch {ticket.batch} only",
             )
+        if self.on_pack_used is not None:
+            refusal = await self.on_pack_used(pack, f"{ticket.packer}/C{ticket.canister:02d}")
+            if refusal is not None and not refusal.accepted:
+                return refusal
         del self._active[station]
         if not ticket.confirmed.done():
             ticket.confirmed.set_result(station)

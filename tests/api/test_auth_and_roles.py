@@ -26,6 +26,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/stock/expiring", "viewer", None),
     ("GET", "/stock/cover", "viewer", None),
     ("GET", "/stock/compliance", "viewer", None),
+    ("GET", "/debiting", "pharmacist", None),
     ("GET", "/refills", "viewer", None),
     ("POST", "/refills/scan", "technician", {"station": "HH1", "data": "PL:1"}),
     ("GET", "/audit", "pharmacist", None),

@@ -3,9 +3,11 @@ functions, the same refusals; and the OpenAPI description."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
 
-from controller.ledger import reports
+from controller.ledger import debiting, reports
 from tests.api.conftest import TODAY, Api
 from tests.sites import FURO, METO, PARA
 
@@ -119,6 +121,7 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/stock/expiring"): "viewer",
     ("get", "/api/v1/stock/cover"): "viewer",
     ("get", "/api/v1/stock/compliance"): "viewer",
+    ("get", "/api/v1/debiting"): "pharmacist",
     ("get", "/api/v1/refills"): "viewer",
     ("post", "/api/v1/refills/scan"): "technician",
     ("get", "/api/v1/audit"): "pharmacist",
@@ -168,3 +171,65 @@ async def test_openapi_lists_every_route_with_its_security(ledger_api: Api) -> N
     }
     # Every 422 documents the API's error shape, not FastAPI's default.
     assert "HTTPValidationError" not in schemas
+
+
+async def test_ward_debiting_as_json_and_csv_for_pharmacists(ledger_api: Api) -> None:
+    api = ledger_api
+    led = api.controller.ledger
+    site = api.controller.site
+    led.clock = lambda: datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
+    led.transfer(
+        "fill-cab1",
+        gtin=PARA,
+        quantity=20,
+        from_location="CENTRAL/A01",
+        to_location="CAB1/P01",
+        actor="test",
+        reason="fill",
+    )
+    led.consume("w-1", gtin=PARA, quantity=12, location="CAB1/P01", actor="test", reason="dose")
+    led.consume("s-1", gtin=METO, quantity=3, location="CENTRAL/A01", actor="test", reason="x")
+
+    for role in ("viewer", "technician"):
+        r = await api.get("/debiting", role, params={"month": "2026-11"})
+        assert r.status_code == 403 and "pharmacist" in r.json()["error"], r.text
+
+    r = await api.get("/debiting", "pharmacist", params={"month": "2026-11"})
+    assert r.status_code == 200, r.text
+    expected = debiting.ward_debiting(
+        led,
+        month=date(2026, 11, 1),
+        tz=site.site.timezone,
+        wards=site.ward_map(),
+        cabinets=site.cabinet_wards(),
+    )
+    body = r.json()
+    same = reports.to_jsonable(expected)
+    for bound in ("since", "until"):  # the API writes UTC as Z
+        assert datetime.fromisoformat(body.pop(bound)) == getattr(expected, bound)
+        del same[bound]
+    assert body == same
+    assert [(x["cost_centre"], x["ward"], x["units"], x["value"]) for x in body["lines"]] == [
+        ("4711", "W1", 12, "6.00"),  # the opening lots carry the catalogue's 0.50
+        ("", "unassigned", 3, "1.50"),
+    ]
+    assert body["reconciliation"]["balanced"] is True
+    assert body["reconciliation"]["ledger_units"] == 15
+
+    r = await api.get("/debiting", "admin", params={"month": "2026-11", "format": "csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text), delimiter=";"))
+    assert [(x["ward"], x["units"], x["value_sek"]) for x in rows] == [
+        ("W1", "12", "6.00"),
+        ("unassigned", "3", "1.50"),
+        ("", "15", "7.50"),
+    ]
+    assert rows[-1]["cost_centre"] == "TOTAL"
+
+    r = await api.get("/debiting", "pharmacist", params={"month": "2026-13"})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "month" and r.json()["value"] == "2026-13"
+    assert "2026-13" in r.json()["error"]
+    r = await api.get("/debiting", "pharmacist", params={"format": "xml"})
+    assert r.status_code == 422 and r.json()["field"] == "format", r.text

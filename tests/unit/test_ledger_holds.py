@@ -590,10 +590,16 @@ def test_the_migrations_build_exactly_the_tables_of_the_code(ledger_url: str) ->
     engine = make_engine(ledger_url)
     try:
         upgrade(engine)
-        assert current(engine) == "0004"
+        assert current(engine) == "0006"
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []
+        verification = {"packs", "verification_queue", "verification_alerts"}
+        assert verification <= set(inspect(engine).get_table_names())
+        command.downgrade(config(engine), "0005")  # 0006: pack verification
+        assert verification.isdisjoint(inspect(engine).get_table_names())
+        command.downgrade(config(engine), "0004")  # 0005: lots.purchase_price
+        assert "purchase_price" not in {c["name"] for c in inspect(engine).get_columns("lots")}
         new = {"stock_holds", "stock_discrepancies", "pick_lists", "pocket_refills"}
         command.downgrade(config(engine), "0003")
         assert new.isdisjoint(inspect(engine).get_table_names())
