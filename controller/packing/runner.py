@@ -173,6 +173,13 @@ class PackerRunner:
         """Fires a job transition and stores it, audited, in the same step."""
         before = job.state.value
         await getattr(job, trigger)()
+        # `fields` win over the defaults: a requeued job is given back (packer=None).
+        stored: dict[str, object] = {
+            "packer": self.name,
+            "good": job.pouches_good,
+            "rejected": job.pouches_rejected,
+            **fields,
+        }
         await self.ledger.run(
             self.store.move,
             job.job_id,
@@ -180,10 +187,7 @@ class PackerRunner:
             new=job.state.value,
             actor=ACTOR,
             reason=job.reason or trigger,
-            packer=self.name,
-            good=job.pouches_good,
-            rejected=job.pouches_rejected,
-            **fields,
+            **stored,
         )
 
     async def ensure_connected(self) -> None:

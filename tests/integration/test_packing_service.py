@@ -360,3 +360,31 @@ async def test_hand_added_items_are_reserved_with_the_job_and_consumed_per_good_
     assert led.on_hand("CENTRAL/A01", OXY) == 4
     assert led.open_reservation_count() == 0
     assert verify_ledger(led.engine) == []
+
+
+async def test_a_job_reserved_before_a_restart_is_released_and_planned_again(
+    packing: tuple[Controller, PackerSimulator],
+) -> None:
+    from controller.ledger import Need
+
+    controller, _sim = packing
+    runner = controller.runners["PK1"]
+    store = controller.store
+    record = store.add_job(job("J-RESTART", 2, ((PARA, 1),)))
+    assert store.claim("J-RESTART", "PK1")
+    record = store.job("J-RESTART")
+    controller.ledger.reserve(
+        record.reservation,
+        purpose="job J-RESTART",
+        needs=[Need(PARA, 2)],
+        from_locations=controller.site.store.all_bins,
+        timeout_s=600,
+        actor="test",
+    )
+    store.move("J-RESTART", old="planned", new="reserved", actor="test", reason="reserved")
+    # The controller stopped here; the next one recovers the packer.
+    await runner.recover()
+    again = store.job("J-RESTART")
+    assert (again.state, again.packer, again.attempt) == ("planned", None, record.attempt + 1)
+    assert controller.ledger.reservation(record.reservation).status == "voided"
+    assert controller.ledger.open_reservation_count() == 0
