@@ -658,12 +658,17 @@ class Replenishment:
                 self._update_pending()
 
     def in_flight(self, cabinet: str, pocket: int, read_at: float) -> bool:
-        """A refill of this pocket is booked and the cabinet not told yet, or was told
-        after `read_at` (monotonic): a count read then lags the ledger."""
+        """A refill of this pocket is being posted (every pack scanned), is booked and
+        the cabinet not told yet, or was told after `read_at` (monotonic): a count read
+        then lags the ledger."""
         return any(
             r.cabinet == cabinet
             and r.pocket.number == pocket
-            and (r.state == R.BOOKED or (r.settled_at is not None and r.settled_at >= read_at))
+            and (
+                r.state == R.BOOKED
+                or (r.state == R.PICKING and bool(r.lines) and len(r.scanned) == len(r.lines))
+                or (r.settled_at is not None and r.settled_at >= read_at)
+            )
             for r in self.refills
         )
 
