@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from controller.cli_output import print_records
 from controller.config import Site, load_site
 
 if TYPE_CHECKING:
@@ -140,10 +141,6 @@ def _fail(command: str, exc: Exception) -> int:
     return 2
 
 
-def _print_json(rows: list[Any]) -> None:
-    print(json.dumps([asdict(r) for r in rows], default=str, ensure_ascii=False, indent=2))
-
-
 def _cmd_discrepancies(args: argparse.Namespace) -> int:
     from controller.ledger import LedgerError
 
@@ -155,7 +152,7 @@ def _cmd_discrepancies(args: argparse.Namespace) -> int:
     finally:
         led.engine.dispose()
     if args.json:
-        _print_json(rows)
+        print_records(rows)
         return 0
     if not rows:
         print("no discrepancies" if args.all else "no open discrepancies")
@@ -194,7 +191,7 @@ def _cmd_holds(args: argparse.Namespace) -> int:
     finally:
         led.engine.dispose()
     if args.json:
-        _print_json(rows)
+        print_records(rows)
         return 0
     if not rows:
         print("no stock on hold")
@@ -250,7 +247,7 @@ def _cmd_refills(args: argparse.Namespace) -> int:
     if args.cabinet:
         rows = [r for r in rows if r.cabinet == args.cabinet]
     if args.json:
-        _print_json(rows)
+        print_records(rows)
         return 0
     if not rows:
         print("no open refills" if not args.all else "no refills")

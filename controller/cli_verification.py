@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-from dataclasses import asdict
 from typing import Any
 
+from controller.cli_output import print_records
 from controller.config import Site, load_site
 
 DEFAULT_SITE = "config/demo.yaml"
@@ -46,10 +45,6 @@ def _fail(command: str, exc: Exception) -> int:
     return 2
 
 
-def _print_json(rows: list[Any]) -> None:
-    print(json.dumps([asdict(r) for r in rows], default=str, ensure_ascii=False, indent=2))
-
-
 def _cmd_alerts(args: argparse.Namespace) -> int:
     _site, store = _store(args)
     try:
@@ -57,7 +52,7 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     finally:
         store.ledger.engine.dispose()
     if args.json:
-        _print_json(rows)
+        print_records(rows)
         return 0
     if not rows:
         print("no verification alerts" if args.all else "no open verification alerts")
@@ -91,7 +86,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     finally:
         store.ledger.engine.dispose()
     if args.json:
-        _print_json(rows)
+        print_records(rows)
         return 0
     if not rows:
         print("nothing queued" if args.all else "no pending verification requests")
