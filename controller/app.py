@@ -29,6 +29,7 @@ from controller.packing.planner import (
 )
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
 from controller.packing.store import OPEN_STATES, PackingStore
+from controller.purchasing import PurchasingStore
 from controller.scanning import ScanOutcome, ScanRouter
 from controller.stock_metrics import StockMetrics
 from controller.verification import HttpVerificationSystem, VerificationService
@@ -108,6 +109,7 @@ class Controller:
             self.pollers[c.name] = poller
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
         self.scan_router = ScanRouter([self.replenishment, self.canister_desk])
+        self.purchasing = PurchasingStore(self.ledger)
         self.verification: VerificationService | None = None
         if site.verification.enabled:
             v = site.verification
@@ -147,6 +149,10 @@ class Controller:
                 controlled_class=p.controlled_class,
                 substitution_group=p.substitution_group,
             )
+        PurchasingStore(led).sync_suppliers(
+            ((s.code, s.name, s.lead_time_days) for s in self.site.suppliers),
+            {p.gtin: p.supplier for p in self.site.catalogue},
+        )
         store = self.site.store
         led.add_location(SITE_ROOT, "site")
         led.add_location(store.code, "store", parent=SITE_ROOT)

@@ -99,6 +99,29 @@ class Product(Strict):
     storage: Literal["room", "cold", "frozen"] = "room"
     controlled_class: str | None = Field(default=None, max_length=10)
     substitution_group: str | None = Field(default=None, max_length=50)
+    # the code of the supplier it is ordered from (`suppliers:`)
+    supplier: str | None = Field(default=None, max_length=20)
+
+
+class Supplier(Strict):
+    """A supplier purchase orders go to (docs/purchasing.md)."""
+
+    code: str = Field(min_length=1, max_length=20, pattern=r"^[A-Z0-9][A-Z0-9_-]*$")
+    name: str = Field(min_length=1, max_length=200)
+    # days from sending an order to its delivery: the order's expected date, and the
+    # proposal's horizon for its products
+    lead_time_days: int = Field(default=1, ge=0, le=90)
+
+
+class PurchasingConfig(Strict):
+    """Purchase orders made from the order proposal."""
+
+    # the proposal covers this many days after the delivery arrives
+    target_days: int = Field(default=30, ge=1, le=365)
+    # where `doseline purchasing create` writes the order files
+    orders_dir: str = "var/orders"
+    # where a delivery is booked in when its rows name no location
+    receiving_location: str | None = None
 
 
 class StockLot(Strict):
@@ -376,6 +399,8 @@ class Site(Strict):
     orders: OrdersConfig = OrdersConfig()
     packing: PackingConfig = PackingConfig()
     verification: VerificationConfig = VerificationConfig()
+    suppliers: list[Supplier] = []
+    purchasing: PurchasingConfig = PurchasingConfig()
     exemptions: list[Exemption] = []
     # The wards and their cost centres (ward debiting). When the list is given, every
     # cabinet's ward and the demo's ward must be in it.
@@ -449,6 +474,27 @@ class Site(Strict):
         if self.demo is not None and self.demo.ward not in codes:
             raise ValueError(f"demo.ward: {self.demo.ward!r} is not a listed ward ({listed})")
         return self
+
+    @model_validator(mode="after")
+    def _suppliers(self) -> Site:
+        codes = [s.code for s in self.suppliers]
+        for i, code in enumerate(codes):
+            if code in codes[:i]:
+                raise ValueError(f"suppliers[{i}].code: {code!r} appears twice")
+        for p in self.catalogue:
+            if p.supplier is not None and p.supplier not in codes:
+                raise ValueError(
+                    f"catalogue {p.gtin}: supplier: {p.supplier!r} is not a listed supplier"
+                    f" ({', '.join(codes) or 'none listed'})"
+                )
+        where = self.purchasing.receiving_location
+        if where is not None and where not in self.store.all_bins:
+            raise ValueError(f"purchasing.receiving_location: {where!r} is not a bin of the store")
+        return self
+
+    def receiving_location(self) -> str:
+        """Where deliveries are booked in by default: the configured bin, else the first."""
+        return self.purchasing.receiving_location or self.store.bins[0]
 
     def ward_map(self) -> dict[str, Ward]:
         """The listed wards by code (ward debiting)."""

@@ -16,6 +16,7 @@ from controller.api.routes_jobs import jobs_router, packers_router
 from controller.api.routes_misc import audit_router, health_router, refills_router
 from controller.api.routes_orders import router as orders_router
 from controller.api.routes_stock import router as stock_router
+from controller.api.routes_verification import router as verification_router
 from controller.config import Site
 from controller.ledger import Ledger
 from controller.packing.store import PackingStore
@@ -32,6 +33,7 @@ TAGS = [
     {"name": "stock", "description": "Stock reports from the ledger"},
     {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
+    {"name": "verification", "description": "Pack verification (EU FMD): alerts, queue, undo"},
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},
 ]
@@ -88,6 +90,7 @@ def create_app(
         stock_router,
         debiting_router,
         refills_router,
+        verification_router,
         audit_router,
         health_router,
     ):

@@ -440,17 +440,25 @@ class Ledger:
         )
 
     def receive_many(
-        self, key: str, lines: Sequence[DeliveryLine], *, actor: str, reason: str = "delivery"
-    ) -> None:
+        self,
+        key: str,
+        lines: Sequence[DeliveryLine],
+        *,
+        actor: str,
+        reason: str = "delivery",
+        within: Callable[[Connection, list[int]], dict[str, Any]] | None = None,
+    ) -> bool:
         """Books a whole delivery in one transaction: every line, or none of them.
 
         A single line fails with its own error; a file of lines fails with every bad
-        line listed by number, field and value.
+        line listed by number, field and value. `within(conn, lot_ids)` runs in the same
+        transaction after the movements (lot ids in line order): purchasing records the
+        delivery against its order there. Returns False when `key` was booked before.
         """
         if not lines:
             raise LedgerError("a delivery needs at least one line")
         if self.command_done(key):
-            return  # a retry of a delivery already booked (perhaps before its lot expired)
+            return False  # a retry of a delivery already booked (perhaps before its lot expired)
         today = self.clock().date()
         found = [
             (i, e)
@@ -465,6 +473,7 @@ class Ledger:
         def run(conn: Connection) -> dict[str, Any]:
             supplier = self._location_id(conn, SUPPLIER)
             problems: list[str] = []
+            lot_ids: list[int] = []
             for number, line in enumerate(lines, start=1):
                 try:
                     product_id = self._product_id(conn, line.gtin)
@@ -478,11 +487,16 @@ class Ledger:
                     problems.append(f"line {number}: {exc}")
                     continue
                 self._book(conn, key, "receive", lot_id, supplier, dest, line.quantity)
+                lot_ids.append(lot_id)
             if problems:
                 raise DeliveryError(problems)
-            return {"lines": len(lines), "units": sum(line.quantity for line in lines)}
+            result = {"lines": len(lines), "units": sum(line.quantity for line in lines)}
+            if within is not None:
+                result.update(within(conn, lot_ids))
+            return result
 
         self._run(key, "receive", run, actor, reason)
+        return True
 
     def receive_scan(
         self,

@@ -236,9 +236,13 @@ class VerificationStore:
         note = note.strip()
         if not note:
             raise LedgerError(f"invalid note: {note!r} (say what was found)")
+        if len(note) > 200:
+            raise LedgerError(f"invalid note: {note[:40]!r}... is longer than 200 characters")
         with self.ledger.audited(actor, "verification alert closed", note) as c:
             status = c.execute(
-                select(verification_alerts.c.status).where(verification_alerts.c.id == alert_id)
+                select(verification_alerts.c.status)
+                .where(verification_alerts.c.id == alert_id)
+                .with_for_update()  # two closers at once: the second sees it closed
             ).scalar()
             if status is None:
                 raise LedgerError(f"unknown verification alert: {alert_id}")
@@ -250,7 +254,11 @@ class VerificationStore:
                 .values(status="closed", closed_by=actor, note=note[:300])
             )
             self.ledger.note("verification_alert", str(alert_id), "open", "closed")
-        return next(a for a in self.alerts(status=None) if a.id == alert_id)
+        with self.ledger.engine.connect() as c:
+            row = c.execute(
+                select(verification_alerts).where(verification_alerts.c.id == alert_id)
+            ).one()
+        return AlertRow(**dict(row._mapping))
 
     # ------------------------------------------------------------ reads
 

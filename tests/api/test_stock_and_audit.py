@@ -124,6 +124,11 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/debiting"): "pharmacist",
     ("get", "/api/v1/refills"): "viewer",
     ("post", "/api/v1/refills/scan"): "technician",
+    ("get", "/api/v1/verification/alerts"): "technician",
+    ("post", "/api/v1/verification/alerts/{id}/close"): "pharmacist",
+    ("get", "/api/v1/verification/queue"): "technician",
+    ("get", "/api/v1/verification/packs/{gtin}/{serial}"): "technician",
+    ("post", "/api/v1/verification/undo"): "pharmacist",
     ("get", "/api/v1/audit"): "pharmacist",
     ("get", "/api/v1/health"): None,
 }
