@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
+from controller.cli_purchasing import add_purchasing_parsers
 from controller.cli_verification import add_verification_parsers
 from controller.config import ConfigError, load_site
 from controller.logs import FORMATS, setup_logging
@@ -135,12 +136,60 @@ def _cmd_receive(args: argparse.Namespace) -> int:
             f"received {line.quantity} of {line.gtin} batch {line.batch} "
             f"(expires {line.expiry}) into {line.location}"
         )
+        if args.verify_site and pack.serial:
+            return _verify_received(args.verify_site, led, pack, line.location)
         return 0
     except (LedgerError, OSError) as exc:
         print(f"doseline ledger receive: {exc}", file=sys.stderr)
         return 1
     finally:
         led.engine.dispose()
+
+
+def _verify_received(site_path: str, led: Any, pack: Any, location: str) -> int:
+    """Goods-in verification of one serialised pack with the site's verification
+    system; an alert blocks the pack (exit 3), an outage leaves it unverified (exit 4)."""
+    from controller.async_ledger import AsyncLedger
+    from controller.metrics import Metrics
+    from controller.verification import (
+        HttpVerificationSystem,
+        VerificationService,
+        VerificationUnavailable,
+    )
+
+    v = load_site(site_path).verification
+    if not v.enabled:
+        print(f"verification is not enabled in {site_path}: pack not verified")
+        return 0
+
+    async def run() -> int:
+        metrics = Metrics()
+        aledger = AsyncLedger(led, metrics)
+        service = VerificationService(
+            HttpVerificationSystem(v.url, v.timeout_s),
+            aledger,
+            metrics,
+            quarantine_lot_on_alert=v.quarantine_lot_on_alert,
+        )
+        try:
+            result = await service.verify_received(pack, location)
+        except VerificationUnavailable as exc:
+            print(f"pack {pack.serial} not verified: {exc}", file=sys.stderr)
+            return 4
+        finally:
+            await service.aclose()
+            aledger.close()
+        if not result.ok:
+            print(
+                f"pack {pack.serial} BLOCKED by the verification system ({result.code}): "
+                f"{result.message}",
+                file=sys.stderr,
+            )
+            return 3
+        print(f"pack {pack.serial} verified with the national system")
+        return 0
+
+    return asyncio.run(run())
 
 
 def _cmd_lot_status(args: argparse.Namespace) -> int:
@@ -540,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--location", help="bin (or the default bin of a delivery file)")
     receive.add_argument("--actor", required=True, help="who receives")
     receive.add_argument("--key", help="idempotency key (default: derived from the input)")
+    receive.add_argument(
+        "--verify-site",
+        help="site file whose verification system verifies a serialised pack (--scan)",
+    )
     receive.set_defaults(func=_cmd_receive)
 
     status = lsub.add_parser("lot-status", help="quarantine, recall or release a lot")
@@ -590,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_packing_parsers(sub)
     add_cabinet_parsers(sub)
     add_verification_parsers(sub)
+    add_purchasing_parsers(sub)
     return parser
 
 

@@ -331,6 +331,13 @@ class PackingConfig(Strict):
     refill_scan_timeout_s: float = Field(default=600, gt=0)
 
 
+class VerificationSim(Strict):
+    """The bundled verification system (simulators/verification_http.py): the plant runs
+    it with every pack of the opening stock registered (serials `<batch>-0001`...)."""
+
+    register_stock: bool = True
+
+
 class VerificationConfig(Strict):
     """EU falsified-medicines verification of serialised packs (docs/verification.md)."""
 
@@ -343,6 +350,7 @@ class VerificationConfig(Strict):
     retry_interval_s: float = Field(default=30.0, gt=0)
     # an alert also quarantines the pack's lot in the ledger (a pharmacist releases it)
     quarantine_lot_on_alert: bool = True
+    sim: VerificationSim | None = None
 
 
 class OrdersConfig(Strict):
@@ -366,12 +374,23 @@ class Ward(Strict):
     cost_centre: str = Field(min_length=1, max_length=20)
 
 
+class DemoHistory(Strict):
+    """Units of a product used in the 30 days before the demo day: the order
+    proposal's basis, so the demo has something to order."""
+
+    gtin: Gtin
+    units_30d: int = Field(gt=0)
+
+
 class DemoConfig(Strict):
     ward: str
     patients: int = Field(default=60, gt=0)
     administration_times: list[time] = Field(min_length=1)
     seed: int = 7
     minutes: float = Field(default=1.0, gt=0)
+    history: list[DemoHistory] = []
+    # a bin that holds none of the history products: their past use is booked there
+    history_bin: str | None = None
 
 
 class Exemption(Strict):

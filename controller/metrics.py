@@ -260,6 +260,24 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.supplier_otif = Gauge(
+            "doseline_supplier_on_time_in_full_ratio",
+            "Share of a supplier's due order lines delivered in full by their expected date",
+            ["supplier"],
+            registry=r,
+        )
+        self.supplier_fill = Gauge(
+            "doseline_supplier_fill_ratio",
+            "Units received over units ordered on a supplier's due order lines",
+            ["supplier"],
+            registry=r,
+        )
+        self.purchase_order_lines = Gauge(
+            "doseline_purchase_order_lines",
+            "Purchase order lines still to be delivered, by supplier and status",
+            ["supplier", "status"],
+            registry=r,
+        )
         self.verification_queue_pending = Gauge(
             "doseline_verification_queue_pending",
             "Verification requests (decommissions) waiting to be sent after an outage",

@@ -14,7 +14,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -32,6 +32,7 @@ from controller.ledger.schema import (
     reservations,
 )
 from controller.metrics import Metrics
+from controller.purchasing.store import PurchasingStore
 
 log = logging.getLogger("doseline.metrics")
 
@@ -53,6 +54,10 @@ class StockSnapshot:
     waste_value_30d: Decimal
     service_level: float | None
     oldest_open_reservation_s: float
+    # supplier -> (on time in full, fill rate) over its due order lines; None: none due
+    suppliers: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # (supplier, status) -> purchase order lines still open or back-ordered
+    order_lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _round1(value: Decimal) -> float:
@@ -155,6 +160,9 @@ def collect(
     since = now - timedelta(days=WINDOW_DAYS)
     waste = rp.waste_report(ledger, since=since, until=now)
     service = rp.service_level(ledger, since=since, until=now)
+    purchasing = PurchasingStore(ledger)
+    suppliers = {r.supplier: (r.otif, r.fill_rate) for r in purchasing.reliability(today=today)}
+    lines = purchasing.open_lines()
     return StockSnapshot(
         now=now,
         cover_days=lowest,
@@ -166,6 +174,12 @@ def collect(
         waste_value_30d=waste.value,
         service_level=service.share,
         oldest_open_reservation_s=oldest_open_reservation_age(ledger, now),
+        suppliers=suppliers,
+        order_lines={
+            (code, status): lines.get((code, status), 0)
+            for code in suppliers
+            for status in ("open", "back_order")
+        },
     )
 
 
@@ -257,5 +271,10 @@ class StockMetrics:
         m.stock_waste_value_30d.set(_value(snap.waste_value_30d))
         m.stock_service_level.set(_value(snap.service_level))
         m.oldest_open_reservation.set(snap.oldest_open_reservation_s)
+        for code, (otif, fill) in snap.suppliers.items():
+            m.supplier_otif.labels(code).set(_value(otif))
+            m.supplier_fill.labels(code).set(_value(fill))
+        for (code, status), count in snap.order_lines.items():
+            m.purchase_order_lines.labels(code, status).set(count)
         m.stock_refreshed.set(snap.now.timestamp())
         self.last = snap

@@ -28,6 +28,7 @@ from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from simulators.packer_opcua import PackerSimulator
 from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
 from simulators.scanner_serial import ScannerSimulator
+from simulators.verification_http import VerificationSimulator
 
 DAY_SECONDS = 86400.0
 
@@ -146,12 +147,29 @@ class Plant:
             for i, s in enumerate(site.get("scanners", []))
         ]
 
+        # The national verification system, when the site verifies packs and asks for
+        # the bundled one: every pack of the opening stock is registered, as the
+        # manufacturers would have uploaded them.
+        verification = site.get("verification") or {}
+        self.verification: VerificationSimulator | None = None
+        self.verification_port = 0
+        if verification.get("enabled") and verification.get("sim") is not None:
+            self.verification = VerificationSimulator()
+            url = str(verification.get("url", "http://127.0.0.1:8090"))
+            self.verification_port = 0 if free_ports else (urlsplit(url).port or 8090)
+            if verification["sim"].get("register_stock", True):
+                _register_stock(self.verification, site)
+
     def _all(self) -> list[Simulator]:
         return [*self.packers, *self.cabinets, *self.scanners]
 
     async def start(self) -> None:
         for sim in self._all():
             await sim.start()
+        if self.verification is not None:
+            self.verification_port = await self.verification.start(
+                "127.0.0.1", self.verification_port
+            )
         for sim, unit, excursion in self.excursions:
             self._weather.append(asyncio.create_task(self._excursion(sim, unit, excursion)))
 
@@ -169,12 +187,19 @@ class Plant:
     async def stop(self) -> None:
         for task in self._weather:
             task.cancel()
+        if self.verification is not None:
+            with contextlib.suppress(Exception):
+                await self.verification.stop()
         for sim in reversed(self._all()):
             with contextlib.suppress(Exception):
                 await sim.stop()
 
     def addresses(self) -> dict[str, Any]:
+        extra = {}
+        if self.verification is not None:
+            extra["verification"] = f"http://127.0.0.1:{self.verification_port}"
         return {
+            **extra,
             "packers": {p.name: _endpoint(p) for p in self.packers},
             "cabinets": {name: sim.address for name, (sim, _) in self.cabinet_sims.items()},
             "scanners": {
@@ -182,6 +207,24 @@ class Plant:
                 for n, s in zip(self.scanner_names, self.scanners, strict=True)
             },
         }
+
+
+def _register_stock(sim: VerificationSimulator, site: dict[str, Any]) -> None:
+    """One serial per pack of each opening lot: `<batch>-0001`, `<batch>-0002`, ..."""
+    from datetime import UTC, date, datetime, timedelta
+
+    pack_sizes = {str(p["gtin"]).zfill(14): int(p.get("pack_size", 100)) for p in site["catalogue"]}
+    today = datetime.now(UTC).date()
+    for lot in site.get("stock", []):
+        gtin = str(lot["gtin"]).zfill(14)
+        expiry = lot.get("expiry")
+        if expiry is None:
+            expiry = today + timedelta(days=int(lot.get("expires_in_days", 365)))
+        elif isinstance(expiry, str):
+            expiry = date.fromisoformat(expiry)
+        packs = -(-int(lot["quantity"]) // pack_sizes.get(gtin, 100))
+        for i in range(1, packs + 1):
+            sim.add(gtin, f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
 
 
 async def _stdin_closed() -> None:

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
+
 from controller.app import Controller
 from controller.cabinets.poller import pocket_location
 from controller.cabinets.replenishment import PickList, pack_of, pocket_label
 from controller.config import Site
 from controller.demo.orders import demo_orders
+from controller.demo.supply import DemoSupplier, PackShelf, book_history
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import Allocation, verify_ledger
 from controller.ledger.migrations import reset
@@ -108,6 +111,9 @@ def with_plant_addresses(site: Site, addresses: dict[str, Any]) -> Site:
                 s.model_copy(update={"address": addresses["scanners"][s.name]["address"]})
                 for s in site.scanners
             ],
+            "verification": site.verification.model_copy(
+                update={"url": addresses.get("verification", site.verification.url)}
+            ),
         }
     )
 
@@ -124,10 +130,10 @@ class Technician:
     controller: Controller
     trigger_port: int
     pick_delay_s: float
+    shelf: PackShelf
     wrong_scan_done: bool = False
     wrong_pocket_done: bool = False
     lists_done: int = 0
-    serial: int = 0
     scans_sent: list[str] = field(default_factory=list)
 
     async def work(self) -> None:
@@ -162,8 +168,7 @@ class Technician:
                 await writer.wait_closed()
 
     def _pack(self, line: Allocation) -> str:
-        self.serial += 1
-        return encode_pack(pack_of(line, f"{self.serial:010d}"))
+        return encode_pack(pack_of(line, self.shelf.next(line.gtin, line.batch)))
 
     async def _scan(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str
@@ -175,8 +180,8 @@ class Technician:
         on_list = {line.gtin for _, line in pick.lines()}
         for lot in self.controller.ledger.stock():
             if lot.gtin not in on_list and lot.location.startswith(self.controller.site.store.code):
-                self.serial += 1
-                return PackId(lot.gtin, lot.batch, lot.expiry, f"{self.serial:010d}")
+                serial = self.shelf.next(lot.gtin, lot.batch)
+                return PackId(lot.gtin, lot.batch, lot.expiry, serial)
         return None
 
 
@@ -223,9 +228,9 @@ class CanisterTechnician:
 
     controller: Controller
     trigger_port: int
+    shelf: PackShelf
     wrong_lot_done: bool = False
     refills: int = 0
-    serial: int = 0
 
     async def work(self) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.trigger_port)
@@ -239,8 +244,8 @@ class CanisterTechnician:
                     if other is not None:
                         await _send_scan(reader, writer, encode_pack(other))
                         self.wrong_lot_done = True
-                self.serial += 1
-                pack = PackId(ticket.gtin, ticket.batch, ticket.expiry, f"C{self.serial:09d}")
+                serial = self.shelf.next(ticket.gtin, ticket.batch)
+                pack = PackId(ticket.gtin, ticket.batch, ticket.expiry, serial)
                 await _send_scan(reader, writer, encode_pack(pack))
                 self.refills += 1
         finally:
@@ -251,8 +256,7 @@ class CanisterTechnician:
     def _other_lot(self, gtin: str, batch: str) -> PackId | None:
         for lot in self.controller.ledger.stock(gtin=gtin):
             if lot.batch != batch and lot.location.startswith(self.controller.site.store.code):
-                self.serial += 1
-                return PackId(gtin, lot.batch, lot.expiry, f"C{self.serial:09d}")
+                return PackId(gtin, lot.batch, lot.expiry, self.shelf.next(gtin, lot.batch))
         return None
 
 
@@ -331,6 +335,28 @@ async def run_demo(
             f"ledger: {ledger_url} (fresh), {len(site.catalogue)} products, "
             f"{len(site.stock)} lots, {units} units in {site.store.code}"
         )
+        used = book_history(controller.ledger, site, now=datetime.now(UTC))
+        if used:
+            say(
+                f"history: {used} units used over the last 30 days by "
+                f"{len(site.demo.history) if site.demo else 0} products (the order "
+                "proposal's basis)"
+            )
+        shelf = PackShelf.from_site(site)
+        verification_url = plant.addresses.get("verification")
+        if verification_url:
+            say(
+                f"verification: the national system on {verification_url}, "
+                f"{sum(shelf.packs.values())} serialised packs of the opening stock registered"
+            )
+        supplier = DemoSupplier(
+            controller,
+            shelf,
+            say,
+            Path(site.purchasing.orders_dir),
+            verification_url=verification_url,
+        )
+        await supplier.order(datetime.now(UTC))
         port = controller.metrics.serve(site.metrics.host, site.metrics.port)
         say(f"metrics: http://{site.metrics.host}:{port}/metrics")
 
@@ -386,9 +412,9 @@ async def run_demo(
         # The first scanner is at the cabinets, the last at the packers.
         scanners = list(plant.addresses["scanners"].values())
         technician = Technician(
-            controller, scanners[0]["trigger_port"], site.replenishment.pick_delay_s
+            controller, scanners[0]["trigger_port"], site.replenishment.pick_delay_s, shelf
         )
-        canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"])
+        canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"], shelf)
         pharmacist = Pharmacist(controller, decide_after_s=day_seconds / 24)
         tech_tasks = [
             asyncio.create_task(technician.work(), name="technician"),
@@ -396,6 +422,10 @@ async def run_demo(
             asyncio.create_task(pharmacist.work(), name="pharmacist"),
         ]
 
+        # The supplier's van comes at 09:00.
+        delivery = asyncio.create_task(
+            _at(day_seconds * 9 / 24, supplier.deliver(today)), name="delivery"
+        )
         deadline = started + day_seconds
         ticker = asyncio.create_task(_progress(controller, say, started, day_seconds, pouches))
         try:
@@ -409,7 +439,9 @@ async def run_demo(
         # Give the technician a moment to finish the list in hand.
         await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))
         await _cancel_all(tech_tasks)
+        await delivery
         summary = await _wind_down(controller, technician)
+        summary.update(await _supply_summary(controller, supplier))
         summary["canister_refills"] = canister_technician.refills
         summary["cold_chain"] = pharmacist.decisions
         summary["duration_s"] = round(time.monotonic() - started, 1)
@@ -422,6 +454,65 @@ async def run_demo(
             await controller.stop()
             controller.close()
         await plant.stop()
+
+
+async def _at(delay_s: float, action: Any) -> None:
+    await asyncio.sleep(delay_s)
+    await action
+
+
+async def _supply_summary(controller: Controller, supplier: DemoSupplier) -> dict[str, Any]:
+    """Purchasing and verification at the end of the day, with the verification
+    system's own count of decommissions per serial."""
+    out: dict[str, Any] = {
+        "purchase_orders": [
+            f"{po.number} ({po.supplier}, {len(po.lines)} lines)" for po in supplier.orders
+        ],
+        "delivery": [],
+        "order_status": None,
+    }
+    r = supplier.receipt
+    if r is not None:
+        out["order_status"] = r.order_status
+        out["delivery"] = [
+            f"line {o.line_no} {o.name.split(' ')[0]}: {o.status}"
+            + (f", {o.back_order} back-ordered" if o.back_order else "")
+            + (
+                f", order instead {o.substitutes[0].name} from {o.substitutes[0].supplier}"
+                if o.substitutes
+                else ""
+            )
+            for o in r.lines
+        ]
+    reliability = await controller.aledger.run(
+        controller.purchasing.reliability, today=datetime.now(UTC).date()
+    )
+    out["supplier_reliability"] = {
+        s.supplier: {"otif": s.otif, "fill_rate": s.fill_rate} for s in reliability if s.lines_due
+    }
+    if controller.verification is None:
+        return out
+    store = controller.verification.store
+    await controller.verification.retry_pending()
+    counts = await controller.aledger.run(store.counts)
+    alerts = await controller.aledger.run(store.alerts)
+    system: dict[str, int] = {}
+    if supplier.verification_url:
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.get(f"{supplier.verification_url}/control/counts")
+            system = answer.json()
+    out["verification"] = {
+        "verified_at_goods_in": counts.get("verified", 0),
+        "blocked": counts.get("blocked", 0),
+        "decommissioned_opened": counts.get("decommissioned:dispensed", 0),
+        "decommissioned_dispatched": counts.get("decommissioned:supplied", 0),
+        "unconfirmed": counts.get("unconfirmed", 0),
+        "pending": counts.get("pending", 0),
+        "alerts": [f"{a.code} on {a.gtin} serial {a.serial}: {a.message}" for a in alerts],
+        "system_decommissions": sum(system.values()),
+        "system_repeats": sorted(k for k, n in system.items() if n > 1),
+    }
+    return out
 
 
 async def _progress(
@@ -574,6 +665,32 @@ def print_summary(summary: dict[str, Any]) -> None:
     lines += [f"      {m}" for m in s["physical_mismatches"]]
     lines.append(f"  ledger verified          {'yes' if s['ledger_verified'] else 'NO'}")
     lines += [f"      {v}" for v in s["ledger_violations"]]
+    if s.get("purchase_orders") is not None:
+        lines.append(
+            "  purchasing               "
+            + (", ".join(s["purchase_orders"]) or "nothing to order")
+            + (
+                f"; after the delivery the order is {s['order_status']}"
+                if s["order_status"]
+                else ""
+            )
+        )
+        lines += [f"      {d}" for d in s["delivery"]]
+        for code, figures in s.get("supplier_reliability", {}).items():
+            lines.append(
+                f"      {code}: on time in full {figures['otif']:.0%}, "
+                f"fill rate {figures['fill_rate']:.0%}"
+            )
+    v = s.get("verification")
+    if v is not None:
+        lines.append(
+            f"  pack verification        {v['verified_at_goods_in']} verified at goods-in, "
+            f"{v['blocked']} blocked, {v['decommissioned_opened']} decommissioned when opened "
+            f"for a canister, {v['decommissioned_dispatched']} when dispatched to a ward; "
+            f"{v['pending']} queued; the system counted {v['system_decommissions']} "
+            f"decommissions, {len(v['system_repeats'])} serial(s) twice"
+        )
+        lines += [f"      alert: {a}" for a in v["alerts"]]
     lines.append(f"  took                     {s['duration_s']} s")
     print("\n".join(lines), flush=True)
 
@@ -588,4 +705,18 @@ def demo_ok(summary: dict[str, Any]) -> bool:
         and not summary["physical_mismatches"]
         and summary["jobs_failed"] == 0
         and summary["jobs_open"] == 0
+        and _verification_ok(summary.get("verification"))
+    )
+
+
+def _verification_ok(v: dict[str, Any] | None) -> bool:
+    """Every decommission the ledger recorded reached the system once, none waits."""
+    if v is None:
+        return True
+    recorded = v["decommissioned_opened"] + v["decommissioned_dispatched"]
+    return bool(
+        v["pending"] == 0
+        and v["unconfirmed"] == 0
+        and not v["system_repeats"]
+        and v["system_decommissions"] == recorded
     )

@@ -216,7 +216,9 @@ class VerificationService:
 
     async def _alert(self, pack: PackId, location: str | None, verdict: Verdict) -> None:
         code = verdict.code or "ALERT"
-        log.warning("verification alert %s on %s/%s: %s", code, pack.gtin, pack.serial, verdict)
+        log.warning(
+            "verification alert %s on %s/%s: %s", code, pack.gtin, pack.serial, verdict.message
+        )
         await self.aledger.run(
             self.store.block, pack, location, code, verdict.message, self.clock()
         )

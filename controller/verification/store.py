@@ -289,6 +289,34 @@ class VerificationStore:
                 ).scalar_one()
             )
 
+    def counts(self) -> dict[str, int]:
+        """Packs per state (`decommissioned` split by reason, `unconfirmed` while queued)
+        and requests pending: the demo's summary and a quick look after a day."""
+        out: dict[str, int] = {}
+        with self.ledger.engine.connect() as c:
+            for status, reason, sent, n in c.execute(
+                select(
+                    packs.c.status,
+                    packs.c.decommission_reason,
+                    packs.c.decommissioned_at.is_not(None),
+                    func.count(),
+                ).group_by(
+                    packs.c.status,
+                    packs.c.decommission_reason,
+                    packs.c.decommissioned_at.is_not(None),
+                )
+            ):
+                name = status if status != "decommissioned" else f"decommissioned:{reason}"
+                if status == "decommissioned" and not sent:
+                    name = "unconfirmed"
+                out[name] = out.get(name, 0) + int(n)
+            out["pending"] = int(
+                c.execute(
+                    select(func.count()).where(verification_queue.c.status == "pending")
+                ).scalar_one()
+            )
+        return out
+
     def alerts(self, status: str | None = "open") -> list[AlertRow]:
         query = select(verification_alerts).order_by(verification_alerts.c.id)
         if status is not None:

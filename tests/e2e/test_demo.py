@@ -94,6 +94,19 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     assert summary["pouches_by_packer"]["PACKER-1"] > 0
     assert summary["pouches_by_packer"]["PACKER-2"] > 0
     assert "demo summary" in out
+    # Purchasing: last month's use became one order; its delivery was partial, with a
+    # back order and a short line whose substitute was suggested.
+    assert len(summary["purchase_orders"]) == 1 and summary["order_status"] == "partial"
+    delivery = " | ".join(summary["delivery"])
+    assert "back-ordered" in delivery and "short, order instead" in delivery
+    # Verification: received packs verified, one alert, every opened or dispatched pack
+    # decommissioned once at the national system.
+    v = summary["verification"]
+    assert v["verified_at_goods_in"] > 0 and v["blocked"] == 1
+    assert [a.split(" ")[0] for a in v["alerts"]] == ["UNKNOWN_SERIAL"]
+    assert v["decommissioned_opened"] > 0 and v["decommissioned_dispatched"] > 0
+    assert v["system_decommissions"] == v["decommissioned_opened"] + v["decommissioned_dispatched"]
+    assert v["system_repeats"] == [] and v["pending"] == 0
 
     verified = doseline("ledger", "verify", "--db", url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -131,5 +144,7 @@ def test_demo_on_postgresql(postgres_url: str) -> None:
     assert summary["pouches_packed"] > 0 and summary["withdrawals"] > 0
     assert summary["ledger_verified"] is True and summary["open_reservations"] == 0
     assert summary["physical_mismatches"] == []
+    assert summary["verification"]["system_repeats"] == []
+    assert summary["order_status"] == "partial"
     verified = doseline("ledger", "verify", "--db", postgres_url)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -351,3 +351,72 @@ def test_suppliers_are_validated_by_field_and_value(ledger_url: str) -> None:
     raw["suppliers"].append({"code": "WHOLE", "name": "twice"})
     with pytest.raises((ConfigError, ValueError), match=r"suppliers\[2\].code: 'WHOLE'"):
         parse_site(raw)
+
+
+def test_supplier_gauges_follow_the_orders(ctl: Controller) -> None:
+    from controller.metrics import Metrics
+    from controller.stock_metrics import StockMetrics, collect
+
+    (po,), _ = store(ctl).create_orders(now=NOW, actor=ACTOR)
+    n = po.number
+    store(ctl).receive(n, "DN-1", [row(2, n, 1, FURO, 100), row(3, n, 3, PARA, 100,
+                       back_order=200)], actor=ACTOR, now=NOW, location="CENTRAL/A01")  # fmt: skip
+    metrics = Metrics()
+    snap = collect(ctl.ledger, now=NOW + timedelta(hours=1))
+    StockMetrics(metrics, ctl.aledger).publish(snap)
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    # due: FURO (delivered on time); METO and PARA are neither settled nor late yet
+    assert value("doseline_supplier_on_time_in_full_ratio", supplier="WHOLE") == 1.0
+    assert value("doseline_supplier_fill_ratio", supplier="WHOLE") == 1.0
+    assert value("doseline_purchase_order_lines", supplier="WHOLE", status="open") == 1
+    assert value("doseline_purchase_order_lines", supplier="WHOLE", status="back_order") == 1
+    assert value("doseline_purchase_order_lines", supplier="ALT", status="open") == 0
+
+
+def test_cli_orders_receives_and_reports(
+    ctl: Controller, ledger_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    from controller.cli import main
+
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(purchasing_site(ledger_url)), encoding="utf-8")
+    common = ["--site", str(site_file), "--db", ledger_url]
+    out_dir = tmp_path / "orders"
+    assert main(["purchasing", "create", *common, "--actor", ACTOR, "--out", str(out_dir)]) == 0
+    created = capsys.readouterr()
+    number = f"PO-{datetime.now(UTC):%Y%m%d}-WHOLE-01"
+    assert number in created.out and f"{OXY} is needed but has no supplier" in created.err
+    order_file = out_dir / f"{number}.csv"
+    assert order_file.read_text(encoding="utf-8").count("\n") == 4  # header + 3 lines
+
+    delivery = tmp_path / "dn.csv"
+    delivery.write_text(
+        delivery_csv([row(2, number, 3, PARA, 100, back_order=200), row(3, number, 2, METO, 0)]),
+        encoding="utf-8",
+    )
+    args = ["--file", str(delivery), "--note", "DN-7", "--actor", ACTOR]
+    assert main(["purchasing", "receive", number, *common, *args]) == 0
+    receipt = capsys.readouterr().out
+    assert f"delivery DN-7 for {number}: 100 units booked, order partial" in receipt
+    assert "200 back-ordered" in receipt and "200 SHORT" in receipt
+    assert main(["purchasing", "receive", number, *common, *args]) == 0
+    assert "was booked before (100 units); nothing changed" in capsys.readouterr().out
+
+    delivery.write_text(delivery_csv([row(2, number, 7, PARA, 100)]), encoding="utf-8")
+    bad = ["--file", str(delivery), "--note", "DN-8", "--actor", ACTOR]
+    assert main(["purchasing", "receive", number, *common, *bad]) == 2
+    assert f"row 2: line: 7 is not a line of {number} (1-3)" in capsys.readouterr().err
+
+    assert main(["purchasing", "reliability", *common, "--json"]) == 0
+    figures = {r["supplier"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (figures["WHOLE"]["lines_due"], figures["WHOLE"]["units_received"]) == (1, 0)
+    assert main(["purchasing", "list", *common, "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["number"], listed["status"]) == (number, "partial")
