@@ -3,7 +3,7 @@
     doseline verification alerts [--all] [--json]         alerts to follow up
     doseline verification close ID --actor A --note N     close an alert
     doseline verification queue [--all] [--json]          requests waiting for the system
-    doseline verification undo --gtin G --serial S        revert this site's decommission
+    doseline verification undo --gtin G --serial S --actor A   revert this site's decommission
 
 Each reads the site file (`--config`/`--site`) and the ledger (`--db`, by default the
 site file's ledger URL); `undo` also asks the site's verification system.
@@ -107,14 +107,14 @@ def _cmd_undo(args: argparse.Namespace) -> int:
         row = store.pack(args.gtin, args.serial)
         if row is None:
             return _fail("undo", LookupError(f"unknown pack: {args.gtin} serial {args.serial}"))
-        return asyncio.run(_undo(site, store, row.pack))
+        return asyncio.run(_undo(site, store, row.pack, args.actor))
     except LedgerError as exc:
         return _fail("undo", exc)
     finally:
         store.ledger.engine.dispose()
 
 
-async def _undo(site: Site, store: Any, pack: Any) -> int:
+async def _undo(site: Site, store: Any, pack: Any, actor: str) -> int:
     from controller.async_ledger import AsyncLedger
     from controller.metrics import Metrics
     from controller.verification import (
@@ -128,7 +128,7 @@ async def _undo(site: Site, store: Any, pack: Any) -> int:
     aledger = AsyncLedger(store.ledger, metrics)
     service = VerificationService(HttpVerificationSystem(v.url, v.timeout_s), aledger, metrics)
     try:
-        result = await service.undo(pack)
+        result = await service.undo(pack, actor=actor)
     except VerificationUnavailable as exc:
         return _fail("undo", exc)
     finally:
@@ -167,4 +167,5 @@ def add_verification_parsers(sub: Any) -> None:
     _common(undo)
     undo.add_argument("--gtin", required=True)
     undo.add_argument("--serial", required=True)
+    undo.add_argument("--actor", required=True, help="who asks (recorded in the audit trail)")
     undo.set_defaults(func=_cmd_undo)

@@ -290,7 +290,7 @@ async def undo(ctx: Context, user: Pharmacist, body: UndoRequest) -> UndoResult:
     if row is None:
         raise ApiError(404, f"unknown pack: {gtin} serial {serial!r}", field="serial", value=serial)
     try:
-        result = await service.undo(row.pack)
+        result = await service.undo(row.pack, actor=user.name)
     except VerificationUnavailable as exc:
         log.warning("api: undo of %s/%s by %s: system unavailable", gtin, serial, user.name)
         raise ApiError(

@@ -163,7 +163,7 @@ class VerificationService:
 
     # ------------------------------------------------------------ undo
 
-    async def undo(self, pack: PackId) -> Result:
+    async def undo(self, pack: PackId, actor: str | None = None) -> Result:
         """Reverts this site's decommission of a pack (within the system's window).
         A refusal is returned, not raised, and blocks nothing: the pack stays
         decommissioned. Raises VerificationUnavailable during an outage."""
@@ -180,7 +180,7 @@ class VerificationService:
         verdict = await self.system.undo(pack)
         if not verdict.ok:
             return Result(False, code=verdict.code, message=verdict.message)
-        await self.aledger.run(self.store.undone, pack, self.clock())
+        await self.aledger.run(self.store.undone, pack, self.clock(), actor)
         return Result(True)
 
     # ------------------------------------------------------------ retry loop

@@ -207,12 +207,13 @@ class VerificationStore:
                 c.execute(_where(update(packs), row.gtin, row.serial).values(decommissioned_at=now))
             self.ledger.note("verification_queue", key, {"status": row.status}, {"status": status})
 
-    def undone(self, pack: PackId, now: datetime) -> None:
+    def undone(self, pack: PackId, now: datetime, actor: str | None = None) -> None:
         """The system reverted the pack's decommission: it is active again, and its
-        done request is kept under another key so a later decommission can be queued."""
+        done request is kept under another key so a later decommission can be queued.
+        `actor` is whoever asked for the undo."""
         serial = _serial(pack)
         key = decommission_key(pack.gtin, serial)
-        with self.ledger.audited(self.actor, "decommission undone", key) as c:
+        with self.ledger.audited(actor or self.actor, "decommission undone", key) as c:
             row = c.execute(
                 select(verification_queue.c.id).where(verification_queue.c.key == key)
             ).first()

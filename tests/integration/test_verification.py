@@ -287,8 +287,21 @@ async def test_the_cli_lists_alerts_and_the_queue_and_undoes(
     out = capsys.readouterr().out
     assert "SN-C2" in out and "SN-C3" not in out
     args = ["verification", "undo", *common, "--gtin", METO, "--serial", "SN-C3"]
+    args += ["--actor", "pharmacist:petra"]
     # The undo runs its own event loop, as from a shell.
     assert await asyncio.to_thread(main, args) == 0
     assert rig.sim.packs[(METO, "SN-C3")].status == "active"
+    # The audit trail names who asked for the undo.
+    from sqlalchemy import select
+
+    from controller.ledger.schema import audit_log
+
+    with rig.controller.ledger.engine.connect() as c:
+        actors = (
+            c.execute(select(audit_log.c.actor).where(audit_log.c.action == "decommission undone"))
+            .scalars()
+            .all()
+        )
+    assert actors == ["pharmacist:petra"]
     assert await asyncio.to_thread(main, args) == 2  # not decommissioned any more
     assert "NOT_DECOMMISSIONED" in capsys.readouterr().err
