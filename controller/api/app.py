@@ -15,6 +15,7 @@ from controller.api.routes_debiting import router as debiting_router
 from controller.api.routes_jobs import jobs_router, packers_router
 from controller.api.routes_misc import audit_router, health_router, refills_router
 from controller.api.routes_orders import router as orders_router
+from controller.api.routes_purchasing import router as purchasing_router
 from controller.api.routes_stock import router as stock_router
 from controller.api.routes_verification import router as verification_router
 from controller.config import Site
@@ -34,6 +35,11 @@ TAGS = [
     {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
     {"name": "verification", "description": "Pack verification (EU FMD): alerts, queue, undo"},
+    {
+        "name": "purchasing",
+        "description": "Supplier orders from the order proposal, deliveries (goods-in), "
+        "supplier reliability",
+    },
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},
 ]
@@ -91,6 +97,7 @@ def create_app(
         debiting_router,
         refills_router,
         verification_router,
+        purchasing_router,
         audit_router,
         health_router,
     ):

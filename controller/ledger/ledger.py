@@ -447,18 +447,20 @@ class Ledger:
         actor: str,
         reason: str = "delivery",
         within: Callable[[Connection, list[int]], dict[str, Any]] | None = None,
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         """Books a whole delivery in one transaction: every line, or none of them.
 
         A single line fails with its own error; a file of lines fails with every bad
         line listed by number, field and value. `within(conn, lot_ids)` runs in the same
         transaction after the movements (lot ids in line order): purchasing records the
-        delivery against its order there. Returns False when `key` was booked before.
+        delivery against its order there. Returns the command's stored result (a
+        concurrent twin's when that one committed first), or None when `key` was
+        booked before.
         """
         if not lines:
             raise LedgerError("a delivery needs at least one line")
         if self.command_done(key):
-            return False  # a retry of a delivery already booked (perhaps before its lot expired)
+            return None  # a retry of a delivery already booked (perhaps before its lot expired)
         today = self.clock().date()
         found = [
             (i, e)
@@ -495,8 +497,7 @@ class Ledger:
                 result.update(within(conn, lot_ids))
             return result
 
-        self._run(key, "receive", run, actor, reason)
-        return True
+        return self._run(key, "receive", run, actor, reason)
 
     def receive_scan(
         self,

@@ -9,6 +9,7 @@ by the national system when it is decommissioned at use.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -18,6 +19,8 @@ from controller.purchasing.files import DeliveryRow
 from controller.purchasing.model import Receipt
 from controller.purchasing.store import PurchasingStore
 from controller.verification import VerificationService, VerificationUnavailable
+
+log = logging.getLogger("doseline.purchasing")
 
 
 async def receive_delivery(
@@ -52,6 +55,10 @@ async def receive_delivery(
             result = await verification.verify_received(pack, p.location)
         except VerificationUnavailable as exc:
             outcomes[p.serial] = f"not verified: {exc}"
+            continue
+        except Exception as exc:  # the delivery is booked: report, never raise
+            log.error("goods-in: verification of %s/%s failed: %r", p.gtin, p.serial, exc)
+            outcomes[p.serial] = f"not verified: {type(exc).__name__}: {exc}"
             continue
         outcomes[p.serial] = "verified" if result.ok else f"alert {result.code}: {result.message}"
     return dataclasses.replace(receipt, verification=outcomes)

@@ -9,6 +9,7 @@ with `within`), keyed `delivery:<order>:<note>`: a delivery note is booked once.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -257,10 +258,11 @@ class PurchasingStore:
                     )
             anything = any(ln.received_units or ln.short_units for ln in order.lines)
             status = "complete" if anything else "cancelled"
+            kept = f"{order.note}; closed: {note}" if order.note else f"closed: {note}"
             c.execute(
                 update(purchase_orders)
                 .where(purchase_orders.c.id == oid)
-                .values(status=status, closed_at=now, note=note[:300])
+                .values(status=status, closed_at=now, note=kept[:300])
             )
             self.ledger.note("purchase_order", number, order.status, {"status": status})
         return self.order(number)
@@ -307,17 +309,23 @@ class PurchasingStore:
             for p, r in stock_rows
         ]
 
+        # Marks this call's own booking: a concurrent twin's stored result carries the
+        # twin's token, and this call then reports the delivery as booked before.
+        token = uuid.uuid4().hex
+
         def record(c: Connection, lot_ids: list[int]) -> dict[str, Any]:
-            return self._record(c, order, note, plans, stock_rows, lot_ids, actor, now, location)
+            done = self._record(c, order, note, plans, stock_rows, lot_ids, actor, now, location)
+            return {**done, "token": token}
 
         if ledger_lines:
-            booked = self.ledger.receive_many(
+            result = self.ledger.receive_many(
                 key,
                 ledger_lines,
                 actor=actor,
                 reason=f"delivery {note} for {number}",
                 within=record,
             )
+            booked = result is not None and result.get("token") == token
         else:  # only back orders announced: no movement, the delivery alone
             try:
                 with self.ledger.audited(actor, "delivery", f"delivery {note} for {number}") as c:

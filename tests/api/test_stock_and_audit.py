@@ -129,6 +129,13 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/verification/queue"): "technician",
     ("get", "/api/v1/verification/packs/{gtin}/{serial}"): "technician",
     ("post", "/api/v1/verification/undo"): "pharmacist",
+    ("get", "/api/v1/purchasing/suppliers"): "viewer",
+    ("get", "/api/v1/purchasing/suppliers/reliability"): "viewer",
+    ("get", "/api/v1/purchasing/orders"): "technician",
+    ("post", "/api/v1/purchasing/orders"): "pharmacist",
+    ("get", "/api/v1/purchasing/orders/{number}"): "technician",
+    ("post", "/api/v1/purchasing/orders/{number}/deliveries"): "technician",
+    ("post", "/api/v1/purchasing/orders/{number}/close"): "pharmacist",
     ("get", "/api/v1/audit"): "pharmacist",
     ("get", "/api/v1/health"): None,
 }

@@ -420,3 +420,27 @@ def test_cli_orders_receives_and_reports(
     assert main(["purchasing", "list", *common, "--json"]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert (listed["number"], listed["status"]) == (number, "partial")
+
+
+def test_the_same_delivery_note_at_once_is_booked_by_one_caller(ctl: Controller) -> None:
+    (po,), _ = store(ctl).create_orders(now=NOW, actor=ACTOR, note="daily run")
+    n = po.number
+    before = on_hand(ctl, FURO)
+    barrier = threading.Barrier(3)
+    receipts: list[Any] = []
+
+    def receive() -> None:
+        barrier.wait()
+        rows = [row(2, n, 1, FURO, 100)]
+        receipt = store(ctl).receive(n, "DN-1", rows, actor=ACTOR, now=NOW, location="CENTRAL/A01")
+        receipts.append(receipt)
+
+    threads = [threading.Thread(target=receive) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.booked for r in receipts) == [False, False, True]
+    assert on_hand(ctl, FURO) == before + 100
+    closed = store(ctl).close(n, actor=ACTOR, note="rest ordered elsewhere", now=NOW)
+    assert closed.note == "daily run; closed: rest ordered elsewhere"
