@@ -311,20 +311,7 @@ async def undo(ctx: Context, user: Pharmacist, body: UndoRequest) -> UndoResult:
             field="serial",
             value=serial,
         )
+    # The store wrote the undo to the audit trail in its own transaction, with the
+    # token's user as the actor.
     log.info("api: %s undid the decommission of %s/%s", user.name, gtin, serial)
-    audited = True
-    try:
-        await ctx.write(
-            ctx.ledger.record_event,
-            actor=user.name,
-            action="verification undo",
-            entity="pack",
-            key=f"{gtin}/{serial}",
-            old={"status": "decommissioned"},
-            new={"status": "verified"},
-            reason="decommission undone through the API",
-        )
-    except (LedgerError, ApiError) as exc:
-        audited = False
-        log.error("api: undo of %s/%s not audited: %s", gtin, serial, exc)
-    return UndoResult(gtin=gtin, serial=serial, status="verified", by=user.name, audited=audited)
+    return UndoResult(gtin=gtin, serial=serial, status="verified", by=user.name, audited=True)
