@@ -4,7 +4,8 @@
 in the file, at the addresses it names (or at free ports with `--free-ports`), and
 prints one JSON line with the addresses actually bound, so that a controller (or a
 test) can be pointed at them. It stops on SIGTERM, Ctrl-C or when its standard input
-closes, so it never outlives the process that started it.
+closes, so it never outlives the process that started it. With `--exit-on-stdin-close`
+it also reads commands there: `pause-withdrawals` stops the nurses at every cabinet.
 
 The plant reads the site file on its own: machines, their `sim:` keys and the
 catalogue's article numbers. It shares no code with the controller.
@@ -227,9 +228,22 @@ def _register_stock(sim: VerificationSimulator, site: dict[str, Any]) -> None:
             sim.add(gtin, f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
 
 
-async def _stdin_closed() -> None:
+async def _stdin_commands(plant: Plant) -> None:
+    """Reads commands from standard input until it closes: `pause-withdrawals` stops
+    the nurses at every cabinet (a test's quiet moment before it compares counts) and
+    answers one JSON line."""
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.buffer.read)
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
+        if not line:
+            return
+        command = line.decode(errors="replace").strip()
+        if command == "pause-withdrawals":
+            for sim in plant.cabinets:
+                sim.pause_withdrawals()
+            print(json.dumps({"paused": True}), flush=True)
+        elif command:
+            print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
 
 
 async def _serve(args: argparse.Namespace, site: dict[str, Any]) -> None:
@@ -242,7 +256,7 @@ async def _serve(args: argparse.Namespace, site: dict[str, Any]) -> None:
         loop.add_signal_handler(sig, stop.set)
     watchers: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if args.exit_on_stdin_close:
-        watchers.append(asyncio.create_task(_stdin_closed()))
+        watchers.append(asyncio.create_task(_stdin_commands(plant)))
     try:
         await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     finally:

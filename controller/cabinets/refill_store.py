@@ -157,6 +157,21 @@ class RefillStore:
         with self.ledger.engine.connect() as conn:
             return [_refill(r._mapping) for r in conn.execute(query)]
 
+    def last_number(self) -> int:
+        """The highest running number in the ids of refills and pick lists on file
+        (`...-<n>`): a controller started again numbers on from there, so an id made
+        after a restart never meets one made before it."""
+        highest = 0
+        with self.ledger.engine.connect() as conn:
+            for ident in [
+                *conn.execute(select(pick_lists.c.list_id)).scalars(),
+                *conn.execute(select(pocket_refills.c.refill_id)).scalars(),
+            ]:
+                tail = ident.rsplit("-", 1)[-1]
+                if tail.isdigit():
+                    highest = max(highest, int(tail))
+        return highest
+
     def open_lists(self) -> list[PickListRow]:
         query = select(pick_lists).where(pick_lists.c.status == "open").order_by(pick_lists.c.id)
         with self.ledger.engine.connect() as conn:

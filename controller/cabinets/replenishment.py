@@ -696,6 +696,8 @@ class Replenishment:
         its reservation: open → kept (on its pick list), posted → booked (the cabinet is
         told again with the same sequence), missing, expired or voided → cancelled."""
         pockets = {(c.name, p.number): p for c in cabinets for p in c.pockets}
+        last = await self.ledger.run(self.store.last_number)
+        self._ids = itertools.count(max(last + 1, next(self._ids)))
         rows = await self.ledger.run(self.store.open_refills)
         lists = {row.list_id: row for row in await self.ledger.run(self.store.open_lists)}
         counts = {"kept": 0, "booked": 0, "cancelled": 0}

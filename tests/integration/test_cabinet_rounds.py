@@ -229,6 +229,13 @@ async def test_refills_are_taken_up_after_a_restart(
     await second.pollers["CAB1"].poll_once()
     assert second.ledger.discrepancies() == []
     assert verify_ledger(second.ledger.engine) == []
+    # New refills and lists after the restart number on from those made before it: a
+    # list id made again would be refused by the ledger, and its refills never picked.
+    sim.withdraw(1, 2, 7)  # 10 -> 3
+    await second.pollers["CAB1"].poll_once()
+    [fresh] = await second.replenishment.make_pick_lists()
+    assert fresh.list_id != pick.list_id
+    assert int(fresh.list_id.rsplit("-", 1)[1]) > int(pick.list_id.rsplit("-", 1)[1])
 
 
 async def test_a_restart_before_the_reservation_cancels_the_refill(
