@@ -29,7 +29,7 @@ from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from simulators.packer_opcua import PackerSimulator
 from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
 from simulators.scanner_serial import ScannerSimulator
-from simulators.verification_http import VerificationSimulator
+from simulators.verification_http import VerificationSimulator, register_stock
 
 DAY_SECONDS = 86400.0
 
@@ -159,7 +159,7 @@ class Plant:
             url = str(verification.get("url", "http://127.0.0.1:8090"))
             self.verification_port = 0 if free_ports else (urlsplit(url).port or 8090)
             if verification["sim"].get("register_stock", True):
-                _register_stock(self.verification, site)
+                register_stock(self.verification, site)
 
     def _all(self) -> list[Simulator]:
         return [*self.packers, *self.cabinets, *self.scanners]
@@ -208,24 +208,6 @@ class Plant:
                 for n, s in zip(self.scanner_names, self.scanners, strict=True)
             },
         }
-
-
-def _register_stock(sim: VerificationSimulator, site: dict[str, Any]) -> None:
-    """One serial per pack of each opening lot: `<batch>-0001`, `<batch>-0002`, ..."""
-    from datetime import UTC, date, datetime, timedelta
-
-    pack_sizes = {str(p["gtin"]).zfill(14): int(p.get("pack_size", 100)) for p in site["catalogue"]}
-    today = datetime.now(UTC).date()
-    for lot in site.get("stock", []):
-        gtin = str(lot["gtin"]).zfill(14)
-        expiry = lot.get("expiry")
-        if expiry is None:
-            expiry = today + timedelta(days=int(lot.get("expires_in_days", 365)))
-        elif isinstance(expiry, str):
-            expiry = date.fromisoformat(expiry)
-        packs = -(-int(lot["quantity"]) // pack_sizes.get(gtin, 100))
-        for i in range(1, packs + 1):
-            sim.add(gtin, f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
 
 
 async def _stdin_commands(plant: Plant) -> None:

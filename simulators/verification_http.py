@@ -256,25 +256,35 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None
     await writer.drain()
 
 
-def seed_from_site(sim: VerificationSimulator, path: str, packs_per_lot: int) -> int:
-    """Registers `packs_per_lot` serials (`<batch>-0001`...) for each stock lot of a
-    site file; a lot given by `expires_in_days` expires that many days from today."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        site = yaml.safe_load(f)
+def register_stock(
+    sim: VerificationSimulator, site: dict[str, Any], packs_per_lot: int | None = None
+) -> int:
+    """Registers the packs of each stock lot of a site file (as loaded from YAML), as
+    their manufacturers would have uploaded them: serials `<batch>-0001`, ... One per
+    pack of the lot (quantity / the catalogue's pack size), or `packs_per_lot` each. A
+    lot given by `expires_in_days` expires that many days from today."""
+    sizes = {str(p["gtin"]).zfill(14): int(p.get("pack_size", 100)) for p in site["catalogue"]}
     today = datetime.now(UTC).date()
     n = 0
     for lot in site.get("stock", []):
+        gtin = str(lot["gtin"]).zfill(14)
         expiry = lot.get("expiry")
         if expiry is None:
             expiry = today + timedelta(days=int(lot.get("expires_in_days", 365)))
         elif isinstance(expiry, str):
             expiry = date.fromisoformat(expiry)
-        for i in range(1, packs_per_lot + 1):
-            sim.add(str(lot["gtin"]), f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
+        packs = packs_per_lot or -(-int(lot["quantity"]) // sizes.get(gtin, 100))
+        for i in range(1, packs + 1):
+            sim.add(gtin, f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
             n += 1
     return n
+
+
+def seed_from_site(sim: VerificationSimulator, path: str, packs_per_lot: int | None) -> int:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return register_stock(sim, yaml.safe_load(f), packs_per_lot)
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -294,7 +304,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--site", help="site file whose stock lots seed the register")
-    parser.add_argument("--packs-per-lot", type=int, default=10)
+    parser.add_argument(
+        "--packs-per-lot", type=int, default=None, help="default: one serial per pack of the lot"
+    )
     parser.add_argument("--undo-days", type=float, default=10)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(parser.parse_args()))
