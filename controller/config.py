@@ -178,6 +178,83 @@ class PackerSim(Strict):
     output_empty_after_s: float | None = Field(default=30.0, gt=0)
 
 
+#: OPC UA security policies a packer link may use (asyncua 2.1 implements all three).
+OPCUA_POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+OPCUA_MODES = ("Sign", "SignAndEncrypt")
+_DEPRECATED_POLICIES = ("Basic128Rsa15", "Basic256")
+_NO_SECURITY = ("None", "NoSecurity", "none")
+_INLINE_PASSWORD = (
+    "a password is never written in the site file: name an environment variable"
+    " (password_env: NAME) or a file (password_file: PATH) that holds it"
+)
+
+
+class PackerSecurity(Strict):
+    """OPC UA security of one packer link (docs/security.md).
+
+    The controller signs (Sign) or signs and encrypts (SignAndEncrypt) every message
+    with its own `certificate`/`private_key`, and talks only to a packer presenting
+    exactly `server_certificate`. With `user`, the session runs as that user; the
+    password is read at connect time from the environment variable `password_env` or
+    the file `password_file`. Files are checked when the packer is connected."""
+
+    policy: str = "Basic256Sha256"
+    mode: str = "SignAndEncrypt"
+    certificate: str = Field(min_length=1)
+    private_key: str = Field(min_length=1)
+    server_certificate: str = Field(min_length=1)
+    user: str | None = Field(default=None, min_length=1)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    password_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: object) -> object:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(f"security.password: {_INLINE_PASSWORD}")
+        return data
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v in _NO_SECURITY:
+            raise ValueError(
+                f"security.policy: {v!r} gives no security; leave the security section out"
+                " for an unsecured link, or choose one of " + ", ".join(OPCUA_POLICIES)
+            )
+        if v in _DEPRECATED_POLICIES:
+            raise ValueError(
+                f"security.policy: {v!r} is deprecated by the OPC Foundation (SHA-1);"
+                " use one of " + ", ".join(OPCUA_POLICIES)
+            )
+        if v not in OPCUA_POLICIES:
+            raise ValueError(f"security.policy: {v!r} is not one of " + ", ".join(OPCUA_POLICIES))
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v in _NO_SECURITY:
+            raise ValueError(f"security.mode: {v!r} gives no security; use Sign or SignAndEncrypt")
+        if v not in OPCUA_MODES:
+            raise ValueError(f"security.mode: {v!r} is not one of " + ", ".join(OPCUA_MODES))
+        return v
+
+    @model_validator(mode="after")
+    def _user(self) -> PackerSecurity:
+        if self.password_env and self.password_file:
+            raise ValueError(
+                f"security.password_file: {self.password_file!r}: give password_env or"
+                " password_file, not both"
+            )
+        has_password = bool(self.password_env or self.password_file)
+        if has_password and not self.user:
+            raise ValueError("security.user: a password_env or password_file needs a user")
+        if self.user and not has_password:
+            raise ValueError(f"security.user: {self.user!r} needs password_env or password_file")
+        return self
+
+
 class Packer(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     # opcua: PackML over OPC UA (docs/packer-opcua.md); serial: the framed serial
@@ -187,12 +264,25 @@ class Packer(Strict):
     baudrate: int = Field(default=115200, gt=0)  # serial only
     pouches_per_minute: float = Field(default=60, gt=0)
     canisters: list[Canister] = Field(min_length=1)
+    # OPC UA security (opcua only); without it the link is unsecured (docs/security.md)
+    security: PackerSecurity | None = None
     sim: PackerSim = PackerSim()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: object) -> object:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(f"password: {_INLINE_PASSWORD} (under security:)")
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> Packer:
         if self.driver == "opcua" and not self.address.startswith("opc.tcp://"):
             raise ValueError(f"address {self.address!r} must be an opc.tcp:// URL")
+        if self.driver != "opcua" and self.security is not None:
+            raise ValueError(
+                f"packer {self.name}: security: only for driver opcua, not {self.driver!r}"
+            )
         if self.driver == "serial" and self.address.startswith(("opc.tcp://", "tcp://")):
             raise ValueError(
                 f"address {self.address!r} must be a serial port or pyserial URL "
@@ -259,6 +349,15 @@ class CabinetSim(Strict):
     excursions: list[ExcursionSim] = []
 
 
+class CabinetTls(Strict):
+    """Modbus/TCP Security (TLS, mutual authentication; docs/security.md): the CA that
+    signed the cabinet's certificate, and the controller's own certificate and key."""
+
+    ca_file: str = Field(min_length=1)
+    cert_file: str = Field(min_length=1)
+    key_file: str = Field(min_length=1)
+
+
 class Cabinet(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     ward: str
@@ -266,7 +365,9 @@ class Cabinet(Strict):
     # modbus_rtu: Modbus RTU on a serial line: a device path or a pyserial URL
     # (socket://host:port for a serial device server); several cabinets may share one
     # line, each with its own unit_id.
-    driver: Literal["modbus_tcp", "modbus_rtu"] = "modbus_tcp"
+    # modbus_tls: Modbus/TCP Security, Modbus TCP inside mutual TLS (tcp://host:port,
+    # port 802 when left out), with `tls:`.
+    driver: Literal["modbus_tcp", "modbus_rtu", "modbus_tls"] = "modbus_tcp"
     address: str
     baudrate: int = Field(default=19200, gt=0)  # modbus_rtu only; the line runs 8E1
     unit_id: int = Field(default=1, ge=1, le=247)
@@ -275,14 +376,25 @@ class Cabinet(Strict):
     # pharmacist releases or wastes it.
     cold: bool = False
     pockets: list[Pocket] = Field(min_length=1)
+    # driver modbus_tls only: certificates for mutual TLS
+    tls: CabinetTls | None = None
     sim: CabinetSim = CabinetSim()
 
     @model_validator(mode="after")
     def _address(self) -> Cabinet:
-        if self.driver == "modbus_tcp" and not self.address.startswith("tcp://"):
+        if self.driver in ("modbus_tcp", "modbus_tls") and not self.address.startswith("tcp://"):
             raise ValueError(
                 f"cabinet {self.name}: address {self.address!r} must be a tcp://host:port URL"
-                " for driver modbus_tcp"
+                f" for driver {self.driver}"
+            )
+        if self.driver == "modbus_tls" and self.tls is None:
+            raise ValueError(
+                f"cabinet {self.name}: tls: driver modbus_tls needs tls (ca_file, cert_file,"
+                " key_file)"
+            )
+        if self.driver != "modbus_tls" and self.tls is not None:
+            raise ValueError(
+                f"cabinet {self.name}: tls: only for driver modbus_tls, not {self.driver!r}"
             )
         if self.driver == "modbus_rtu":
             problem = serial_address_problem(self.address)
@@ -529,6 +641,7 @@ class Site(Strict):
         each needs its own unit id, and an RTU line runs at one baudrate."""
         first: dict[tuple[str, str, int], Cabinet] = {}
         line_rate: dict[str, Cabinet] = {}
+        line_tls: dict[str, Cabinet] = {}
         for cab in self.cabinets:
             other = first.setdefault((cab.driver, cab.address, cab.unit_id), cab)
             if other is not cab:
@@ -536,6 +649,13 @@ class Site(Strict):
                     f"cabinets.{cab.name}.unit_id: {cab.unit_id} is also the unit id of"
                     f" cabinet {other.name} on {cab.address}"
                 )
+            if cab.driver == "modbus_tls":
+                other = line_tls.setdefault(cab.address, cab)
+                if other.tls != cab.tls:
+                    raise ValueError(
+                        f"cabinets.{cab.name}.tls: differs from the tls of cabinet"
+                        f" {other.name} on the same connection {cab.address}"
+                    )
             if cab.driver != "modbus_rtu":
                 continue
             other = line_rate.setdefault(cab.address, cab)

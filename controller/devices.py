@@ -17,9 +17,22 @@ def packer_driver(config: Packer) -> PackerDriver:
         from drivers.serial_packer import SerialPackerDriver
 
         return SerialPackerDriver(config.name, config.address, baudrate=config.baudrate)
-    from drivers.opcua_packer import OpcUaPackerDriver
+    from drivers.opcua_packer import OpcUaPackerDriver, OpcUaSecurity
 
-    return OpcUaPackerDriver(config.name, config.address)
+    security = None
+    if config.security is not None:
+        sec = config.security
+        security = OpcUaSecurity(
+            policy=sec.policy,
+            mode=sec.mode,
+            certificate=sec.certificate,
+            private_key=sec.private_key,
+            server_certificate=sec.server_certificate,
+            user=sec.user,
+            password_env=sec.password_env,
+            password_file=sec.password_file,
+        )
+    return OpcUaPackerDriver(config.name, config.address, security=security)
 
 
 class BusRegistry:
@@ -36,13 +49,20 @@ class BusRegistry:
         self._buses: dict[tuple[str, str], ModbusBus] = {}
 
     def bus(self, config: Cabinet) -> ModbusBus:
-        from drivers.modbus_cabinet import ModbusRtuBus, ModbusTcpBus
+        from drivers.modbus_cabinet import ModbusRtuBus, ModbusTcpBus, ModbusTlsBus, TlsFiles
 
         key = (config.driver, config.address)
         bus = self._buses.get(key)
+        tls = None
+        if config.tls is not None:
+            tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
         if bus is None:
             if config.driver == "modbus_rtu":
                 bus = ModbusRtuBus(config.address, baudrate=config.baudrate)
+            elif config.driver == "modbus_tls":
+                if tls is None:
+                    raise ValueError(f"cabinet {config.name}: driver modbus_tls needs tls")
+                bus = ModbusTlsBus(config.address, tls)
             else:
                 bus = ModbusTcpBus(config.address)
             self._buses[key] = bus
@@ -51,6 +71,10 @@ class BusRegistry:
             raise ValueError(
                 f"cabinet {config.name}: baudrate {config.baudrate} differs from"
                 f" {bus.baudrate} already used on {config.address}"
+            )
+        elif isinstance(bus, ModbusTlsBus) and bus.tls != tls:
+            raise ValueError(
+                f"cabinet {config.name}: tls differs from the one already used on {config.address}"
             )
         return bus
 

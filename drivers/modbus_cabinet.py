@@ -1,4 +1,4 @@
-"""Ward dispensing cabinet over Modbus (register map version 2), on TCP or an RTU line.
+"""Ward dispensing cabinet over Modbus (register map version 2), on TCP, TLS or an RTU line.
 
 Two layers: `ModbusBus` owns one pymodbus client and the lock every request on that
 connection takes (an RTU line carries several cabinets, and a TCP gateway may too),
@@ -6,6 +6,9 @@ keeps the line's timing (RTU inter-frame silence, reconnect backoff) and turns e
 pymodbus failure into DriverError; `ModbusCabinetDriver` knows the register map
 (through drivers.cabinet_registers) and nothing about transports. Several drivers may
 share one bus; the bus drops its connection when the last of them closes.
+
+`ModbusTlsBus` is Modbus/TCP Security (MBAPS): the same MBAP frames inside mutual TLS
+1.2 or later, the cabinet's certificate verified against a CA and its host name.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException, ModbusIOException
@@ -35,6 +41,8 @@ from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverErr
 log = logging.getLogger(__name__)
 
 DEFAULT_MODBUS_TCP_PORT = 502
+DEFAULT_MODBUS_TLS_PORT = 802
+"""Modbus/TCP Security's registered port."""
 DEFAULT_RTU_BAUDRATE = 19200
 RTU_BITS_PER_CHARACTER = 11
 """Start bit, 8 data bits, parity (or a second stop bit) and a stop bit."""
@@ -47,7 +55,7 @@ SERIAL_URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp21
 """pyserial URL handlers; anything else must be a device path (/dev/ttyUSB0, COM3)."""
 
 
-def parse_tcp_address(address: str) -> tuple[str, int]:
+def parse_tcp_address(address: str, default_port: int = DEFAULT_MODBUS_TCP_PORT) -> tuple[str, int]:
     """Split `tcp://host:port` (port defaults to 502); anything else is a ValueError."""
     try:
         parts = urlsplit(address)
@@ -56,7 +64,7 @@ def parse_tcp_address(address: str) -> tuple[str, int]:
         raise ValueError(f"bad Modbus TCP address {address!r}: {exc}") from None
     if parts.scheme != "tcp" or not parts.hostname or parts.path or parts.query:
         raise ValueError(f"bad Modbus TCP address {address!r}: expected tcp://host:port")
-    return parts.hostname, port if port is not None else DEFAULT_MODBUS_TCP_PORT
+    return parts.hostname, port if port is not None else default_port
 
 
 def check_serial_address(address: str) -> str:
@@ -199,15 +207,16 @@ class ModbusBus(ABC):
         if not ok:
             self._close_client(client)
             self._connect_failed()
-            raise DriverError(
-                f"{context}: cannot connect to {self.address} within {self.timeout} s"
-                " (refused or no answer)"
-            )
+            raise DriverError(f"{context}: cannot connect to {self.address}{self._why_not()}")
         self._client = client
         self._failed_connects = 0
         self._retry_at = float("-inf")
         self.last_exchange_end = float("-inf")
         self.generation += 1
+
+    def _why_not(self) -> str:
+        """Why the last connect failed, as far as it is known (pymodbus only says no)."""
+        return f" within {self.timeout} s (refused or no answer)"
 
     def _connect_failed(self) -> None:
         self._failed_connects += 1
@@ -318,6 +327,123 @@ class ModbusTcpBus(ModbusBus):
             retries=self.retries,
             reconnect_delay=0,  # no background reconnect task: the driver reconnects
             name=self.address,
+        )
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Mutual TLS of a Modbus/TCP Security link: the CA that signed the cabinet's
+    certificate (PEM), and the controller's own certificate and key (PEM)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that verifies the cabinet's certificate and host name and
+        presents the controller's certificate; TLS 1.2 at least (blocking: reads files).
+        Raises DriverError naming a missing or unusable file."""
+        for field_name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, field_name)
+            if not Path(path).is_file():
+                raise DriverError(f"tls.{field_name}: file {path} not found")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_verify_locations(cafile=self.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise DriverError(f"tls.ca_file: {self.ca_file} holds no usable CA: {exc}") from exc
+        try:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as exc:
+            raise DriverError(
+                f"tls.cert_file/key_file: {self.cert_file} and {self.key_file} are not a"
+                f" matching PEM certificate and key: {exc}"
+            ) from exc
+        return ctx
+
+
+class ModbusTlsBus(ModbusTcpBus):
+    """Modbus/TCP Security to a cabinet or gateway: `tcp://host:port` (port 802 when
+    left out) with mutual TLS. The cabinet must present a certificate signed by
+    `tls.ca_file` that names the address' host (DNS or IP subject alternative name)."""
+
+    def __init__(self, address: str, tls: TlsFiles, timeout: float = 2.0, retries: int = 1) -> None:
+        super().__init__(address, timeout, retries)
+        self.host, self.port = parse_tcp_address(address, DEFAULT_MODBUS_TLS_PORT)
+        self.tls = tls
+        self._sslctx: ssl.SSLContext | None = None
+        self._handshake_error: BaseException | None = None
+
+    async def connect(self, context: str) -> None:
+        if self.retry_in <= 0:
+            try:
+                self._sslctx = await asyncio.to_thread(self.tls.client_context)
+            except DriverError as exc:
+                self._connect_failed()
+                raise DriverError(f"{context}: cannot connect to {self.address}: {exc}") from exc
+        self._handshake_error = None
+        await super().connect(context)
+
+    def _create_client(self, attempt_timeout: float) -> ModbusBaseClient:
+        assert self._sslctx is not None  # made by connect()
+        client = AsyncModbusTlsClient(
+            self.host,
+            sslctx=self._sslctx,
+            port=self.port,
+            timeout=attempt_timeout,
+            retries=self.retries,
+            reconnect_delay=0,  # no background reconnect task: the driver reconnects
+            name=self.address,
+        )
+        # pymodbus turns every connect error into False; keep the TLS reason.
+        ctx: Any = client.ctx
+        create = ctx.call_create
+
+        async def create_noting_why() -> Any:
+            try:
+                return await create()
+            except OSError as exc:
+                self._handshake_error = exc
+                raise
+
+        ctx.call_create = create_noting_why
+        lost = ctx.connection_lost
+        cert_file = self.tls.cert_file
+
+        def connection_lost_failing_fast(exc: Exception | None) -> None:
+            # pymodbus leaves a request waiting for its timeout when the connection
+            # drops. A cabinet that refuses the controller's certificate does so after
+            # a TLS 1.3 handshake has completed on this side, so the first request
+            # would only time out; end it at once with the reason instead.
+            waiting = getattr(ctx, "response_future", None)
+            if isinstance(waiting, asyncio.Future) and not waiting.done():
+                why = f": {exc}" if exc else ""
+                waiting.set_exception(
+                    ConnectionResetError(
+                        f"the cabinet closed the TLS connection{why} (right after"
+                        f" connecting: does it trust the controller's certificate {cert_file}?)"
+                    )
+                )
+            lost(exc)
+
+        ctx.connection_lost = connection_lost_failing_fast
+        return client
+
+    def _why_not(self) -> str:
+        exc = self._handshake_error
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f": the cabinet's certificate is not trusted: {exc.verify_message}"
+                f" (verified against tls.ca_file {self.tls.ca_file} and host {self.host})"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return f": TLS handshake failed: {exc.reason or exc}"
+        if exc is not None:
+            return f": {exc!r}"
+        return (
+            f" within {self.timeout} s (refused, no answer, or no TLS handshake: is it a"
+            " Modbus/TCP Security port?)"
         )
 
 

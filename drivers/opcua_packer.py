@@ -8,18 +8,30 @@ business. Every failure leaves as `DriverError` naming machine, operation and ca
 The output tray (`Output/*`), `Canisters/*/RefilledTotal` and `Command/SetUnitMode` came
 later than the rest of the model; they are optional: a machine without them still
 connects, reads them as 0 / False, and refuses `set_unit_mode` with a DriverError.
+
+Security (docs/security.md): with an `OpcUaSecurity` the session runs over a signed or
+signed-and-encrypted secure channel, with the controller's own certificate, only to a
+packer presenting exactly the configured (pinned) certificate, and optionally as a user
+whose password comes from an environment variable or a file, never from the site file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from asyncua import Client, Node, ua
 from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import security_policies, uacrypto
+from cryptography import x509
 
 from drivers.base import (
     CanisterStatus,
@@ -72,6 +84,102 @@ _SESSION_TIMEOUT_MS = 60_000
 
 _T = TypeVar("_T")
 
+SecurityPolicyName = Literal["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
+SecurityModeName = Literal["Sign", "SignAndEncrypt"]
+#: The policies a secured packer link may use (asyncua 2.1 implements all three).
+SECURITY_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+SECURITY_MODES: dict[str, ua.MessageSecurityMode] = {
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+
+#: Why a secured packer refused the controller, by status code: what to fix.
+_REFUSALS: dict[int, str] = {
+    ua.StatusCodes.BadCertificateUntrusted: (
+        "the packer does not trust the controller's certificate"
+        " (add security.certificate to the packer's trust list)"
+    ),
+    ua.StatusCodes.BadCertificateTimeInvalid: "a certificate is expired or not yet valid",
+    ua.StatusCodes.BadCertificateUriInvalid: (
+        "the certificate's application URI does not match the application"
+    ),
+    ua.StatusCodes.BadCertificateUseNotAllowed: "the certificate's key usage does not allow this",
+    ua.StatusCodes.BadCertificateRevoked: "the controller's certificate is revoked",
+    ua.StatusCodes.BadCertificateInvalid: "a certificate is invalid",
+    ua.StatusCodes.BadSecurityChecksFailed: "the security checks failed",
+    ua.StatusCodes.BadUserAccessDenied: "user access denied (wrong user name or password)",
+    ua.StatusCodes.BadIdentityTokenInvalid: "the user identity is invalid",
+    ua.StatusCodes.BadIdentityTokenRejected: (
+        "the packer rejected the user identity (it wants a user name and password,"
+        " or does not accept this kind of identity)"
+    ),
+    ua.StatusCodes.BadSecurityPolicyRejected: "the packer rejected the security policy",
+}
+
+
+@dataclass(frozen=True)
+class OpcUaSecurity:
+    """The security of one packer link (the site file's `packers[].security`).
+
+    Paths are checked and files read when the driver connects, so a missing file is a
+    DriverError naming it. The password comes from the environment variable
+    `password_env` or the file `password_file` (first line), never from the site file.
+    """
+
+    policy: str  # a SecurityPolicyName
+    mode: str  # a SecurityModeName
+    certificate: str
+    private_key: str
+    server_certificate: str
+    user: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in SECURITY_POLICIES:
+            raise ValueError(f"policy: {self.policy!r} is not one of {sorted(SECURITY_POLICIES)}")
+        if self.mode not in SECURITY_MODES:
+            raise ValueError(f"mode: {self.mode!r} is not one of {sorted(SECURITY_MODES)}")
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.user:
+            raise ValueError("a password needs a user")
+
+    def check_files(self) -> str | None:
+        """Checks the certificate and key files exist; returns the password (blocking)."""
+        for field_name in ("certificate", "private_key", "server_certificate"):
+            path = getattr(self, field_name)
+            if not Path(path).is_file():
+                raise DriverError(f"security.{field_name}: file {path} not found")
+        return self.password()
+
+    def password(self) -> str | None:
+        """The user's password from its variable or file; DriverError if it is not there."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if not value:
+                raise DriverError(
+                    f"security.password_env: environment variable {self.password_env} is not set"
+                )
+            return value
+        if self.password_file:
+            try:
+                text = Path(self.password_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise DriverError(
+                    f"security.password_file: cannot read {self.password_file}:"
+                    f" {exc.strerror or exc}"
+                ) from exc
+            lines = text.splitlines()
+            if not lines or not lines[0]:
+                raise DriverError(f"security.password_file: {self.password_file} is empty")
+            return lines[0]
+        return None
+
 
 class OpcUaPackerDriver(PackerDriver):
     """A packer reached over OPC UA at `address` (an ``opc.tcp://`` URL).
@@ -88,6 +196,7 @@ class OpcUaPackerDriver(PackerDriver):
         timeout: float = 5.0,
         *,
         object_name: str | None = None,
+        security: OpcUaSecurity | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout: must be > 0, got {timeout}")
@@ -97,6 +206,7 @@ class OpcUaPackerDriver(PackerDriver):
         self.address = address
         self.timeout = timeout
         self.object_name = object_name or name
+        self.security = security
         self._client: Client | None = None
         self._status_nodes: list[Node] = []
         self._output_nodes: list[Node] = []  # empty when the machine has no Output tray
@@ -119,6 +229,8 @@ class OpcUaPackerDriver(PackerDriver):
         client.session_timeout = _SESSION_TIMEOUT_MS
         try:
             async with asyncio.timeout(self.timeout):
+                if self.security is not None:
+                    await self._secure(client, self.security)
                 await client.connect()
                 await self._resolve(client)
         except BaseException as exc:
@@ -127,6 +239,74 @@ class OpcUaPackerDriver(PackerDriver):
                 raise self._error("connect", exc) from exc
             raise
         self._client = client
+
+    async def _secure(self, client: Client, security: OpcUaSecurity) -> None:
+        """Certificates, pinned server certificate and user on `client`, before connect."""
+        password = await asyncio.to_thread(security.check_files)
+        own = await _load_certificate(security.certificate, "certificate")
+        pinned = await _load_certificate(security.server_certificate, "server_certificate")
+        policy = SECURITY_POLICIES[security.policy]
+        mode = SECURITY_MODES[security.mode]
+        await self._check_endpoint(security, policy, mode, pinned)
+        # The client's application URI must be the one in its certificate (servers check).
+        uris = _certificate_uris(own)
+        if uris:
+            client.application_uri = uris[0]
+        try:
+            await client.set_security(
+                policy,
+                security.certificate,
+                security.private_key,
+                server_certificate=security.server_certificate,
+                mode=mode,
+            )
+        except (OSError, ValueError, TypeError) as exc:
+            raise DriverError(
+                f"security: cannot load certificate {security.certificate} or private key"
+                f" {security.private_key}: {exc}"
+            ) from exc
+        client.certificate_validator = _pinned_validator(pinned, security.server_certificate)
+        if security.user:
+            client.set_user(security.user)
+            if password is not None:
+                client.set_password(password)
+
+    async def _check_endpoint(
+        self,
+        security: OpcUaSecurity,
+        policy: type[security_policies.SecurityPolicy],
+        mode: ua.MessageSecurityMode,
+        pinned: x509.Certificate,
+    ) -> None:
+        """Ask the packer for its endpoints first (OPC UA discovery, unsecured by design)
+        so that a wrong certificate or a missing policy is named instead of showing as a
+        timeout: a packer cannot even read an OpenSecureChannel meant for another
+        certificate. The secured channel itself is what enforces the pin."""
+        probe = Client(self.address, timeout=self.timeout)
+        try:
+            endpoints = await probe.connect_and_get_server_endpoints()
+        except ua.UaStatusCodeError:
+            return  # discovery refused: the secured attempt will tell
+        wanted = f"{security.policy} {security.mode}"
+        offered = [
+            ep for ep in endpoints if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode
+        ]
+        if not offered:
+            names = sorted({_endpoint_name(ep) for ep in endpoints})
+            raise DriverError(
+                f"the packer offers no {wanted} endpoint (it offers: {', '.join(names) or 'none'})"
+            )
+        presented = offered[0].ServerCertificate
+        if presented and _first_der(presented) != uacrypto.der_from_x509(pinned):
+            try:
+                other = _describe_certificate(x509.load_der_x509_certificate(_first_der(presented)))
+            except ValueError:
+                other = "an unreadable certificate"
+            raise DriverError(
+                f"untrusted server: the packer presents {other}, not the certificate in"
+                f" security.server_certificate {security.server_certificate}"
+                f" ({_describe_certificate(pinned)})"
+            )
 
     async def close(self) -> None:
         """Close the session; does nothing when not connected."""
@@ -419,10 +599,90 @@ class OpcUaPackerDriver(PackerDriver):
         elif isinstance(exc, TimeoutError):
             cause = f"no answer within {self.timeout:g} s"
         elif isinstance(exc, ua.UaStatusCodeError):
-            cause = f"{ua.StatusCode(exc.code).name}: {exc}"
+            name = ua.StatusCode(exc.code).name
+            refusal = _REFUSALS.get(exc.code)
+            cause = f"refused: {refusal} ({name})" if refusal else f"{name}: {exc}"
+        elif str(exc).startswith("No matching endpoints") and isinstance(exc, ua.UaError):
+            wanted = (
+                "unsecured (None)"
+                if self.security is None
+                else f"{self.security.policy} {self.security.mode}"
+            )
+            cause = f"refused: the packer offers no {wanted} endpoint"
+            if self.security is None:
+                cause += " (it requires security: set packers[].security in the site file)"
         else:
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return DriverError(f"packer {self.name} ({self.address}): {operation}: {cause}")
+
+
+async def _load_certificate(path: str, field_name: str) -> x509.Certificate:
+    try:
+        return await uacrypto.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise DriverError(
+            f"security.{field_name}: {path} is not a DER or PEM certificate: {exc}"
+        ) from exc
+
+
+def _certificate_uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _describe_certificate(cert: x509.Certificate) -> str:
+    """Subject and SHA-256 fingerprint: what an operator compares with the machine's HMI."""
+    digest = hashlib.sha256(uacrypto.der_from_x509(cert)).hexdigest()
+    return f"{cert.subject.rfc4514_string() or 'no subject'}, SHA-256 {digest[:16]}..."
+
+
+def _first_der(data: bytes) -> bytes:
+    """The first certificate of a DER chain (a server may send its chain concatenated)."""
+    if len(data) < 2 or data[0] != 0x30:
+        return data
+    length = data[1]
+    if length < 0x80:
+        return data[: 2 + length]
+    n = length & 0x7F
+    return data[: 2 + n + int.from_bytes(data[2 : 2 + n], "big")]
+
+
+def _endpoint_name(ep: ua.EndpointDescription) -> str:
+    policy = (ep.SecurityPolicyUri or "").rsplit("#", 1)[-1] or "?"
+    mode = {
+        ua.MessageSecurityMode.None_: "None",
+        ua.MessageSecurityMode.Sign: "Sign",
+        ua.MessageSecurityMode.SignAndEncrypt: "SignAndEncrypt",
+    }.get(ep.SecurityMode, str(ep.SecurityMode))
+    return policy if policy == "None" else f"{policy} {mode}"
+
+
+def _pinned_validator(
+    pinned: x509.Certificate, path: str
+) -> Callable[[x509.Certificate, ua.ApplicationDescription], Awaitable[None]]:
+    """asyncua's certificate validator hook for the server certificate (asyncua checks
+    none unless one is set): it must be the configured one, and valid now."""
+    pinned_der = uacrypto.der_from_x509(pinned)
+
+    async def validate(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+        if uacrypto.der_from_x509(cert) != pinned_der:
+            raise DriverError(
+                f"untrusted server: the packer presents {_describe_certificate(cert)}, not the"
+                f" certificate in security.server_certificate {path}"
+                f" ({_describe_certificate(pinned)})"
+            )
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise DriverError(
+                f"the packer's certificate ({_describe_certificate(cert)}) is valid only from"
+                f" {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to"
+                f" {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            )
+
+    return validate
 
 
 def _describe(method: str, result: ua.CallMethodResult) -> str:

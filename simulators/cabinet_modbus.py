@@ -6,7 +6,9 @@ addresses, so it shares no code with the driver that talks to it. Each cabinet a
 on its own Modbus device (unit) id: with transport "tcp" like serial cabinets behind a
 TCP gateway; with transport "rtu" like cabinets on one RS-485 line, reached through a
 serial device server in raw TCP mode (RTU frames on a TCP socket, which pyserial opens
-as `socket://host:port`). On RTU a unit without a cabinet stays silent.
+as `socket://host:port`). On RTU a unit without a cabinet stays silent. With transport
+"tls" it is Modbus/TCP Security: the same frames inside mutual TLS, where a client
+without a certificate signed by the configured CA is refused in the handshake.
 
 Physics run in simulated time (`time_factor` x real time, or only through `advance()`
 when `time_factor` is 0): nurses withdraw single doses from each pocket as a seeded
@@ -14,7 +16,8 @@ Poisson process. Registers are rendered from the model on every request, so a re
 always sees one consistent snapshot of a cabinet.
 
 Run alone: python -m simulators.cabinet_modbus --port 5020 --seed 1 --time-factor 600
-           (add --transport rtu for an RTU line on socket://host:port)
+           (add --transport rtu for an RTU line on socket://host:port, or
+           --transport tls --cert-file C --key-file K --ca-file CA for Modbus/TCP Security)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import enum
 import logging
 import random
 import signal
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -34,7 +38,12 @@ from typing import Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
+from pymodbus.server import (
+    ModbusBaseServer,
+    ModbusSerialServer,
+    ModbusTcpServer,
+    ModbusTlsServer,
+)
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
 log = logging.getLogger(__name__)
@@ -402,7 +411,26 @@ def _validate(specs: Sequence[CabinetSpec]) -> None:
 
 
 # --- server -----------------------------------------------------------------------------
-Transport = Literal["tcp", "rtu"]
+Transport = Literal["tcp", "rtu", "tls"]
+
+
+@dataclass(frozen=True)
+class SimTls:
+    """The cabinet's side of Modbus/TCP Security: its certificate and key (PEM), and
+    the CA (PEM) a client's certificate must be signed by; a client without one is
+    refused."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        ctx.load_verify_locations(cafile=self.ca_file)
+        return ctx
 
 
 class CabinetSimulator:
@@ -422,15 +450,19 @@ class CabinetSimulator:
         seed: int = 0,
         tick: float = 0.02,
         transport: Transport = "tcp",
+        tls: SimTls | None = None,
     ) -> None:
         if not cabinets:
             raise ValueError("cabinets must name at least one CabinetSpec")
         if time_factor < 0:
             raise ValueError(f"time_factor must be >= 0, got {time_factor!r}")
-        if transport not in ("tcp", "rtu"):
-            raise ValueError(f"transport must be 'tcp' or 'rtu', got {transport!r}")
+        if transport not in ("tcp", "rtu", "tls"):
+            raise ValueError(f"transport must be 'tcp', 'rtu' or 'tls', got {transport!r}")
+        if (transport == "tls") != (tls is not None):
+            raise ValueError("tls: give it exactly when transport is 'tls'")
         _validate(cabinets)
         self.transport: Transport = transport
+        self.tls = tls
         self.host = host
         self._port = port
         self.time_factor = time_factor
@@ -459,8 +491,8 @@ class CabinetSimulator:
 
     @property
     def address(self) -> str:
-        """The driver address of this server: tcp://host:port, or socket://host:port
-        for RTU."""
+        """The driver address of this server: tcp://host:port (also for TLS), or
+        socket://host:port for RTU."""
         scheme = "socket" if self.transport == "rtu" else "tcp"
         return f"{scheme}://{self.host}:{self._port}"
 
@@ -490,6 +522,13 @@ class CabinetSimulator:
                 framer=FramerType.RTU,
                 port=f"socket://{self.host}:{self._port}",
                 parity="E",
+                trace_packet=self._trace_packet,
+            )
+        elif self.tls is not None:
+            server = ModbusTlsServer(
+                devices,
+                address=(self.host, self._port),
+                sslctx=self.tls.server_context(),
                 trace_packet=self._trace_packet,
             )
         else:
@@ -773,9 +812,22 @@ def default_cabinets() -> list[CabinetSpec]:
     return [CabinetSpec(cabinet_id=1, pockets=pockets)]
 
 
-async def _serve(host: str, port: int, seed: int, time_factor: float, transport: Transport) -> None:
+async def _serve(
+    host: str,
+    port: int,
+    seed: int,
+    time_factor: float,
+    transport: Transport,
+    tls: SimTls | None = None,
+) -> None:
     sim = CabinetSimulator(
-        host, port, default_cabinets(), time_factor=time_factor, seed=seed, transport=transport
+        host,
+        port,
+        default_cabinets(),
+        time_factor=time_factor,
+        seed=seed,
+        transport=transport,
+        tls=tls,
     )
     await sim.start()
     print(f"cabinet simulator on {sim.address} (unit id 1), Ctrl-C to stop", flush=True)
@@ -798,13 +850,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--time-factor", type=float, default=1.0)
     parser.add_argument(
         "--transport",
-        choices=("tcp", "rtu"),
+        choices=("tcp", "rtu", "tls"),
         default="tcp",
-        help="tcp: Modbus TCP; rtu: Modbus RTU frames on the socket (socket://host:port)",
+        help="tcp: Modbus TCP; rtu: Modbus RTU frames on the socket (socket://host:port);"
+        " tls: Modbus/TCP Security (needs --cert-file, --key-file, --ca-file)",
     )
+    parser.add_argument("--cert-file", help="tls: the cabinet's certificate (PEM)")
+    parser.add_argument("--key-file", help="tls: the cabinet's private key (PEM)")
+    parser.add_argument("--ca-file", help="tls: CA (PEM) that signs accepted client certificates")
     args = parser.parse_args(argv)
+    tls = None
+    if args.transport == "tls":
+        missing = [o for o in ("cert_file", "key_file", "ca_file") if not getattr(args, o)]
+        if missing:
+            parser.error(
+                "--transport tls needs " + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
+            )
+        tls = SimTls(args.cert_file, args.key_file, args.ca_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.seed, args.time_factor, args.transport))
+    asyncio.run(_serve(args.host, args.port, args.seed, args.time_factor, args.transport, tls))
 
 
 if __name__ == "__main__":

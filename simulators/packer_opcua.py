@@ -5,7 +5,9 @@ physics is deterministic for a given seed: the same commands give the same pouch
 rejects and jams, so integration tests and demos are reproducible. Time is scaled by
 `speed_factor` so tests can pack a job in milliseconds.
 
-Run one machine: ``python -m simulators.packer_opcua --name P1 --port 4841``.
+Run one machine: ``python -m simulators.packer_opcua --name P1 --port 4841``; add
+``--certificate C --private-key K --trust CLIENT_CERT [--user U --password-env VAR]``
+for a secured machine (`SimSecurity`, docs/security.md).
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
 
 from drivers.base import PackMLCommand, PackMLState, UnitMode
 from simulators.packer_physics import (
@@ -57,6 +66,95 @@ _REFUSAL_STATUS = {
     RefusalKind.INVALID_STATE: _STATUS.BadInvalidState,
     RefusalKind.INVALID_ARGUMENT: _STATUS.BadInvalidArgument,
 }
+
+
+#: The variable each `PackerStatus` field is published in (for `misreport`).
+_STATUS_NODES = {
+    "state": "Status.StateCurrent",
+    "unit_mode": "Status.UnitModeCurrent",
+    "processed_total": "Admin.ProdProcessedCount",
+    "defective_total": "Admin.ProdDefectiveCount",
+    "stop_reason": "Admin.StopReason",
+    "stop_canister": "Admin.StopCanister",
+    "job_pouches_total": "Job.PouchesTotal",
+    "job_pouches_good": "Job.PouchesGood",
+    "job_pouches_rejected": "Job.PouchesRejected",
+}
+
+
+#: The endpoints a secured simulator offers unless told otherwise.
+SECURE_POLICIES: tuple[ua.SecurityPolicyType, ...] = (
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+)
+
+
+@dataclass(frozen=True)
+class SimSecurity:
+    """OPC UA security of a simulated packer, as a real machine would be set up.
+
+    `certificate`/`private_key`: the machine's own application instance certificate
+    (DER or PEM) and key. `trusted_clients`: certificates of the clients it accepts
+    (its trust list); a client presenting any other certificate, or none (NoSecurity),
+    gets no session. `policies`: the endpoints offered (never NoSecurity).
+    `users`: user name -> password; when given, a session needs one of them and an
+    anonymous one is refused."""
+
+    certificate: Path
+    private_key: Path
+    trusted_clients: Sequence[Path] = ()
+    policies: Sequence[ua.SecurityPolicyType] = SECURE_POLICIES
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if ua.SecurityPolicyType.NoSecurity in self.policies:
+            raise ValueError("policies: a secured simulator never offers NoSecurity")
+        if not self.policies:
+            raise ValueError("policies: name at least one security policy")
+
+
+class _TrustList:
+    """The secured simulator's checks on a client: its certificate (time range and
+    trust list, at CreateSession) and its identity (at ActivateSession)."""
+
+    def __init__(self, trusted: Sequence[x509.Certificate], users: Mapping[str, str]) -> None:
+        self._trusted = {uacrypto.der_from_x509(c) for c in trusted}
+        self._users = dict(users)
+
+    async def validate(self, cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+        """asyncua's certificate validator hook: raise ServiceError to refuse."""
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if uacrypto.der_from_x509(cert) not in self._trusted:
+            subject = cert.subject.rfc4514_string()
+            _log.warning("refused client certificate %s: not trusted", subject)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        """asyncua's user manager hook; None refuses the session (BadUserAccessDenied).
+
+        `certificate` is the secure channel's client certificate, None on a NoSecurity
+        channel: asyncua opens one for discovery whatever the endpoints, and would then
+        let a client that skips the endpoint check create a session on it."""
+        # A chain arrives as the certificates' DER one after the other, leaf first.
+        chain = certificate if isinstance(certificate, bytes) else b""
+        if not any(chain.startswith(der) for der in self._trusted):
+            return None
+        if not self._users:
+            return User(role=UserRole.User)
+        expected = self._users.get(username or "")
+        if expected is None or password is None:
+            return None
+        if not hmac.compare_digest(expected.encode(), password.encode()):
+            return None
+        return User(role=UserRole.User, name=username)
 
 
 @dataclass(frozen=True)
@@ -96,6 +194,7 @@ class PackerSimulator(PhysicsView):
         output_capacity: int = 0,
         output_empty_after_s: float | None = DEFAULT_OUTPUT_EMPTY_AFTER_S,
         unit_mode: UnitMode = UnitMode.PRODUCTION,
+        security: SimSecurity | None = None,
     ) -> None:
         if not name or any(c in name for c in "/.:<>&!#"):
             raise ValueError(f"name: {name!r} is empty or holds a browse-path reserved character")
@@ -118,6 +217,7 @@ class PackerSimulator(PhysicsView):
         self.port = port
         self.address_space_cache = Path(address_space_cache) if address_space_cache else None
         self.server_clock = server_clock
+        self.security = security
         self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._publish_lock = asyncio.Lock()
@@ -148,8 +248,11 @@ class PackerSimulator(PhysicsView):
         await _init_server(server, self.address_space_cache)
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
         server.set_server_name(f"doseline packer simulator {self.name}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        if self.security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            server.set_identity_tokens([ua.AnonymousIdentityToken])
+        else:
+            await self._secure(server, self.security)
         # asyncua's 1 Hz ServerStatus clock makes Server.stop() wait up to a second.
         server.disable_clock(not self.server_clock)
         await server.set_application_uri(f"urn:doseline:packer-simulator:{self.name}")
@@ -171,6 +274,21 @@ class PackerSimulator(PhysicsView):
             self._physics.run(self._publish), name=f"packer-sim-{self.name}"
         )
         _log.info("packer simulator %s listening on %s", self.name, self.endpoint)
+
+    @staticmethod
+    async def _secure(server: Server, security: SimSecurity) -> None:
+        """Own certificate, signed/encrypted endpoints only, trust list, users."""
+        await server.load_certificate(str(security.certificate))
+        await server.load_private_key(str(security.private_key))
+        server.set_security_policy(list(security.policies))
+        tokens: list[type] = (
+            [ua.UserNameIdentityToken] if security.users else [ua.AnonymousIdentityToken]
+        )
+        server.set_identity_tokens(tokens)
+        trusted = [await uacrypto.load_certificate(str(p)) for p in security.trusted_clients]
+        checks = _TrustList(trusted, security.users)
+        server.set_certificate_validator(checks.validate)
+        server.iserver.set_user_manager(checks)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         """Stop the physics and close the server; safe to call twice."""
@@ -291,6 +409,8 @@ class PackerSimulator(PhysicsView):
             values[f"{prefix}.Capacity"] = can.capacity
             values[f"{prefix}.DispensedTotal"] = can.dispensed_total
             values[f"{prefix}.RefilledTotal"] = can.refilled_total
+        for field_name, value in machine.misreport.items():  # fault knob, usually empty
+            values[_STATUS_NODES[field_name]] = value
         return values
 
     async def _publish(self) -> None:
@@ -519,12 +639,47 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="shelf file for the OPC UA standard address space (faster start)",
     )
+    secure = parser.add_argument_group(
+        "security",
+        "with --certificate the machine offers Basic256Sha256 Sign and"
+        " SignAndEncrypt only (docs/security.md)",
+    )
+    secure.add_argument("--certificate", type=Path, help="the machine's certificate (DER/PEM)")
+    secure.add_argument("--private-key", type=Path, help="the machine's private key (PEM)")
+    secure.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        help="a client certificate to accept (repeat for several)",
+    )
+    secure.add_argument("--user", help="a user name sessions must log in with")
+    secure.add_argument("--password-env", help="environment variable holding that user's password")
     return parser.parse_args(argv)
+
+
+def _security(args: argparse.Namespace) -> SimSecurity | None:
+    if args.certificate is None:
+        if args.private_key or args.trust or args.user:
+            raise SystemExit("--private-key, --trust and --user need --certificate")
+        return None
+    if args.private_key is None or not args.trust:
+        raise SystemExit("--certificate needs --private-key and at least one --trust")
+    users: dict[str, str] = {}
+    if args.user:
+        password = os.environ.get(args.password_env or "")
+        if not password:
+            raise SystemExit(f"--user {args.user}: set --password-env to a variable that is set")
+        users[args.user] = password
+    return SimSecurity(args.certificate, args.private_key, tuple(args.trust), users=users)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     sim = PackerSimulator(
-        args.name, address_space_cache=args.address_space_cache, **packer_settings(args)
+        args.name,
+        address_space_cache=args.address_space_cache,
+        security=_security(args),
+        **packer_settings(args),
     )
     await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.endpoint}")
 
