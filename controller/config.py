@@ -715,6 +715,10 @@ def parse_site(raw: object, *, source: str = "<site>") -> Site:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
             value = err.get("input")
+            if err["type"] == "extra_forbidden":
+                # A misspelt key may hold a secret: name the key, never echo its value.
+                problems.append(f"  {where}: {err['msg']} (value not shown)")
+                continue
             shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
             problems.append(f"  {where or '(top)'}: {err['msg']} (value: {shown})")
         raise ConfigError(f"site file {source} is invalid:\n" + "\n".join(problems)) from exc
