@@ -11,6 +11,8 @@ from datetime import date
 
 import biip
 
+_NAMES = {"01": "GTIN", "10": "batch", "17": "expiry date", "21": "serial"}
+
 
 class ScanError(ValueError):
     """A scan that cannot identify a pack; the message names what is wrong."""
@@ -27,16 +29,29 @@ class PackId:
 def parse_pack(data: str) -> PackId:
     """Reads GTIN (01), expiry (17), batch (10) and serial (21) from one scan."""
     shown = data.replace("\x1d", "<GS>")
-    result = biip.parse(data)
+    try:
+        result = biip.parse(data)
+    except (biip.ParseError, IndexError) as exc:
+        # biip raises on a malformed symbology identifier (']0'), and IndexError on a
+        # lone ']': a bad scan like any other.
+        raise ScanError(f"scan {shown!r} is not a GS1 element string: {exc}") from None
     message = result.gs1_message
     if message is None:
         raise ScanError(f"scan {shown!r} is not a GS1 element string: {result.gs1_message_error}")
     fields: dict[str, str] = {}
     expiry: date | None = None
     for element in message.element_strings:
+        ai = element.ai.ai
         if element.gtin_error:
             raise ScanError(f"scan {shown!r}: GTIN (01) {element.value!r}: {element.gtin_error}")
-        fields[element.ai.ai] = element.value
+        if ai in fields and fields[ai] != element.value:
+            # GS1: an AI may not be repeated with another value; taking either one
+            # would book a pack under a batch, expiry or serial it may not have.
+            name = f"{_NAMES[ai]} ({ai})" if ai in _NAMES else f"AI ({ai})"
+            raise ScanError(
+                f"scan {shown!r}: {name} given twice: {fields[ai]!r} and {element.value!r}"
+            )
+        fields[ai] = element.value
         if element.ai.ai == "17":
             expiry = element.date
     if "01" not in fields:

@@ -120,6 +120,17 @@ def _field(loc: Sequence[int | str]) -> str:
 def _validation_problems(exc: RequestValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI's location is ("body", <offset>): the body is at fault, not a field.
+            loc = err.get("loc", ())
+            where = f" at position {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+            reason = (err.get("ctx") or {}).get("error", "")
+            message = f"not valid JSON{where}" + (f": {reason}" if reason else "")
+            body = exc.body if isinstance(exc.body, str | bytes) else None
+            if isinstance(body, bytes):
+                body = body.decode("utf-8", "replace")
+            problems.append(Problem(field="body", value=shown(body), message=message))
+            continue
         raw = err.get("input")
         missing = err.get("type") == "missing"
         value = None if missing or (isinstance(raw, dict) and not raw) else shown(raw)
@@ -161,10 +172,24 @@ def install(app: FastAPI) -> None:
                 field="method",
                 value=request.method,
             )
+        elif exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode at all (JSON that is not UTF-8):
+            # bad input like any other, so 422 naming the body and the bytes at fault.
+            cause = exc.__cause__
+            if isinstance(cause, UnicodeDecodeError):
+                bad = cause.object[cause.start : cause.end].hex()
+                error = ApiError(
+                    422,
+                    f"body: not UTF-8 text: byte(s) 0x{bad} at position {cause.start}",
+                    field="body",
+                    value=f"0x{bad}",
+                )
+            else:
+                error = ApiError(422, f"body: {exc.detail}", field="body")
         else:
             error = ApiError(exc.status_code, str(exc.detail))
         return JSONResponse(
-            error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error.body(), status_code=error.status, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)

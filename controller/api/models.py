@@ -4,9 +4,9 @@ report dataclasses, so the API and `doseline report --json` give the same fields
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from controller.cabinets.refill_store import RefillRow
 from controller.packing.store import JobRecord, OrderRecord
@@ -27,10 +27,28 @@ JobStateName = Literal[
 PackerCommandName = Literal["hold", "unhold", "reset", "stop"]
 
 
+def no_nul(value: str) -> str:
+    """Text from a request: a NUL character is refused (PostgreSQL cannot store one and
+    no code, number or note holds one), as a 422 naming the field."""
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\x00) are not accepted")
+    return value
+
+
+#: A text path or query parameter that is looked up or stored (see `no_nul`).
+Text = Annotated[str, AfterValidator(no_nul)]
+
+
 class Closed(BaseModel):
-    """A request body: unknown fields are refused, not ignored."""
+    """A request body: unknown fields are refused, not ignored, and no text field may
+    hold a NUL character (`no_nul`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value) if isinstance(value, str) else value
 
 
 # ----------------------------------------------------------------------------- orders
@@ -87,8 +105,12 @@ class OrderList(BaseModel):
     orders: list[Order]
 
 
+MAX_ORDER_ID = 2**31 - 1  # the dose_orders id column (INTEGER on PostgreSQL)
+OrderId = Annotated[int, Field(ge=1, le=MAX_ORDER_ID)]
+
+
 class ReviewRequest(Closed):
-    order_ids: list[int] = Field(min_length=1, max_length=10_000)
+    order_ids: list[OrderId] = Field(min_length=1, max_length=10_000)
     approve: bool
     note: str = Field(default="", max_length=200, description="required for a rejection")
 

@@ -17,6 +17,7 @@ from controller.api.models import (
     JobStateName,
     PackerCommandRequest,
     PackerCommandResult,
+    Text,
 )
 from controller.ledger import LedgerError
 from drivers.base import DriverError, PackMLCommand
@@ -52,7 +53,9 @@ async def list_jobs(
     responses=responses(401, 403, 404, 422),
     openapi_extra=role_note(Role.VIEWER),
 )
-async def get_job(ctx: Context, _user: Viewer, job_id: Annotated[str, Path(max_length=100)]) -> Job:
+async def get_job(
+    ctx: Context, _user: Viewer, job_id: Annotated[Text, Path(max_length=100)]
+) -> Job:
     try:
         record = await ctx.read(ctx.store.job, job_id)
     except LedgerError:
@@ -74,7 +77,7 @@ async def get_job(ctx: Context, _user: Viewer, job_id: Annotated[str, Path(max_l
 async def packer_command(
     ctx: Context,
     user: Technician,
-    name: Annotated[str, Path(max_length=100)],
+    name: Annotated[Text, Path(max_length=100)],
     body: PackerCommandRequest,
 ) -> PackerCommandResult:
     if name not in {p.name for p in ctx.site.packers}:

@@ -14,7 +14,7 @@ from controller.api.audit_reader import read_audit
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Technician, Viewer, role_note
 from controller.api.errors import ApiError, responses
-from controller.api.models import AuditList, Health, RefillList, ScanRequest, ScanResult
+from controller.api.models import AuditList, Health, RefillList, ScanRequest, ScanResult, Text
 from controller.cabinets.refill_store import OPEN_REFILL_STATES
 from controller.ledger import LedgerError
 
@@ -38,7 +38,7 @@ GROUP_SEPARATOR = "\x1d"
 async def list_refills(
     ctx: Context,
     _user: Viewer,
-    cabinet: Annotated[str | None, Query(max_length=100, description="only this cabinet")] = None,
+    cabinet: Annotated[Text | None, Query(max_length=100, description="only this cabinet")] = None,
     include_closed: Annotated[
         bool, Query(alias="all", description="confirmed and cancelled ones too")
     ] = False,
@@ -97,10 +97,10 @@ async def audit(
     ctx: Context,
     _user: Pharmacist,
     entity: Annotated[
-        str | None,
+        Text | None,
         Query(max_length=30, description="dose_order, packing_job, movement, pocket_refill..."),
     ] = None,
-    key: Annotated[str | None, Query(max_length=200, description="the entity's key")] = None,
+    key: Annotated[Text | None, Query(max_length=200, description="the entity's key")] = None,
     since: Annotated[
         datetime | None, Query(description="from this moment, ISO 8601 (no offset: UTC)")
     ] = None,

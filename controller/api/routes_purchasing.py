@@ -13,12 +13,13 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 
 from controller.api.auth import Role
 from controller.api.context import ApiContext, Context, Pharmacist, Technician, Viewer, role_note
 from controller.api.errors import ApiError, Problem, responses
+from controller.api.models import Closed, Text
 from controller.ledger import LedgerError
 from controller.purchasing import (
     PurchasingError,
@@ -44,10 +45,6 @@ LineStatusName = Literal["open", "back_order", "delivered", "short", "cancelled"
 
 
 # ----------------------------------------------------------------------------- models
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Supplier(BaseModel):
@@ -154,7 +151,7 @@ class PurchaseOrderList(BaseModel):
     orders: list[PurchaseOrder]
 
 
-class CreatePurchaseOrdersRequest(_Closed):
+class CreatePurchaseOrdersRequest(Closed):
     target_days: int | None = Field(
         default=None,
         ge=1,
@@ -183,7 +180,7 @@ class CreatedPurchaseOrders(BaseModel):
     )
 
 
-class DeliveryRequest(_Closed):
+class DeliveryRequest(Closed):
     note: str = Field(
         min_length=1,
         max_length=MAX_DELIVERY_NOTE,
@@ -295,7 +292,7 @@ class DeliveryReceipt(BaseModel):
         )
 
 
-class ClosePurchaseOrderRequest(_Closed):
+class ClosePurchaseOrderRequest(Closed):
     note: str = Field(
         min_length=1, max_length=MAX_REASON, description="why the order is closed (required)"
     )
@@ -379,7 +376,7 @@ async def _order(ctx: ApiContext, store: PurchasingStore, number: str) -> model.
 
 
 Number = Annotated[
-    str, Path(min_length=1, max_length=MAX_NUMBER, description="PO-<yyyymmdd>-<supplier>-<nn>")
+    Text, Path(min_length=1, max_length=MAX_NUMBER, description="PO-<yyyymmdd>-<supplier>-<nn>")
 ]
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from controller.api.auth import Role
 from controller.api.context import Context, Viewer, role_note
 from controller.api.errors import ApiError, responses
+from controller.api.models import Text
 from controller.config import valid_gtin
 from controller.ledger import reports
 from controller.ledger.errors import LedgerError, UnknownEntity
@@ -51,8 +52,8 @@ def _refused(exc: LedgerError) -> ApiError:
 async def balances(
     ctx: Context,
     _user: Viewer,
-    location: Annotated[str | None, Query(max_length=100, description="a location code")] = None,
-    gtin: Annotated[str | None, Query(max_length=14)] = None,
+    location: Annotated[Text | None, Query(max_length=100, description="a location code")] = None,
+    gtin: Annotated[Text | None, Query(max_length=14)] = None,
     by: Annotated[Literal["product", "location", "lot"], Query()] = "product",
     today: Annotated[
         date | None, Query(description="expired lots are not available (default: today, UTC)")

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from controller.api.auth import Role
 from controller.api.context import ApiContext, Context, Pharmacist, Technician, role_note
 from controller.api.errors import ApiError, responses
+from controller.api.models import Closed, Text
 from controller.config import valid_gtin
 from controller.ledger import Ledger, LedgerError
 from controller.ledger.schema import verification_alerts
@@ -96,17 +97,13 @@ class PackStatus(_Rows):
     decommission_reason: str | None = Field(description="dispensed or supplied")
 
 
-class CloseAlertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CloseAlertRequest(Closed):
     note: str = Field(
         min_length=1, max_length=MAX_NOTE, description="what was found or done (required)"
     )
 
 
-class UndoRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UndoRequest(Closed):
     gtin: str = Field(min_length=1, max_length=14, description="8, 12, 13 or 14 digits")
     serial: str = Field(min_length=1, max_length=MAX_SERIAL, description="the serial (21)")
 
@@ -259,7 +256,7 @@ async def get_pack(
     ctx: Context,
     _user: Technician,
     gtin: Annotated[str, Path(max_length=14, description="8, 12, 13 or 14 digits")],
-    serial: Annotated[str, Path(min_length=1, max_length=MAX_SERIAL)],
+    serial: Annotated[Text, Path(min_length=1, max_length=MAX_SERIAL)],
 ) -> PackStatus:
     gtin = _gtin(gtin)
     row = await ctx.read(_store(ctx).pack, gtin, serial)

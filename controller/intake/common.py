@@ -138,7 +138,10 @@ def _text(value: object) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | Decimal | float):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # an int of more digits than Python turns into text (4300)
+            return "a huge number"
     return type(value).__name__  # a whole object or list: name its kind, not its content
 
 
