@@ -194,6 +194,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Only the type and the route are logged here: the message might quote the request.
-        log.error("api: %s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        # Only the type and the route's template are logged here: the message and the
+        # path itself might quote the request (ids, control characters).
+        route = getattr(request.scope.get("route"), "path", "(no route)")
+        log.error("api: %s %s failed: %s", request.method, route, type(exc).__name__)
         return error_response(500, "internal error; the controller's log has the details")
