@@ -273,6 +273,12 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            while not task.done():
+                # Python 3.11's asyncio.wait_for (pymodbus and asyncua await replies
+                # with it) drops a cancellation that comes with the reply, and the
+                # task goes on: cancel it again until it ends.
+                await asyncio.wait([task], timeout=1.0)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()

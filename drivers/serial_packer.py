@@ -99,13 +99,22 @@ class _Line:
         self.lost = ""  # why this line is unusable
 
     def open(self) -> None:
-        self.port = serial.serial_for_url(self.address, baudrate=self.baudrate, timeout=0)
+        port = serial.serial_for_url(
+            self.address, baudrate=self.baudrate, timeout=0, do_not_open=True
+        )
+        try:
+            port.open()
+        except BaseException:
+            # pyserial's socket:// open can fail after it connected (the peer reset the
+            # connection at once), with the socket still open.
+            _close_port(port)
+            raise
+        self.port = port
 
     def close(self) -> None:
         port, self.port = self.port, None
         if port is not None:
-            with contextlib.suppress(Exception):
-                port.close()
+            _close_port(port)
 
     def exchange(self, frame: bytes, seq: int) -> Frame:
         """Send, wait for the reply to `seq`, resend the same bytes; a NAK is a reply."""
@@ -178,6 +187,17 @@ class _Line:
                 return None, f"device could not read the request ({line_nak.code_name})"
         extra = f", {damaged} damaged frame(s)" if damaged else ""
         return None, f"no answer within {self.timeout:g} s{extra}"
+
+
+def _close_port(port: serial.SerialBase) -> None:
+    """Closes a port for good. pyserial's socket:// close skips closing the socket when
+    shutting it down fails (the peer reset the connection), leaking it; close it here."""
+    sock = getattr(port, "_socket", None)
+    with contextlib.suppress(Exception):
+        port.close()
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
 
 
 class SerialPackerDriver(PackerDriver):

@@ -717,6 +717,13 @@ class CabinetSimulator:
             raise ValueError(f"counted must be 0..{p.spec.capacity}, got {counted!r}")
         p.stocktake(counted)
 
+    def set_raw_count(self, cabinet_id: int, pocket: int, count: int) -> None:
+        """Fault knob: a faulty cabinet reports COUNT = `count` (0..65535, above CAPACITY
+        too) with no counter moving, breaking the rule that counters explain COUNT."""
+        if not 0 <= count <= 0xFFFF:
+            raise ValueError(f"count must fit the uint16 register, got {count!r}")
+        self._pocket(cabinet_id, pocket).count = count
+
     def set_locked(self, cabinet_id: int, pocket: int, locked: bool) -> None:
         """Lock or unlock a pocket at the cabinet itself (not through the mailbox)."""
         self._pocket(cabinet_id, pocket).locked = locked

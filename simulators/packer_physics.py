@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
 from simulators.packml import InvalidModeChange, PackMLMachine
@@ -171,6 +172,9 @@ class PackerPhysics:
         self._packml = PackMLMachine(initial_state, UnitMode(unit_mode))
         self._jam_next = False
         self._changed = asyncio.Event()
+        #: Fault knob: PackerStatus fields the machine reports as these values instead of
+        #: the real ones (a faulty controller board); empty = report the truth.
+        self.misreport: dict[str, Any] = {}
 
     # -- views -----------------------------------------------------------------------
 
@@ -217,6 +221,24 @@ class PackerPhysics:
         self._output_empty_at = None
         _log.info("packer %s: output tray emptied (%d pouches)", self.name, taken)
         return taken
+
+    def power_cycle(self, *, keep_counters: bool = True) -> None:
+        """Fault knob: the machine loses power and comes back. The tablets stay in the
+        canisters; the job, the output tray and any stop reason are gone, and it comes
+        back Stopped. Its counters survive, as the contract says (docs/packer-opcua.md);
+        `keep_counters=False` is a faulty machine whose counters restart at 0."""
+        self.job = None
+        self._packml = PackMLMachine(PackMLState.STOPPED, self._packml.unit_mode)
+        self.stop_reason = StopReason.NONE
+        self.stop_canister = 0
+        self.output_count = 0
+        self._output_empty_at = None
+        self._jam_next = False
+        if not keep_counters:
+            self.processed = self.defective = 0
+            for canister in self.canisters.values():
+                canister.dispensed_total = canister.refilled_total = 0
+        self.wake()
 
     # -- requests (each either changes the machine or raises Refusal) ----------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -397,7 +398,7 @@ class SerialPackerSimulator(PhysicsView):
     def _status(self) -> PackerStatus:
         machine = self._physics
         job = machine.job
-        return PackerStatus(
+        status = PackerStatus(
             state=machine.state,
             unit_mode=machine.unit_mode,
             machine_speed=machine.machine_speed,
@@ -413,6 +414,7 @@ class SerialPackerSimulator(PhysicsView):
             output_capacity=machine.output_capacity,
             output_full=machine.output_full,
         )
+        return dataclasses.replace(status, **machine.misreport)  # fault knob, usually {}
 
     def _canister_page(self, first: int, *, extended: bool = False) -> bytes:
         records = [

@@ -76,3 +76,19 @@ class PhysicsView:
     def inject_jam(self) -> None:
         """Fault knob: the next pouch attempt jams (Hold with StopReason JAM)."""
         self._physics.inject_jam()
+
+    def power_cycle(self, *, keep_counters: bool = True) -> None:
+        """Fault knob, between stop() and start(): the machine lost power; it comes back
+        Stopped, without its job, with its canisters' tablets (and, unless
+        `keep_counters` is False, its counters)."""
+        self._physics.power_cycle(keep_counters=keep_counters)
+
+    async def misreport(self, **fields: int) -> None:
+        """Fault knob: report these `PackerStatus` fields (state, stop_reason,
+        stop_canister, processed_total, ...) as the given values whatever the machine
+        does, e.g. a PackML state outside the model; without arguments the truth again."""
+        self._physics.misreport = dict(fields)
+        await self._publish()
+
+    async def _publish(self) -> None:
+        """Pushes changed values to clients; a simulator whose clients poll needs nothing."""

@@ -27,6 +27,11 @@ from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverErr
 log = logging.getLogger("doseline.cabinets")
 ACTOR = "cabinet-poller"
 COUNTER_WRAP = 2**32
+# A counter never goes back (docs/cabinet-register-map.md), and no real rate moves one
+# by half its range between two polls: a "growth" that large is a counter that went
+# backwards (a cabinet whose memory was reset, or that reports nonsense).
+COUNTER_BACKWARDS = COUNTER_WRAP // 2
+EXCURSIONS = "temperature_excursions"  # the cabinet's counter of temperature excursions
 
 LowPocketHandler = Callable[[Cabinet, Pocket, int, float], Awaitable[object]]
 ExcursionHandler = Callable[["CabinetPoller", CabinetStatus, int], Awaitable[object]]
@@ -86,6 +91,7 @@ class CabinetPoller:
         self._booking = asyncio.Lock()  # one poll's bookings at a time
         self._sequence: int | None = None
         self._raised: set[str] = set()  # discrepancies raised by this process
+        self._mismatches: set[str] = set()  # pocket numbers not as configured, logged once
 
     @property
     def online(self) -> bool:
@@ -127,13 +133,29 @@ class CabinetPoller:
             self.last_status = status
             if self._sequence is None:
                 self._sequence = status.last_ack_sequence
-            await self._check_excursions(status)
-            for pocket in status.pockets:
-                config = self.pockets.get(pocket.number)
-                if config is None:
-                    continue
+            # One ledger read for the whole poll, not one per counter and pocket: the
+            # cabinet's marks (only this poll moves them, each in the transaction that
+            # books its counter, and it holds `_booking`) and what its pockets hold.
+            known = [
+                (self.pockets[p.number], p) for p in status.pockets if p.number in self.pockets
+            ]
+            self._check_pocket_numbers(status)
+            marks, held = await self.ledger.call(
+                "marks_and_on_hand",
+                self.name,
+                [pocket_location(self.name, p.number) for _, p in known],
+            )
+            await self._check_excursions(status, marks.get(EXCURSIONS))
+            moved = False
+            for config, pocket in known:
                 self._show(config, pocket)
-                await self._book_pocket(config, pocket, read_at)
+                moved = moved or any(
+                    marks.get(f"pocket{pocket.number}.{name}") != getattr(pocket, field)
+                    for field, name in POCKET_COUNTERS
+                )
+                await self._book_pocket(config, pocket, marks)
+            # What the pockets hold changed only if something was booked.
+            await self._compare(known, read_at, None if moved else held)
             if self.after_poll is not None:
                 await self.after_poll(self, status)
             low = [
@@ -171,17 +193,27 @@ class CabinetPoller:
             )
             return status
 
-    async def _check_excursions(self, status: CabinetStatus) -> None:
+    async def _check_excursions(self, status: CabinetStatus, mark: int | None) -> None:
         """A rise of the cabinet's excursion counter is an excursion, even one that
-        began and ended between two polls."""
-        counter = "temperature_excursions"
-        mark = await self.ledger.call("counter_mark", self.name, counter)
+        began and ended between two polls. `mark`: its booked value."""
+        counter = EXCURSIONS
         now = status.temp_excursions_total
         if mark is None or now == mark:
             if mark is None:
                 await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
             return
         new = (now - mark) % COUNTER_WRAP
+        if new >= COUNTER_BACKWARDS:
+            log.error(
+                "cabinet %s: temperature excursion counter went backwards from %d to %d:"
+                " counting on from %d",
+                self.name,
+                mark,
+                now,
+                now,
+            )
+            await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+            return
         self.metrics.temperature_excursions.labels(self.name).inc(new)
         log.error(
             "cabinet %s: %d temperature excursion(s), now %.1f °C (band %s-%s °C)",
@@ -243,6 +275,9 @@ class CabinetPoller:
                     if not self.connected:
                         await self.driver.connect()
                         self.connected = True
+                        if self._ever_connected:
+                            self.metrics.driver_reconnects.labels(self.name).inc()
+                        self._ever_connected = True
                     await self.driver.send_command(sequence, command, pocket, quantity)
                     return sequence
                 except DriverError as exc:
@@ -301,8 +336,10 @@ class CabinetPoller:
         self.metrics.pocket_count.labels(*labels).set(pocket.count)
         self.metrics.pocket_fill.labels(*labels).set(pocket.count / config.max)
 
-    async def _book_pocket(self, config: Pocket, pocket: PocketStatus, read_at: float) -> None:
-        """Books every counter's growth, then compares the pocket with the ledger."""
+    async def _book_pocket(
+        self, config: Pocket, pocket: PocketStatus, marks: dict[str, int]
+    ) -> None:
+        """Books every counter's growth (`marks`: the cabinet's booked counter values)."""
         ward = self.config.ward
         booked = await self._book_counter(
             config,
@@ -311,6 +348,7 @@ class CabinetPoller:
             pocket.withdrawals_total,
             "consume",
             f"withdrawal at {ward}",
+            marks,
         )
         self.withdrawals_booked += booked
         self.metrics.withdrawals.labels(self.name).inc(booked)
@@ -321,6 +359,7 @@ class CabinetPoller:
             pocket.waste_total,
             "waste",
             f"discarded at the cabinet on {ward}",
+            marks,
             reason_code="damaged",
         )
         self.returns_booked += await self._book_counter(
@@ -330,11 +369,13 @@ class CabinetPoller:
             pocket.returns_total,
             "return_consumed",
             f"dose returned at {ward}",
+            marks,
         )
-        await self._book_count(config, pocket)
-        await self._compare(config, pocket, read_at)
+        await self._book_count(config, pocket, marks)
 
-    async def _book_count(self, config: Pocket, pocket: PocketStatus) -> None:
+    async def _book_count(
+        self, config: Pocket, pocket: PocketStatus, booked: dict[str, int]
+    ) -> None:
         """A count keyed in at the cabinet (or a SET_COUNT) moved the counted counters:
         the ledger is adjusted to the count, first expiry first, and any difference is
         raised as a discrepancy. Both marks move in the same transaction."""
@@ -344,10 +385,7 @@ class CabinetPoller:
             ("counted_down_total", "counted_down"),
         ):
             now = getattr(pocket, field_name)
-            mark = await self.ledger.call(
-                "counter_mark", self.name, f"pocket{pocket.number}.{counter}"
-            )
-            marks[counter] = (mark, now)
+            marks[counter] = (booked.get(f"pocket{pocket.number}.{counter}"), now)
         if any(mark is None for mark, _ in marks.values()):
             for counter, (_mark, now) in marks.items():
                 await self.ledger.call(
@@ -390,24 +428,39 @@ class CabinetPoller:
                 detail=f"counted {pocket.count} at the cabinet, ledger had {before}",
             )
 
-    async def _compare(self, config: Pocket, pocket: PocketStatus, read_at: float) -> None:
+    async def _compare(
+        self,
+        pockets: list[tuple[Pocket, PocketStatus]],
+        read_at: float,
+        held: dict[tuple[str, str], int] | None,
+    ) -> None:
         """After the bookings the ledger and the cabinet agree; if not (and no refill
-        is on its way to the cabinet), an operator must look."""
-        if pocket.locked or self.refill_in_flight(self.name, pocket.number, read_at):
-            # A locked pocket is in quarantine: the cold chain sets its count.
+        is on its way to the cabinet), an operator must look. `held`: on hand per
+        (pocket, GTIN) after the bookings, or None to read it (one read for all)."""
+        # A locked pocket is in quarantine: the cold chain sets its count.
+        checked = [
+            (config, pocket)
+            for config, pocket in pockets
+            if not pocket.locked and not self.refill_in_flight(self.name, pocket.number, read_at)
+        ]
+        if not checked:
             return
-        location = pocket_location(self.name, pocket.number)
-        booked = await self.ledger.call("on_hand", location, config.gtin)
-        if booked == pocket.count:
-            return
-        await self._raise(
-            f"cabinet:{self.name}:{pocket.number}:{pocket.count}:{booked}",
-            config,
-            pocket,
-            source="cabinet",
-            ledger_value=booked,
-            detail=f"cabinet counts {pocket.count}, ledger holds {booked}",
-        )
+        if held is None:
+            held = await self.ledger.call(
+                "on_hand_many", [pocket_location(self.name, p.number) for _, p in checked]
+            )
+        for config, pocket in checked:
+            booked = held.get((pocket_location(self.name, pocket.number), config.gtin), 0)
+            if booked == pocket.count:
+                continue
+            await self._raise(
+                f"cabinet:{self.name}:{pocket.number}:{pocket.count}:{booked}",
+                config,
+                pocket,
+                source="cabinet",
+                ledger_value=booked,
+                detail=f"cabinet counts {pocket.count}, ledger holds {booked}",
+            )
 
     async def _raise(
         self,
@@ -444,6 +497,50 @@ class CabinetPoller:
         self.metrics.discrepancies.labels("pocket").inc()
         log.warning("discrepancy at %s: %s", location, detail)
 
+    def _check_pocket_numbers(self, status: CabinetStatus) -> None:
+        """A pocket the cabinet reports that the site file does not have, or the other
+        way round, is booked by nobody: logged once, at error."""
+        reported = {p.number for p in status.pockets}
+        problems = [
+            f"reports pocket {n}, which the site file does not have"
+            for n in sorted(reported - set(self.pockets))
+        ] + [
+            f"does not report pocket {n} of the site file"
+            for n in sorted(set(self.pockets) - reported)
+        ]
+        for problem in problems:
+            if problem not in self._mismatches:
+                self._mismatches.add(problem)
+                log.error("cabinet %s %s: its counters are not booked", self.name, problem)
+
+    async def _counter_went_back(
+        self, config: Pocket, pocket: PocketStatus, counter_name: str, mark: int, now: int
+    ) -> None:
+        """Books nothing for a counter that went backwards, counts on from its new value
+        and raises it for an operator (the pocket's count is compared as ever)."""
+        log.error(
+            "cabinet %s pocket %d: %s counter went backwards from %d to %d: nothing booked,"
+            " counting on from %d",
+            self.name,
+            pocket.number,
+            counter_name,
+            mark,
+            now,
+            now,
+        )
+        await self.ledger.call(
+            "set_counter_mark",
+            CounterMark(self.name, f"pocket{pocket.number}.{counter_name}", now),
+        )
+        await self._raise(
+            f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}:backwards",
+            config,
+            pocket,
+            source="counter",
+            ledger_value=mark,
+            detail=f"{counter_name} counter went backwards from {mark} to {now}",
+        )
+
     async def _book_counter(
         self,
         config: Pocket,
@@ -452,12 +549,13 @@ class CabinetPoller:
         now: int,
         operation: str,
         reason: str,
+        marks: dict[str, int],
         *,
         reason_code: str | None = None,
     ) -> int:
         """Books the growth of one pocket counter since the last booked value."""
         device, counter = self.name, f"pocket{pocket.number}.{counter_name}"
-        mark = await self.ledger.call("counter_mark", device, counter)
+        mark = marks.get(counter)
         if mark is None:
             log.warning(
                 "cabinet %s pocket %d: no booked %s counter yet; counting from %d on",
@@ -470,6 +568,9 @@ class CabinetPoller:
             return 0
         delta = (now - mark) % COUNTER_WRAP
         if delta == 0:
+            return 0
+        if delta >= COUNTER_BACKWARDS:
+            await self._counter_went_back(config, pocket, counter_name, mark, now)
             return 0
         location = pocket_location(self.name, pocket.number)
         key = f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}"

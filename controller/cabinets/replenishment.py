@@ -202,6 +202,7 @@ class Replenishment:
         # Ledger work that must finish once begun, even when its caller is cancelled.
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._telling: set[str] = set()  # refills whose cabinet is being told now
+        self._untold: set[str] = set()  # refills whose cabinet could not be told (logged)
 
     # ------------------------------------------------------------ requests
 
@@ -584,8 +585,16 @@ class Replenishment:
                 sequence=refill.command_sequence,
             )
         except DriverError as exc:
-            log.error("refill %s booked, cabinet not told yet: %s", refill.refill_id, exc)
+            # Tried again at every tick until the cabinet answers: logged once.
+            if refill.refill_id not in self._untold:
+                self._untold.add(refill.refill_id)
+                log.error("refill %s booked, cabinet not told yet: %s", refill.refill_id, exc)
+            else:
+                log.debug("refill %s: cabinet still not told: %s", refill.refill_id, exc)
             return False
+        if refill.refill_id in self._untold:
+            self._untold.discard(refill.refill_id)
+            log.info("refill %s: cabinet told after all", refill.refill_id)
         refill.settled_at = monotonic_clock.monotonic()
         await self.ledger.run(
             self.store.update,

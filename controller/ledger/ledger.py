@@ -25,7 +25,17 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -1694,6 +1704,32 @@ class Ledger:
             ).scalar()
         return None if value is None else int(value)
 
+    def marks_and_on_hand(
+        self, device: str, locations_: Sequence[str]
+    ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Every booked counter value of a device (by counter name) and `on_hand_many`
+        of some locations, in one call: what a cabinet poll needs from the ledger."""
+        with self.engine.connect() as conn:
+            return self._counter_marks(conn, device), self._on_hand_many(conn, locations_)
+
+    @staticmethod
+    def _counter_marks(conn: Connection, device: str) -> dict[str, int]:
+        rows = conn.execute(_MARKS_OF_DEVICE, {"device": device}).all()
+        return {str(r.counter): int(r.value) for r in rows}
+
+    def on_hand_many(self, locations_: Sequence[str]) -> dict[tuple[str, str], int]:
+        """On hand per (location, GTIN) at some locations, in one query: `on_hand` for
+        many locations at once. A pair with nothing on hand is left out."""
+        with self.engine.connect() as conn:
+            return self._on_hand_many(conn, locations_)
+
+    @staticmethod
+    def _on_hand_many(conn: Connection, locations_: Sequence[str]) -> dict[tuple[str, str], int]:
+        if not locations_:
+            return {}
+        rows = conn.execute(_ON_HAND_AT, {"codes": list(locations_)})
+        return {(str(code), str(gtin)): int(total) for code, gtin, total in rows}
+
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
@@ -2367,6 +2403,21 @@ class Ledger:
             new["purchase_price"] = unit_price
         self._note("lot", f"{gtin}/{batch}", None, new)
         return lot_id
+
+
+# The two reads of every cabinet poll, built once: building a statement per call cost
+# more than running it (docs/performance.md).
+_MARKS_OF_DEVICE = select(counter_marks.c.counter, counter_marks.c.value).where(
+    counter_marks.c.device == bindparam("device")
+)
+_ON_HAND_AT = (
+    select(locations.c.code, products.c.gtin, func.sum(balances.c.on_hand))
+    .join(locations, locations.c.id == balances.c.location_id)
+    .join(lots, lots.c.id == balances.c.lot_id)
+    .join(products, products.c.id == lots.c.product_id)
+    .where(locations.c.code.in_(bindparam("codes", expanding=True)), balances.c.on_hand > 0)
+    .group_by(locations.c.code, products.c.gtin)
+)
 
 
 def _unit_price(text: str) -> Decimal:

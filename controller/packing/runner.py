@@ -113,6 +113,9 @@ class PackerRunner:
         self.link_ok = False  # set by ensure_connected, cleared by a failed exchange
         self._ever_connected = False  # a later connect is a reconnect
         self._outage_logged = False
+        # Links lost since the machine last answered a status read: a machine that
+        # connects but then answers nonsense fails again at once after each reconnect.
+        self._failures = 0
 
     # ---------------------------------------------------------------- service loop
 
@@ -162,12 +165,19 @@ class PackerRunner:
                 self.inbox.task_done()
 
     def _lost(self, exc: Exception) -> None:
-        """The link failed: reconnect, then settle what was in flight before going on."""
+        """The link failed: reconnect, then settle what was in flight before going on.
+        Logged once until the machine answers a status read again."""
         self.link_ok = False
         self.recovered = False
+        self._failures += 1
         self.metrics.driver_errors.labels(self.name).inc()
         self.metrics.packer_observed(self.name, self.oee, self.oee.lost())
-        log.error("packer %s: link lost: %s", self.name, exc)
+        if self._failures == 1:
+            log.error("packer %s: link lost: %s", self.name, exc)
+        else:
+            log.debug(
+                "packer %s: link lost again (%d in a row): %s", self.name, self._failures, exc
+            )
 
     async def _move(self, job: Job, trigger: str, **fields: object) -> None:
         """Fires a job transition and stores it, audited, in the same step."""
@@ -193,6 +203,10 @@ class PackerRunner:
     async def ensure_connected(self) -> None:
         """(Re)connects with backoff: 1 s, doubling to 30 s. Logged once per outage."""
         backoff = 1.0
+        if not self.link_ok and self._failures > 1:
+            # The link came back and failed again before the machine answered a status
+            # read (it answers nonsense): wait as after a failed connect, not in a loop.
+            await asyncio.sleep(min(2.0 ** (self._failures - 2), 30.0))
         while not self.link_ok:
             try:
                 await self.driver.connect()
@@ -315,7 +329,8 @@ class PackerRunner:
         is settled from the machine's counters once the link is back (`recover`)."""
         self._lost(exc)
         job.reason = f"link lost while {job.state.value}: {exc}"
-        log.error("job %s on %s: %s", job.job_id, self.name, job.reason)
+        if self._failures == 1:
+            log.error("job %s on %s: %s", job.job_id, self.name, job.reason)
         return result
 
     # ---------------------------------------------------------------- recovery
@@ -385,10 +400,23 @@ class PackerRunner:
         """The machine no longer holds the job (it restarted, or was reset by hand).
         Its pouches cannot be verified: what left the canisters is booked as waste, and
         the pouches are counted and destroyed at the machine."""
-        now = await self._dispensed_by_gtin()
+        canisters = await self.driver.read_canisters()
+        now: dict[str, int] = {}
+        for canister in canisters:
+            now[canister.gtin] = now.get(canister.gtin, 0) + canister.dispensed_total
+        counts = {canister.number: canister.count for canister in canisters}
         delta = {g: now.get(g, 0) - baseline.get(g, 0) for g in plan.units_by_gtin()}
         self.metrics.discrepancies.labels("canister").inc()
-        if not baseline or any(d < 0 for d in delta.values()):
+        # The counters explain the canisters only if what the ledger holds in each is
+        # what the machine still has plus what it dispensed since the baseline. A
+        # machine whose counters restarted at 0 shows a delta of 0, not a negative one.
+        unexplained = []
+        for gtin, dispensed in delta.items():
+            number = self.canister_of[gtin].number
+            held = await self.ledger.call("on_hand", canister_location(self.name, number), gtin)
+            if held != counts.get(number, 0) + dispensed:
+                unexplained.append(gtin)
+        if not baseline or unexplained or any(d < 0 for d in delta.values()):
             job.reason = (
                 f"packer {self.name} lost the job and its counters: canisters must be counted"
             )
@@ -984,6 +1012,7 @@ class PackerRunner:
         self.metrics.driver_latency.labels(self.name, "read_status").observe(
             time.perf_counter() - started
         )
+        self._failures = 0
         self.unit_mode = status.unit_mode
         self.metrics.packer_state.labels(self.name).set(int(status.state))
         self.metrics.packer_stop_reason.labels(self.name).set(status.stop_reason)

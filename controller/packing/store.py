@@ -8,6 +8,7 @@ finds every job where it left it (`unfinished`), with what it needs to settle it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -94,6 +95,16 @@ class CanisterFill:
     count_before: int | None = None
     dispensed_before: int | None = None
     confirmed_by: str | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _planned_job(spec: str) -> PlannedJob:
+    """A stored job spec, parsed once: the dispatcher lists the planned jobs twice a
+    second, and parsing every pouch of every waiting job each time held the ledger
+    worker (and, through the GIL, the event loop) for tens of milliseconds
+    (`doseline bench`, docs/performance.md). PlannedJob is immutable, so one parsed
+    copy can serve every reader."""
+    return PlannedJob.from_dict(json.loads(spec))
 
 
 def content_key(order: DoseOrder) -> str:
@@ -504,7 +515,7 @@ class PackingStore:
     @staticmethod
     def _job_record(row: Any) -> JobRecord:
         return JobRecord(
-            job=PlannedJob.from_dict(json.loads(row.spec)),
+            job=_planned_job(row.spec),
             state=row.state,
             packer=row.packer,
             attempt=row.attempt,
