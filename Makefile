@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean prometheus
+.PHONY: demo test test-fast lint clean prometheus bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 ## demo: one simulated day end to end (SQLite ledger, bundled simulators)
 demo: $(STAMP)
 	$(BIN)/doseline demo $(ARGS)
+
+## bench: measured performance as one JSON report (docs/performance.md); add PostgreSQL
+## with ARGS="--db postgresql://127.0.0.1:5432/test", one phase with ARGS="--only ledger"
+bench: $(STAMP)
+	$(BIN)/doseline bench $(ARGS)
 
 ## test: the whole test suite (PostgreSQL tests skip when no server answers, except under CI=true)
 test: $(STAMP) prometheus

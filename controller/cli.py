@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.cli_bench import add_bench_parsers
 from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
 from controller.cli_purchasing import add_purchasing_parsers
@@ -644,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cabinet_parsers(sub)
     add_verification_parsers(sub)
     add_purchasing_parsers(sub)
+    add_bench_parsers(sub)
     return parser
 
 
