@@ -12,6 +12,7 @@ PARA = "07359990000013"
 METO = "07359990000020"
 FURO = "07359990000037"
 OXY = "07359990000044"
+PARA2 = "07359990000174"  # another paracetamol 500 mg, of PARA's substitution group
 
 
 def site_dict(
@@ -110,6 +111,46 @@ def site_dict(
             {"code": "W2", "name": "Ward 2", "cost_centre": "4722"},
         ],
     }
+
+
+def purchasing_site(
+    *, ledger_url: str = "sqlite://", verification_port: int | None = None
+) -> dict[str, Any]:
+    """The test site with two suppliers: PARA, METO and FURO from WHOLE (one day), a
+    second paracetamol (PARA2, PARA's substitution group) from ALT (three days); OXY
+    has none. With `verification_port`, packs are verified with the system there."""
+    raw = site_dict(ledger_url=ledger_url)
+    raw["suppliers"] = [
+        {"code": "WHOLE", "name": "Wholesale Nord", "lead_time_days": 1},
+        {"code": "ALT", "name": "Second Source", "lead_time_days": 3},
+    ]
+    for p in raw["catalogue"]:
+        if p["gtin"] in (PARA, METO, FURO):
+            p["supplier"] = "WHOLE"
+        if p["gtin"] == PARA:
+            p["substitution_group"] = "N02BE01 500"
+    raw["catalogue"].append(
+        {
+            "gtin": PARA2,
+            "article": 100009,
+            "name": "Paracetamol 500 (second)",
+            "substance": "paracetamol",
+            "atc": "N02BE01",
+            "strength": "500 mg",
+            "unit_price": "0.55",
+            "substitution_group": "N02BE01 500",
+            "supplier": "ALT",
+        }
+    )
+    if verification_port is not None:
+        raw["verification"] = {
+            "enabled": True,
+            "url": f"http://127.0.0.1:{verification_port}",
+            "timeout_s": 2,
+            "decommission_on": "both",
+            "retry_interval_s": 30,
+        }
+    return raw
 
 
 def make_site(**kwargs: Any) -> Site:

@@ -25,50 +25,12 @@ from controller.config import parse_site
 from controller.ledger.schema import deliveries, movements
 from simulators.verification_http import VerificationSimulator
 from tests.api.conftest import TODAY, USERS, Api, served, tokens
-from tests.sites import FURO, METO, OXY, PARA, site_dict
+from tests.sites import FURO, METO, OXY, PARA, PARA2, purchasing_site
 
-PARA2 = "07359990000174"  # another paracetamol 500 of PARA's substitution group
 LATER = TODAY + timedelta(days=400)
 SOON = TODAY + timedelta(days=20)  # inside the site's 30-day minimum shelf life
 ACTOR = "buyer:berit"
 HEADER = "order;line;gtin;quantity;batch;expiry;back_order;serials\n"
-
-
-def purchasing_site(port: int | None = None) -> dict[str, Any]:
-    """The test site with two suppliers: PARA, METO and FURO from WHOLE (one day), the
-    second paracetamol from ALT (three days); OXY has none."""
-    raw = site_dict()
-    raw["suppliers"] = [
-        {"code": "WHOLE", "name": "Wholesale Nord", "lead_time_days": 1},
-        {"code": "ALT", "name": "Second Source", "lead_time_days": 3},
-    ]
-    for p in raw["catalogue"]:
-        if p["gtin"] in (PARA, METO, FURO):
-            p["supplier"] = "WHOLE"
-        if p["gtin"] == PARA:
-            p["substitution_group"] = "N02BE01 500"
-    raw["catalogue"].append(
-        {
-            "gtin": PARA2,
-            "article": 100009,
-            "name": "Paracetamol 500 (second)",
-            "substance": "paracetamol",
-            "atc": "N02BE01",
-            "strength": "500 mg",
-            "unit_price": "0.55",
-            "substitution_group": "N02BE01 500",
-            "supplier": "ALT",
-        }
-    )
-    if port is not None:
-        raw["verification"] = {
-            "enabled": True,
-            "url": f"http://127.0.0.1:{port}",
-            "timeout_s": 2,
-            "decommission_on": "both",
-            "retry_interval_s": 30,
-        }
-    return raw
 
 
 def prepare(controller: Controller) -> None:
@@ -124,8 +86,7 @@ def booked(api: Api) -> tuple[int, int]:
 @pytest.fixture
 async def papi(ledger_url: str) -> AsyncIterator[Api]:
     """The API over the purchasing site's ledger, without a running controller."""
-    raw = purchasing_site()
-    raw["ledger"]["url"] = ledger_url
+    raw = purchasing_site(ledger_url=ledger_url)
     controller = Controller(parse_site(raw), ledger_url=ledger_url)
     try:
         await asyncio.to_thread(prepare, controller)
@@ -716,8 +677,7 @@ async def vpapi(ledger_url: str) -> AsyncIterator[tuple[Api, VerificationSimulat
     and the API in front of it."""
     sim = VerificationSimulator()
     port = await sim.start()
-    raw = purchasing_site(port)
-    raw["ledger"]["url"] = ledger_url
+    raw = purchasing_site(ledger_url=ledger_url, verification_port=port)
     controller = Controller(parse_site(raw), ledger_url=ledger_url)
     try:
         await asyncio.to_thread(prepare, controller)

@@ -24,8 +24,7 @@ from controller.gs1 import PackId, encode_pack
 from controller.purchasing import DeliveryRow
 from controller.purchasing.goods_in import receive_delivery
 from simulators.verification_http import VerificationSimulator
-from tests.sites import FURO, PARA
-from tests.unit.test_purchasing import purchasing_site
+from tests.sites import FURO, PARA, purchasing_site
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EXPIRY = NOW.date() + timedelta(days=400)
@@ -48,7 +47,7 @@ def with_history(controller: Controller) -> None:
 async def rig(ledger_url: str) -> AsyncIterator[tuple[Controller, VerificationSimulator]]:
     sim = VerificationSimulator()
     port = await sim.start()
-    raw = purchasing_site(ledger_url)
+    raw = purchasing_site(ledger_url=ledger_url)
     raw["verification"] = {"enabled": True, "url": f"http://127.0.0.1:{port}", "timeout_s": 2}
     controller = Controller(parse_site(raw), ledger_url=ledger_url)
     with_history(controller)
@@ -163,7 +162,7 @@ def test_cli_receive_scan_verifies_the_pack(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    raw = purchasing_site(ledger_url)
+    raw = purchasing_site(ledger_url=ledger_url)
     raw["verification"] = {"enabled": True, "url": verification_process, "timeout_s": 2}
     site_file = tmp_path / "site.yaml"
     site_file.write_text(yaml.safe_dump(raw), encoding="utf-8")

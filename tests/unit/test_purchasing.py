@@ -27,45 +27,19 @@ from controller.purchasing import (
     order_csv,
     parse_delivery_csv,
 )
-from tests.sites import FURO, METO, OXY, PARA, site_dict
+from tests.sites import FURO, METO, OXY, PARA, PARA2, purchasing_site
 
-PARA2 = "07359990000174"
 ACTOR = "buyer:berit"
 NOW = datetime.now(UTC).replace(microsecond=0)
 TODAY = NOW.date()
 LATER = TODAY + timedelta(days=400)
 
 
-def purchasing_site(ledger_url: str) -> dict[str, Any]:
-    raw = site_dict(ledger_url=ledger_url)
-    raw["suppliers"] = [
-        {"code": "WHOLE", "name": "Wholesale Nord", "lead_time_days": 1},
-        {"code": "ALT", "name": "Second Source", "lead_time_days": 3},
-    ]
-    for p in raw["catalogue"]:
-        if p["gtin"] in (PARA, METO, FURO):
-            p["supplier"] = "WHOLE"
-        if p["gtin"] == PARA:
-            p["substitution_group"] = "N02BE01 500"
-    raw["catalogue"].append(
-        {
-            "gtin": PARA2,
-            "article": 100009,
-            "name": "Paracetamol 500 (second)",
-            "substance": "paracetamol",
-            "atc": "N02BE01",
-            "strength": "500 mg",
-            "unit_price": "0.55",
-            "substitution_group": "N02BE01 500",
-            "supplier": "ALT",
-        }
-    )
-    return raw
-
-
 @pytest.fixture
 def ctl(ledger_url: str) -> Iterator[Controller]:
-    controller = Controller(parse_site(purchasing_site(ledger_url)), ledger_url=ledger_url)
+    controller = Controller(
+        parse_site(purchasing_site(ledger_url=ledger_url)), ledger_url=ledger_url
+    )
     led = controller.ledger
     led.clock = lambda: NOW - timedelta(hours=1)  # the history lies before NOW
     controller.prepare_ledger()
@@ -343,11 +317,11 @@ def test_delivery_file_parses_and_reports_each_bad_field() -> None:
 
 
 def test_suppliers_are_validated_by_field_and_value(ledger_url: str) -> None:
-    raw = purchasing_site(ledger_url)
+    raw = purchasing_site(ledger_url=ledger_url)
     raw["catalogue"][0]["supplier"] = "NOPE"
     with pytest.raises((ConfigError, ValueError), match=r"supplier: 'NOPE' is not a listed"):
         parse_site(raw)
-    raw = purchasing_site(ledger_url)
+    raw = purchasing_site(ledger_url=ledger_url)
     raw["suppliers"].append({"code": "WHOLE", "name": "twice"})
     with pytest.raises((ConfigError, ValueError), match=r"suppliers\[2\].code: 'WHOLE'"):
         parse_site(raw)
@@ -386,7 +360,7 @@ def test_cli_orders_receives_and_reports(
     from controller.cli import main
 
     site_file = tmp_path / "site.yaml"
-    site_file.write_text(yaml.safe_dump(purchasing_site(ledger_url)), encoding="utf-8")
+    site_file.write_text(yaml.safe_dump(purchasing_site(ledger_url=ledger_url)), encoding="utf-8")
     common = ["--site", str(site_file), "--db", ledger_url]
     out_dir = tmp_path / "orders"
     assert main(["purchasing", "create", *common, "--actor", ACTOR, "--out", str(out_dir)]) == 0
