@@ -15,15 +15,13 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from controller.cli_output import print_records
+from controller.cli_output import add_site_options, print_records
 from controller.config import Site, load_site
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from controller.cabinets.par import ParSuggestion
-
-DEFAULT_SITE = "config/demo.yaml"
 
 
 def _open(args: argparse.Namespace) -> tuple[Site, Engine]:
@@ -261,13 +259,6 @@ def _cmd_refills(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", "--site", dest="site", default=DEFAULT_SITE, help="the site file (YAML)"
-    )
-    p.add_argument("--db", default=None, help="ledger URL (default from the site file)")
-
-
 def add_cabinet_parsers(sub: Any) -> None:
     cabinets = sub.add_parser(
         "cabinets", help="ward cabinets: refills, discrepancies, quarantine, par levels"
@@ -277,7 +268,7 @@ def add_cabinet_parsers(sub: Any) -> None:
     par = csub.add_parser(
         "par", help="suggest pocket min/max from the days of supply the ward really uses"
     )
-    _common(par)
+    add_site_options(par, json_output=False)
     par.add_argument("--days", type=int, default=28, help="days of history to use (default 28)")
     par.add_argument(
         "--lead-days",
@@ -308,21 +299,21 @@ def add_cabinet_parsers(sub: Any) -> None:
     par.set_defaults(func=_cmd_par)
 
     disc = csub.add_parser("discrepancies", help="differences between cabinets and the ledger")
-    _common(disc)
+    add_site_options(disc, json_output=False)
     disc.add_argument("--cabinet", help="only this cabinet")
     disc.add_argument("--all", action="store_true", help="resolved ones too")
     disc.add_argument("--json", action="store_true", help="print JSON")
     disc.set_defaults(func=_cmd_discrepancies)
 
     resolve = csub.add_parser("resolve", help="close a discrepancy once it is explained")
-    _common(resolve)
+    add_site_options(resolve, json_output=False)
     resolve.add_argument("id", type=int, help="discrepancy number (from `discrepancies`)")
     resolve.add_argument("--actor", required=True, help="who resolves it")
     resolve.add_argument("--note", required=True, help="what was found")
     resolve.set_defaults(func=_cmd_resolve)
 
     holds = csub.add_parser("holds", help="stock quarantined at cabinets (temperature)")
-    _common(holds)
+    add_site_options(holds, json_output=False)
     holds.add_argument("--cabinet", help="only this cabinet")
     holds.add_argument("--all", action="store_true", help="released and wasted ones too")
     holds.add_argument("--json", action="store_true", help="print JSON")
@@ -333,14 +324,14 @@ def add_cabinet_parsers(sub: Any) -> None:
         ("waste", "a pharmacist wastes the stock held at a cabinet"),
     ):
         decide = csub.add_parser(name, help=text)
-        _common(decide)
+        add_site_options(decide, json_output=False)
         decide.add_argument("--cabinet", required=True, help="the cabinet")
         decide.add_argument("--actor", required=True, help="the pharmacist")
         decide.add_argument("--note", required=True, help="the reason for the decision")
         decide.set_defaults(func=_cmd_decide, command_name=name)
 
     refills = csub.add_parser("refills", help="pocket refills and their pick lists")
-    _common(refills)
+    add_site_options(refills, json_output=False)
     refills.add_argument("--cabinet", help="only this cabinet")
     refills.add_argument("--all", action="store_true", help="confirmed and cancelled ones too")
     refills.add_argument("--json", action="store_true", help="print JSON")

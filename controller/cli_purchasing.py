@@ -24,19 +24,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.cli_output import print_records
+from controller.cli_output import add_site_options, print_records
 from controller.config import Site, load_site
-
-DEFAULT_SITE = "config/demo.yaml"
-
-
-def _common(p: argparse.ArgumentParser, *, json_output: bool = True) -> None:
-    p.add_argument(
-        "--config", "--site", dest="site", default=DEFAULT_SITE, help="the site file (YAML)"
-    )
-    p.add_argument("--db", default=None, help="ledger URL (default from the site file)")
-    if json_output:
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _open(args: argparse.Namespace) -> tuple[Site, Any]:
@@ -305,16 +294,16 @@ def add_purchasing_parsers(sub: Any) -> None:
     psub = purchasing.add_subparsers(dest="purchasing_command", required=True)
 
     p = psub.add_parser("suppliers", help="the suppliers and how many products each supplies")
-    _common(p)
+    add_site_options(p)
     p.set_defaults(func=_cmd_suppliers)
 
     p = psub.add_parser("proposal", help="what is missing, per supplier, net of open orders")
-    _common(p)
+    add_site_options(p)
     p.add_argument("--target-days", type=int, default=None)
     p.set_defaults(func=_cmd_proposal)
 
     p = psub.add_parser("create", help="purchase orders from the proposal, with order files")
-    _common(p)
+    add_site_options(p)
     p.add_argument("--actor", required=True, help="who orders (recorded in the audit trail)")
     p.add_argument("--target-days", type=int, default=None)
     p.add_argument("--supplier", default=None, help="only this supplier's order")
@@ -323,18 +312,18 @@ def add_purchasing_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_create)
 
     p = psub.add_parser("list", help="open purchase orders")
-    _common(p)
+    add_site_options(p)
     p.add_argument("--all", action="store_true", help="completed and cancelled orders too")
     p.set_defaults(func=_cmd_list)
 
     p = psub.add_parser("show", help="one purchase order")
-    _common(p)
+    add_site_options(p)
     p.add_argument("number")
     p.add_argument("--csv", default=None, help="also write its order file here")
     p.set_defaults(func=_cmd_show)
 
     p = psub.add_parser("receive", help="book a delivery file against its order")
-    _common(p)
+    add_site_options(p)
     p.add_argument("number")
     p.add_argument("--file", required=True, help="the supplier's delivery file (CSV)")
     p.add_argument("--note", required=True, help="the delivery note number")
@@ -343,12 +332,12 @@ def add_purchasing_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_receive)
 
     p = psub.add_parser("close", help="cancel what is still open on an order")
-    _common(p, json_output=False)
+    add_site_options(p, json_output=False)
     p.add_argument("number")
     p.add_argument("--actor", required=True)
     p.add_argument("--note", required=True)
     p.set_defaults(func=_cmd_close)
 
     p = psub.add_parser("reliability", help="on time in full and fill rate per supplier")
-    _common(p)
+    add_site_options(p)
     p.set_defaults(func=_cmd_reliability)

@@ -16,18 +16,8 @@ import asyncio
 import sys
 from typing import Any
 
-from controller.cli_output import print_records
+from controller.cli_output import add_site_options, print_records
 from controller.config import Site, load_site
-
-DEFAULT_SITE = "config/demo.yaml"
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", "--site", dest="site", default=DEFAULT_SITE, help="the site file (YAML)"
-    )
-    p.add_argument("--db", default=None, help="ledger URL (default from the site file)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _store(args: argparse.Namespace) -> tuple[Site, Any]:
@@ -147,24 +137,24 @@ def add_verification_parsers(sub: Any) -> None:
     vsub = verification.add_subparsers(dest="verification_command", required=True)
 
     alerts = vsub.add_parser("alerts", help="alerts of the verification system to follow up")
-    _common(alerts)
+    add_site_options(alerts)
     alerts.add_argument("--all", action="store_true", help="closed alerts too")
     alerts.set_defaults(func=_cmd_alerts)
 
     close = vsub.add_parser("close", help="close an alert with what was found or done")
-    _common(close)
+    add_site_options(close)
     close.add_argument("id", type=int)
     close.add_argument("--actor", required=True)
     close.add_argument("--note", required=True)
     close.set_defaults(func=_cmd_close)
 
     queue = vsub.add_parser("queue", help="requests waiting to be sent after an outage")
-    _common(queue)
+    add_site_options(queue)
     queue.add_argument("--all", action="store_true", help="sent and failed requests too")
     queue.set_defaults(func=_cmd_queue)
 
     undo = vsub.add_parser("undo", help="revert this site's decommission of a pack (10 days)")
-    _common(undo)
+    add_site_options(undo)
     undo.add_argument("--gtin", required=True)
     undo.add_argument("--serial", required=True)
     undo.add_argument("--actor", required=True, help="who asks (recorded in the audit trail)")
