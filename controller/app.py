@@ -33,6 +33,7 @@ from controller.purchasing import PurchasingStore
 from controller.scanning import ScanOutcome, ScanRouter
 from controller.stock_metrics import StockMetrics
 from controller.verification import HttpVerificationSystem, VerificationService
+from controller.wardsupply.service import WardSupply
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
 log = logging.getLogger("doseline.controller")
@@ -110,6 +111,9 @@ class Controller:
         self.scanners: dict[str, ScannerDriver] = {s.name: scanner_driver(s) for s in site.scanners}
         self.scan_router = ScanRouter([self.replenishment, self.canister_desk])
         self.purchasing = PurchasingStore(self.ledger)
+        self.wardsupply = WardSupply(
+            self.ledger, site, clock=clock, order_products=self._order_products
+        )
         self.verification: VerificationService | None = None
         if site.verification.enabled:
             v = site.verification
@@ -125,6 +129,12 @@ class Controller:
             self.replenishment.on_pack_used = self.verification.on_dispatched
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def _order_products(self, items: list[tuple[str, int]], actor: str, note: str) -> list[str]:
+        """Ward lines for products the store does not keep become supplier orders."""
+        return self.purchasing.order_products(
+            items, now=self.wardsupply.clock(), actor=actor, note=note
+        )
 
     # ------------------------------------------------------------ ledger set-up
 
@@ -180,6 +190,7 @@ class Controller:
                     product_gtin=pocket.gtin,
                 )
 
+        WardSupply(led, self.site).setup_locations()
         for exemption in self.site.exemptions:
             led.set_exemption(
                 gtin=exemption.gtin,

@@ -101,6 +101,11 @@ class Product(Strict):
     substitution_group: str | None = Field(default=None, max_length=50)
     # the code of the supplier it is ordered from (`suppliers:`)
     supplier: str | None = Field(default=None, max_length=20)
+    # an unlicensed product sold under a licence: a pharmacist decides each ward line
+    licence: bool = False
+    # False: the store keeps none (rarely used or expensive); a ward's line becomes a
+    # supplier order and is delivered when it arrives (docs/ward-supply.md)
+    stocked: bool = True
 
 
 class Supplier(Strict):
@@ -486,6 +491,90 @@ class Ward(Strict):
     cost_centre: str = Field(min_length=1, max_length=20)
 
 
+class Hospital(Strict):
+    """A hospital the pharmacy supplies. `external`: outside the hospital organisation
+    (a private clinic, a municipal store), which an in-house pharmacy may not supply."""
+
+    code: str = Field(min_length=1, max_length=20, pattern=r"^[A-Z0-9][A-Z0-9_-]*$")
+    name: str = Field(min_length=1, max_length=100)
+    external: bool = False
+
+
+class DeliveryRun(Strict):
+    """A scheduled delivery to the hospitals: its pick lists are made at `cutoff`
+    (requisitions approved until then go with it) and it leaves at `departs`."""
+
+    code: str = Field(min_length=1, max_length=10, pattern=r"^[A-Z0-9][A-Z0-9_-]*$")
+    cutoff: time
+    departs: time
+
+    @model_validator(mode="after")
+    def _order(self) -> DeliveryRun:
+        if self.cutoff >= self.departs:
+            raise ValueError(
+                f"delivery run {self.code}: cutoff {self.cutoff} must be before departs"
+                f" {self.departs}"
+            )
+        return self
+
+
+class ShelfLevel(Strict):
+    """A product on a drug room's list (its assortment), with min and max in packs."""
+
+    gtin: Gtin
+    min: int = Field(ge=0, le=500)
+    max: int = Field(gt=0, le=500)
+
+    @model_validator(mode="after")
+    def _levels(self) -> ShelfLevel:
+        if self.min >= self.max:
+            raise ValueError(f"{self.gtin}: min {self.min} must be below max {self.max}")
+        return self
+
+
+class DrugRoom(Strict):
+    """A ward's drug room: shelves, not a machine. Stock delivered into an uncounted
+    room counts as used on delivery; a `counted` room books use from its counts."""
+
+    code: str = Field(min_length=1, max_length=30, pattern=r"^[A-Z0-9][A-Z0-9_-]*$")
+    hospital: str
+    ward: str = Field(min_length=1, max_length=32)
+    cost_centre: str | None = Field(default=None, max_length=20)
+    counted: bool = False
+    external: bool = False
+    # the delivery runs that serve it; empty: every run
+    runs: list[str] = []
+    assortment: list[ShelfLevel] = []
+
+    def level(self, gtin: str) -> ShelfLevel | None:
+        return next((s for s in self.assortment if s.gtin == gtin), None)
+
+
+class UsualRule(Strict):
+    """When a line's quantity is "far above the ward's usual" (docs/ward-supply.md):
+    more than `factor` times the largest of the room's max level and its mean packs per
+    line of the product over `window_days`, and never below `floor_packs`."""
+
+    window_days: int = Field(default=90, ge=7, le=730)
+    factor: float = Field(default=2.0, ge=1.0, le=20.0)
+    floor_packs: int = Field(default=2, ge=1, le=500)
+
+
+class WardSupplyConfig(Strict):
+    """Ward supply: requisitions from the drug rooms, review, picking, delivery."""
+
+    runs: list[DeliveryRun] = []
+    # an urgent order is picked at once and due this long after approval
+    urgent_due_minutes: int = Field(default=120, ge=10, le=1440)
+    # a delivery nobody confirmed counts as received after this long in transit
+    auto_receive_after_h: float = Field(default=6.0, gt=0, le=168)
+    # delivered on time: received at most this long after the run departs
+    on_time_grace_h: float = Field(default=4.0, ge=0, le=48)
+    # the contract's delivery-reliability target (on time and in full, per line)
+    reliability_target: float = Field(default=0.95, ge=0, le=1)
+    usual: UsualRule = UsualRule()
+
+
 class DemoHistory(Strict):
     """Units of a product used in the 30 days before the demo day: the order
     proposal's basis, so the demo has something to order."""
@@ -536,6 +625,9 @@ class Site(Strict):
     # The wards and their cost centres (ward debiting). When the list is given, every
     # cabinet's ward and the demo's ward must be in it.
     wards: list[Ward] = []
+    hospitals: list[Hospital] = []
+    drug_rooms: list[DrugRoom] = []
+    ward_supply: WardSupplyConfig = WardSupplyConfig()
     seed: int = 7
     demo: DemoConfig | None = None
 
@@ -623,6 +715,53 @@ class Site(Strict):
             raise ValueError(f"purchasing.receiving_location: {where!r} is not a bin of the store")
         return self
 
+    @model_validator(mode="after")
+    def _drug_rooms(self) -> Site:
+        hospitals = [h.code for h in self.hospitals]
+        for i, code in enumerate(hospitals):
+            if code in hospitals[:i]:
+                raise ValueError(f"hospitals[{i}].code: {code!r} appears twice")
+        runs = [r.code for r in self.ward_supply.runs]
+        for i, code in enumerate(runs):
+            if code in runs[:i]:
+                raise ValueError(f"ward_supply.runs[{i}].code: {code!r} appears twice")
+        known = {p.gtin for p in self.catalogue}
+        wards = {w.code for w in self.wards}
+        taken = {c.name for c in self.cabinets} | set(hospitals)
+        seen: set[str] = set()
+        for i, room in enumerate(self.drug_rooms):
+            where = f"drug_rooms[{i}]"
+            if room.code in seen or room.code in taken:
+                raise ValueError(f"{where}.code: {room.code!r} is already used")
+            seen.add(room.code)
+            if room.hospital not in hospitals:
+                raise ValueError(
+                    f"{where}.hospital: {room.hospital!r} is not a listed hospital"
+                    f" ({', '.join(hospitals) or 'none listed'})"
+                )
+            if self.wards and room.ward not in wards:
+                raise ValueError(f"{where}.ward: {room.ward!r} is not a listed ward")
+            for run in room.runs:
+                if run not in runs:
+                    raise ValueError(f"{where}.runs: {run!r} is not a delivery run")
+            gtins = [s.gtin for s in room.assortment]
+            for j, gtin in enumerate(gtins):
+                if gtin not in known:
+                    raise ValueError(
+                        f"{where}.assortment[{j}].gtin: {gtin!r} is not in the catalogue"
+                    )
+                if gtin in gtins[:j]:
+                    raise ValueError(f"{where}.assortment[{j}].gtin: {gtin!r} appears twice")
+        if self.drug_rooms and not runs:
+            raise ValueError("ward_supply.runs: drug rooms need at least one delivery run")
+        return self
+
+    def drug_room(self, code: str) -> DrugRoom | None:
+        return next((r for r in self.drug_rooms if r.code == code), None)
+
+    def hospital(self, code: str) -> Hospital | None:
+        return next((h for h in self.hospitals if h.code == code), None)
+
     def receiving_location(self) -> str:
         """Where deliveries are booked in by default: the configured bin, else the first."""
         return self.purchasing.receiving_location or self.store.bins[0]
@@ -632,8 +771,13 @@ class Site(Strict):
         return {w.code: w for w in self.wards}
 
     def cabinet_wards(self) -> dict[str, str]:
-        """Each cabinet (the prefix of its pocket locations) -> its ward code."""
-        return {c.name: c.ward for c in self.cabinets}
+        """Each cabinet (the prefix of its pocket locations) and each drug room's
+        location -> its ward code (ward debiting attributes use by these prefixes)."""
+        from controller.wardsupply.locations import drug_room_location
+
+        mapping = {c.name: c.ward for c in self.cabinets}
+        mapping.update({drug_room_location(r): r.ward for r in self.drug_rooms})
+        return mapping
 
     @model_validator(mode="after")
     def _cabinet_lines(self) -> Site:

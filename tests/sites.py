@@ -169,3 +169,57 @@ def job(job_id: str, pouches: int, items: tuple[tuple[str, int], ...]) -> Planne
         time(8),
         tuple(PlannedPouch(i, f"PT-{i:04d}", items) for i in range(1, pouches + 1)),
     )
+
+
+def ward_site(*, ledger_url: str = "sqlite://") -> dict[str, Any]:
+    """The purchasing site with two hospitals' drug rooms (docs/ward-supply.md): H1's
+    MED drug room is uncounted, its ICU room counted; EXT is a unit outside the hospital
+    organisation. OXY is a controlled substance, FURO a licence product; PARA2 is not
+    kept in stock. Runs AM (cutoff 06:00, departs 07:30) and PM (12:00, 13:30)."""
+    raw = purchasing_site(ledger_url=ledger_url)
+    for p in raw["catalogue"]:
+        if p["gtin"] == OXY:
+            p["controlled_class"] = "II"
+            p["supplier"] = "WHOLE"
+        if p["gtin"] == FURO:
+            p["licence"] = True
+        if p["gtin"] == PARA2:
+            p["stocked"] = False
+    raw["stock"].append(
+        {"gtin": OXY, "batch": "O-1", "expires_in_days": 300, "quantity": 500, "bin": "CENTRAL/A01"}
+    )
+    raw["wards"].append({"code": "ICU", "name": "Intensive care", "cost_centre": "4733"})
+    raw["hospitals"] = [
+        {"code": "H1", "name": "Central Hospital"},
+        {"code": "H2", "name": "North Hospital"},
+        {"code": "PRIV", "name": "Private clinic", "external": True},
+    ]
+    raw["ward_supply"] = {
+        "runs": [
+            {"code": "AM", "cutoff": "06:00", "departs": "07:30"},
+            {"code": "PM", "cutoff": "12:00", "departs": "13:30"},
+        ],
+        "auto_receive_after_h": 6,
+    }
+    raw["drug_rooms"] = [
+        {
+            "code": "DR-MED",
+            "hospital": "H1",
+            "ward": "W1",
+            "assortment": [
+                {"gtin": PARA, "min": 1, "max": 3},
+                {"gtin": METO, "min": 1, "max": 2},
+                {"gtin": OXY, "min": 0, "max": 1},
+            ],
+        },
+        {
+            "code": "DR-ICU",
+            "hospital": "H1",
+            "ward": "ICU",
+            "counted": True,
+            "assortment": [{"gtin": PARA, "min": 1, "max": 2}],
+        },
+        {"code": "DR-N2", "hospital": "H2", "ward": "W2", "runs": ["AM"]},
+        {"code": "DR-PRIV", "hospital": "PRIV", "ward": "W2"},
+    ]
+    return raw

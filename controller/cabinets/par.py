@@ -47,10 +47,12 @@ class PocketPlan:
     current_min: int
     current_max: int
     capacity: int | None = None
+    # the ledger location when it is not a cabinet pocket (a ward's drug room shelf)
+    at: str | None = None
 
     @property
     def location(self) -> str:
-        return pocket_location(self.cabinet, self.pocket)
+        return self.at or pocket_location(self.cabinet, self.pocket)
 
 
 @dataclass(frozen=True)

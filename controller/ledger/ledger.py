@@ -125,6 +125,23 @@ class Use:
     kind: str = "consume"
     reason: str = ""
     reason_code: str | None = None
+    # only from the reservation's lines of this lot (a pack scanned at picking)
+    batch: str | None = None
+
+
+@dataclass(frozen=True)
+class LotMove:
+    """`quantity` of one lot moved from one location to another: a physical fact, so the
+    lot need not be usable. From an external location (ADJUSTMENT) nothing is taken."""
+
+    gtin: str
+    batch: str
+    quantity: int
+    from_location: str
+    to_location: str
+    kind: str = "transfer"
+    reason: str = ""
+    reason_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1420,11 +1437,14 @@ class Ledger:
                 product_id = self._product_id(conn, use.gtin)
                 dest = self._location_id(conn, use.to_location)
                 code = (use.reason_code or "other") if use.kind == "waste" else use.reason_code
+                only_lots = self._batch_lots(conn, use.batch) if use.batch is not None else None
                 remaining = use.quantity
                 for line in lines:
                     if remaining == 0:
                         break
                     if product_id not in (line.product_id, line.substituted_for):
+                        continue
+                    if only_lots is not None and line.lot_id not in only_lots:
                         continue
                     take = min(remaining, line.quantity - line.posted)
                     if take <= 0:
@@ -1491,6 +1511,69 @@ class Ledger:
 
         self._run(key, "post", run, actor, f"post {reservation_key}")
         return self.reservation(reservation_key)
+
+    def move_lots(
+        self,
+        key: str,
+        moves: Sequence[LotMove],
+        *,
+        actor: str,
+        reason: str,
+        within: Callable[[Connection], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Books several lot-exact moves in one transaction: all of them, or none.
+
+        Stock in transit arrives on the ward as the lots that were picked, so these moves
+        name their lot; a move from an internal location takes free stock of that lot
+        there (never below zero). `within(conn)` runs in the same transaction after the
+        movements (ward supply records the receipt there). Idempotent by `key`.
+        """
+        if not moves:
+            raise LedgerError("a move needs at least one line")
+        for move in moves:
+            _positive(f"quantity of {move.gtin} batch {move.batch}", move.quantity)
+            if move.kind == "waste":
+                _check_waste_reason(move.reason_code or "other")
+
+        def run(conn: Connection) -> dict[str, Any]:
+            for move in moves:
+                lot_id = self._lot_id_in(conn, move.gtin, move.batch)
+                src = self._location_id(conn, move.from_location)
+                dest = self._location_id(conn, move.to_location)
+                src_kind = conn.execute(
+                    select(locations.c.kind).where(locations.c.id == src)
+                ).scalar_one()
+                if src_kind in INTERNAL_KINDS:
+                    took = self._take(conn, src, lot_id, move.quantity)
+                    if took < move.quantity:
+                        raise InsufficientStock(move.gtin, move.from_location, move.quantity, took)
+                code = (move.reason_code or "other") if move.kind == "waste" else move.reason_code
+                self._book(
+                    conn,
+                    key,
+                    move.kind,
+                    lot_id,
+                    src,
+                    dest,
+                    move.quantity,
+                    reason_code=code,
+                    reason=move.reason or None,
+                )
+            result: dict[str, Any] = {
+                "moves": len(moves),
+                "units": sum(m.quantity for m in moves),
+            }
+            if within is not None:
+                result.update(within(conn))
+            return result
+
+        return self._run(key, "move", run, actor, reason)
+
+    @staticmethod
+    def _batch_lots(conn: Connection, batch: str) -> set[int]:
+        return {
+            int(i) for i in conn.execute(select(lots.c.id).where(lots.c.batch == batch)).scalars()
+        }
 
     def void(self, key: str, *, reservation_key: str, actor: str, reason: str) -> ReservationView:
         """Releases a whole reservation: nothing of it was used."""

@@ -241,6 +241,10 @@ audit_head = Table(
 
 INTERNAL_KINDS = (
     "site",
+    "hospital",
+    "ward",
+    "drugroom",  # a ward's drug room (shelves): ward stock
+    "transit",  # picked and dispatched, not yet received on the ward
     "store",
     "bin",
     "packer",
@@ -650,3 +654,7 @@ delivery_lines = Table(
     Column("location_code", String(100), nullable=True),
     CheckConstraint("units >= 0 AND back_order_units >= 0", name="ck_delivery_lines_units"),
 )
+
+
+# Ward supply's tables live in their own module, on this MetaData.
+from controller.ledger import schema_wardsupply  # noqa: E402, F401

@@ -1,0 +1,1349 @@
+"""Ward supply, from a drug room's requisition to the shelf on the ward.
+
+submit -> review (routine lines together, flagged lines one by one) -> plan (the next
+delivery run, or an urgent delivery; a product the store does not keep is ordered from
+its supplier first) -> pick list per hospital and run, stock reserved first expiry first
+-> packs confirmed by GS1 scan -> dispatch (store -> in transit, serialised packs
+decommissioned) -> receipt on the ward (in transit -> drug room, deviations booked with
+their reason; an uncounted room's stock counts as used on delivery).
+
+Every step is synchronous on the ledger (run it on the ledger's thread from async code)
+and safe to repeat after a crash: ledger commands carry keys derived from the line, the
+pick list or the note, so a step run twice books once. The decisions themselves are the
+pure functions of controller.wardsupply.rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from controller.config import DrugRoom, Site
+from controller.gs1 import PackId, ScanError, parse_pack
+from controller.ledger import InsufficientStock, Ledger, LedgerError, LotMove, Need, Use
+from controller.ledger.ledger import ADJUSTMENT, CONSUMED, WASTE
+from controller.ledger.schema import lots, products
+from controller.ledger.schema_wardsupply import (
+    ward_delivery_notes,
+    ward_note_lines,
+    ward_pick_lists,
+    ward_pick_scans,
+    ward_requisition_lines,
+    ward_requisitions,
+)
+from controller.wardsupply import rules, views
+from controller.wardsupply.locations import (
+    drug_room_location,
+    hospital_location,
+    transit_location,
+    ward_location,
+)
+from controller.wardsupply.model import (
+    MAX_PACKS_PER_LINE,
+    OPEN_REVIEW,
+    Booked,
+    Conflict,
+    Decision,
+    Deviation,
+    LineIn,
+    LineStatus,
+    NoteStatus,
+    PickListStatus,
+    Refused,
+    RequisitionIn,
+    RequisitionSource,
+    UnknownEntity,
+    WardSupplyError,
+)
+
+log = logging.getLogger("doseline.wardsupply")
+ACTOR = "ward-supply"
+L = ward_requisition_lines
+R = ward_requisitions
+# A pick list's stock stays held this long; a list not dispatched by then is released.
+RESERVATION_TIMEOUT_S = 36 * 3600
+EXTERNAL_REASON = (
+    "an in-house hospital pharmacy may not deliver its own stock outside the hospital organisation"
+)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    accepted: bool
+    message: str
+    line_id: int | None = None
+    pack: PackId | None = None
+    list_complete: bool = False
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    pick_list: str
+    notes: tuple[str, ...]
+    lines: int
+    short_lines: int
+    back_orders: tuple[int, ...]
+    packs: tuple[tuple[PackId, str], ...]  # serialised packs and where they went
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """A deviation found at receipt: `units` of the note line's lot were missing,
+    damaged, or came too many."""
+
+    gtin: str
+    batch: str
+    deviation: Deviation
+    units: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Received:
+    note: str
+    booked: bool  # False: received before; nothing changed
+    units: int
+    deviations: int
+    consumed_on_delivery: int
+
+
+class WardSupply:
+    """The ward-supply flow on one ledger and one site file."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        site: Site,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        order_products: Callable[[list[tuple[str, int]], str, str], list[str]] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.site = site
+        self.clock = clock or ledger.clock
+        self.tz = ZoneInfo(site.site.timezone)
+        self.config = site.ward_supply
+        self.products = {p.gtin: p for p in site.catalogue}
+        self.rooms = {r.code: r for r in site.drug_rooms}
+        self.hospitals = {h.code: h for h in site.hospitals}
+        self.store_bins = site.store.all_bins
+        # (gtin, packs) lines, buyer, note -> purchase order numbers (purchasing)
+        self.order_products = order_products
+        self.runs = [rules.RunSlot(r.code, r.cutoff, r.departs) for r in self.config.runs]
+
+    # ------------------------------------------------------------ set-up
+
+    def setup_locations(self) -> None:
+        """Hospital -> ward -> drug room, and each hospital's in-transit location."""
+        for h in self.site.hospitals:
+            self.ledger.add_location(hospital_location(h.code), "hospital")
+            self.ledger.add_location(transit_location(h.code), "transit")
+        for room in self.site.drug_rooms:
+            ward = ward_location(room.hospital, room.ward)
+            self.ledger.add_location(ward, "ward", parent=hospital_location(room.hospital))
+            self.ledger.add_location(drug_room_location(room), "drugroom", parent=ward)
+
+    # ------------------------------------------------------------ requisitions in
+
+    def room(self, code: str) -> DrugRoom:
+        room = self.rooms.get(code)
+        if room is None:
+            raise UnknownEntity("drug_room", code, "is not a drug room of this site")
+        return room
+
+    def check_unit(self, room: DrugRoom) -> None:
+        """A unit outside the hospital organisation is refused, with the reason."""
+        hospital = self.hospitals.get(room.hospital)
+        if room.external or (hospital is not None and hospital.external):
+            raise Refused("drug_room", room.code, f"is outside the hospital: {EXTERNAL_REASON}")
+
+    def submit(self, req: RequisitionIn, *, actor: str) -> Booked:
+        """Books a requisition once per (sender, sender id); each line is judged for
+        review. Refused whole, naming the field and value, if anything is wrong."""
+        if not req.sender or not req.sender_id:
+            raise WardSupplyError("id", req.sender_id, "a requisition needs its sender's id")
+        room = self.room(req.drug_room)
+        self.check_unit(room)
+        if not req.lines:
+            raise WardSupplyError("lines", None, "a requisition needs at least one line")
+        seen: set[str] = set()
+        for i, line in enumerate(req.lines):
+            self._check_line(i, line, seen)
+        existing = self._existing(req.sender, req.sender_id)
+        if existing is not None:
+            return existing
+        now = self.clock()
+        try:
+            with self.ledger.audited(actor, "ward requisition", f"from {req.sender}") as c:
+                number, flagged = self._insert(c, req, room, now, actor)
+        except IntegrityError:
+            # A twin with the same sender id committed first: it is the booking.
+            existing = self._existing(req.sender, req.sender_id)
+            if existing is None:
+                raise
+            return existing
+        return Booked(number=number, duplicate=False, lines=len(req.lines), flagged=flagged)
+
+    def _check_line(self, i: int, line: LineIn, seen: set[str]) -> None:
+        if line.gtin not in self.products:
+            raise UnknownEntity(f"lines[{i}].gtin", line.gtin, "is not in the catalogue")
+        if line.gtin in seen:
+            raise WardSupplyError(f"lines[{i}].gtin", line.gtin, "appears twice")
+        seen.add(line.gtin)
+        if isinstance(line.packs, bool) or not isinstance(line.packs, int):
+            raise WardSupplyError(f"lines[{i}].packs", line.packs, "must be whole packs")
+        if line.packs <= 0:
+            raise WardSupplyError(f"lines[{i}].packs", line.packs, "must be at least 1")
+        if line.packs > MAX_PACKS_PER_LINE:
+            raise WardSupplyError(
+                f"lines[{i}].packs", line.packs, f"is more than {MAX_PACKS_PER_LINE} packs"
+            )
+
+    def _existing(self, sender: str, sender_id: str) -> Booked | None:
+        with self.ledger.engine.connect() as c:
+            row = c.execute(
+                select(R.c.id, R.c.number).where(R.c.sender == sender, R.c.sender_id == sender_id)
+            ).first()
+            if row is None:
+                return None
+            counts = c.execute(
+                select(func.count(), func.sum((L.c.flags != "").cast(type_=L.c.packs.type))).where(
+                    L.c.requisition_id == row.id, L.c.back_order_of.is_(None)
+                )
+            ).one()
+        return Booked(
+            number=row.number, duplicate=True, lines=int(counts[0]), flagged=int(counts[1] or 0)
+        )
+
+    def _insert(
+        self, c: Connection, req: RequisitionIn, room: DrugRoom, now: datetime, actor: str
+    ) -> tuple[str, int]:
+        rid = c.execute(
+            insert(R)
+            .values(
+                number=f"tmp-{req.sender_id}"[:30],
+                sender=req.sender,
+                sender_id=req.sender_id,
+                drug_room=room.code,
+                hospital=room.hospital,
+                ward=room.ward,
+                source=str(req.source),
+                urgent=req.urgent,
+                requested_by=req.requested_by[:100],
+                note=req.note[:300],
+                received_at=now,
+                authored_at=req.authored_at,
+                actor=actor,
+            )
+            .returning(R.c.id)
+        ).scalar_one()
+        number = f"WR-{now.astimezone(self.tz):%Y%m%d}-{rid:06d}"
+        c.execute(update(R).where(R.c.id == rid).values(number=number))
+        pids = dict(c.execute(select(products.c.gtin, products.c.id)).all())
+        flagged = 0
+        for no, line in enumerate(req.lines, start=1):
+            facts = self._facts(line.gtin)
+            level = room.level(line.gtin)
+            usual = rules.usual_limit(
+                self._history(c, room.code, pids[line.gtin], now),
+                level.max if level else None,
+                factor=self.config.usual.factor,
+                floor_packs=self.config.usual.floor_packs,
+            )
+            flags = rules.review_flags(facts, line.packs, on_list=level is not None, usual=usual)
+            flagged += bool(flags)
+            c.execute(
+                insert(L).values(
+                    requisition_id=rid,
+                    line_no=no,
+                    product_id=pids[line.gtin],
+                    packs=line.packs,
+                    status=str(LineStatus.FLAGGED if flags else LineStatus.PENDING),
+                    flags=",".join(flags),
+                    usual_packs=usual,
+                )
+            )
+        self.ledger.note(
+            "ward_requisition",
+            number,
+            None,
+            {
+                "sender": req.sender,
+                "sender_id": req.sender_id,
+                "drug_room": room.code,
+                "urgent": req.urgent,
+                "source": str(req.source),
+                "lines": [{"gtin": x.gtin, "packs": x.packs} for x in req.lines],
+            },
+        )
+        return number, flagged
+
+    def _history(self, c: Connection, room: str, product_id: int, now: datetime) -> list[int]:
+        since = now - timedelta(days=self.config.usual.window_days)
+        return [
+            int(x)
+            for x in c.execute(
+                select(L.c.packs)
+                .join(R, R.c.id == L.c.requisition_id)
+                .where(
+                    R.c.drug_room == room,
+                    L.c.product_id == product_id,
+                    R.c.received_at >= since,
+                    L.c.back_order_of.is_(None),
+                    L.c.status != str(LineStatus.REJECTED),
+                )
+            ).scalars()
+        ]
+
+    def _facts(self, gtin: str) -> rules.ProductFacts:
+        p = self.products[gtin]
+        return rules.ProductFacts(
+            gtin=gtin, controlled=bool(p.controlled_class), licence=p.licence, stocked=p.stocked
+        )
+
+    # ------------------------------------------------------------ review
+
+    def review_queue(self, *, drug_room: str | None = None) -> list[views.LineView]:
+        with self.ledger.engine.connect() as c:
+            return views.lines(c, statuses=tuple(map(str, OPEN_REVIEW)), drug_room=drug_room)
+
+    def approve_routine(
+        self, *, actor: str, reason: str, drug_room: str | None = None, ids: list[int] | None = None
+    ) -> int:
+        """Approves routine lines together (never a flagged one): the bulk approval of a
+        pharmacist. Returns how many lines were approved."""
+        _reason(reason)
+        with self.ledger.engine.connect() as c:
+            todo = views.lines(c, statuses=(str(LineStatus.PENDING),), drug_room=drug_room, ids=ids)
+        if ids is not None:
+            missing = set(ids) - {x.id for x in todo}
+            if missing:
+                raise Conflict(
+                    "ids", sorted(missing)[0], "is not a routine line waiting for review"
+                )
+        for line in todo:
+            self._decide(line, Decision.APPROVE, actor=actor, reason=reason, bulk=True)
+        return len(todo)
+
+    def decide(
+        self,
+        line_id: int,
+        decision: Decision | str,
+        *,
+        actor: str,
+        reason: str,
+        packs: int | None = None,
+        substitute: str | None = None,
+    ) -> views.LineView:
+        """A pharmacist's decision on one line, always with a reason."""
+        try:
+            decision = Decision(decision)
+        except ValueError as exc:
+            raise WardSupplyError(
+                "decision", decision, "must be approve, reduce, substitute or reject"
+            ) from exc
+        _reason(reason)
+        with self.ledger.engine.connect() as c:
+            found = views.lines(c, ids=[line_id])
+        if not found:
+            raise UnknownEntity("line", line_id, "is not a requisition line")
+        line = found[0]
+        if line.status not in OPEN_REVIEW:
+            raise Conflict("line", line_id, f"is {line.status}, not waiting for review")
+        self._decide(line, decision, actor=actor, reason=reason, packs=packs, substitute=substitute)
+        with self.ledger.engine.connect() as c:
+            return views.lines(c, ids=[line_id])[0]
+
+    def _decide(
+        self,
+        line: views.LineView,
+        decision: Decision,
+        *,
+        actor: str,
+        reason: str,
+        bulk: bool = False,
+        packs: int | None = None,
+        substitute: str | None = None,
+    ) -> None:
+        give_gtin, give_packs = line.gtin, line.packs
+        if decision is Decision.REDUCE:
+            if packs is None or isinstance(packs, bool) or not isinstance(packs, int):
+                raise WardSupplyError("packs", packs, "a reduction needs whole packs")
+            if not 0 < packs < line.packs:
+                raise WardSupplyError(
+                    "packs", packs, f"must be between 1 and {line.packs - 1} to reduce"
+                )
+            give_packs = packs
+        elif decision is Decision.SUBSTITUTE:
+            give_gtin = self._substitute(line.gtin, substitute)
+            if packs is not None:
+                if (
+                    isinstance(packs, bool)
+                    or not isinstance(packs, int)
+                    or not 0 < packs <= (MAX_PACKS_PER_LINE)
+                ):
+                    raise WardSupplyError("packs", packs, "must be whole packs, at least 1")
+                give_packs = packs
+        now = self.clock()
+        room = self.room(line.drug_room)
+        values: dict[str, Any] = {
+            "decision": str(decision),
+            "decided_by": actor,
+            "decided_at": now,
+            "reason": reason[:300],
+        }
+        if decision is Decision.REJECT:
+            values["status"] = str(LineStatus.REJECTED)
+            values["approved_packs"] = 0
+        else:
+            values.update(self._plan(room, line.urgent, give_gtin, give_packs, now))
+            values["approved_packs"] = give_packs
+        ordered: str | None = None
+        with self.ledger.audited(actor, "ward review", reason[:200]) as c:
+            pid = c.execute(select(products.c.id).where(products.c.gtin == give_gtin)).scalar_one()
+            if decision is not Decision.REJECT:
+                values["approved_product_id"] = pid
+            done = c.execute(
+                update(L)
+                .where(L.c.id == line.id, L.c.status.in_(tuple(map(str, OPEN_REVIEW))))
+                .values(**values)
+            ).rowcount
+            if done != 1:
+                raise Conflict("line", line.id, "was decided by someone else meanwhile")
+            self.ledger.note(
+                "ward_line",
+                f"{line.requisition}:{line.line_no}",
+                {"status": line.status, "gtin": line.gtin, "packs": line.packs},
+                {
+                    "status": values["status"],
+                    "decision": str(decision),
+                    "gtin": give_gtin,
+                    "packs": values["approved_packs"],
+                    "reason": reason,
+                    "bulk": bulk,
+                },
+            )
+        if values.get("status") == str(LineStatus.ORDERED):
+            ordered = self._order(line.id, give_gtin, give_packs, actor)
+            log.info("line %s: %s is not kept in stock; ordered on %s", line.id, give_gtin, ordered)
+
+    def _substitute(self, gtin: str, substitute: str | None) -> str:
+        if not substitute:
+            raise WardSupplyError("substitute", substitute, "name the substitute's GTIN")
+        if substitute not in self.products:
+            raise UnknownEntity("substitute", substitute, "is not in the catalogue")
+        group = self.products[gtin].substitution_group
+        if (
+            substitute == gtin
+            or group is None
+            or (self.products[substitute].substitution_group != group)
+        ):
+            raise WardSupplyError(
+                "substitute", substitute, f"is not in the substitution group of {gtin}"
+            )
+        return substitute
+
+    def _plan(
+        self, room: DrugRoom, urgent: bool, gtin: str, packs: int, now: datetime
+    ) -> dict[str, Any]:
+        """A product the store does not keep is ordered from its supplier, unless what
+        is in the store already covers the line."""
+        product = self.products[gtin]
+        if not product.stocked:
+            free = sum(n for _, _, n in self.ledger.free_lots(gtin, self.store_bins))
+            if free < packs * product.pack_size:
+                return {"status": str(LineStatus.ORDERED)}
+        plan = self.plan_for(room, urgent, now)
+        return {
+            "status": str(LineStatus.APPROVED),
+            "run_code": plan.run,
+            "run_date": plan.run_date,
+            "due_at": plan.due_at,
+        }
+
+    def plan_for(self, room: DrugRoom, urgent: bool, now: datetime) -> rules.Planned:
+        if urgent:
+            return rules.urgent_plan(now, self.tz, self.config.urgent_due_minutes)
+        return rules.next_run(
+            now,
+            self.runs,
+            self.tz,
+            grace=timedelta(hours=self.config.on_time_grace_h),
+            allowed=room.runs,
+        )
+
+    def _order(self, line_id: int, gtin: str, packs: int, actor: str) -> str | None:
+        if self.order_products is None:
+            return None
+        numbers = self.order_products([(gtin, packs)], actor, f"ward line {line_id}")
+        number = numbers[0] if numbers else None
+        with self.ledger.audited(actor, "ward order", "not kept in stock") as c:
+            c.execute(update(L).where(L.c.id == line_id).values(purchase_order=number))
+            self.ledger.note("ward_line", str(line_id), None, {"purchase_order": number})
+        return number
+
+    def release_arrived(self, *, actor: str = ACTOR) -> int:
+        """Lines waiting for the supplier whose product is now in the store are planned
+        for the next delivery. Returns how many."""
+        with self.ledger.engine.connect() as c:
+            waiting = views.lines(c, statuses=(str(LineStatus.ORDERED),))
+        now = self.clock()
+        moved = 0
+        for line in waiting:
+            gtin = line.approved_gtin or line.gtin
+            free = sum(n for _, _, n in self.ledger.free_lots(gtin, self.store_bins))
+            if free < line.wanted_units:
+                continue
+            plan = self.plan_for(self.room(line.drug_room), line.urgent, now)
+            with self.ledger.audited(actor, "ward order arrived", "supplier delivered") as c:
+                done = c.execute(
+                    update(L)
+                    .where(L.c.id == line.id, L.c.status == str(LineStatus.ORDERED))
+                    .values(
+                        status=str(LineStatus.APPROVED),
+                        run_code=plan.run,
+                        run_date=plan.run_date,
+                        due_at=plan.due_at,
+                    )
+                ).rowcount
+                if done:
+                    self.ledger.note(
+                        "ward_line", str(line.id), {"status": "ordered"}, {"status": "approved"}
+                    )
+                    moved += 1
+        return moved
+
+    # ------------------------------------------------------------ pick lists
+
+    def make_pick_lists(
+        self, *, run: str, run_date: date, actor: str = ACTOR
+    ) -> list[views.PickListView]:
+        """One pick list per hospital for the run's approved lines (URGENT: every urgent
+        line approved so far), each line's stock reserved first expiry first. A line
+        the store cannot fill is cut to what there is and its rest becomes a back order
+        for the next run; nothing is dropped. Safe to run again after a crash."""
+        now = self.clock()
+        with self.ledger.engine.connect() as c:
+            q = (
+                select(L.c.id, R.c.hospital)
+                .join(R, R.c.id == L.c.requisition_id)
+                .where(L.c.status == str(LineStatus.APPROVED), L.c.run_code == run)
+            )
+            if run != rules.URGENT_RUN:
+                q = q.where(L.c.run_date <= run_date)
+            per_hospital: dict[str, list[int]] = defaultdict(list)
+            for line_id, hospital in c.execute(q.order_by(L.c.id)):
+                per_hospital[str(hospital)].append(int(line_id))
+        made = []
+        for hospital in sorted(per_hospital):
+            number = self._new_list(hospital, run, run_date, per_hospital[hospital], now, actor)
+            made.append(number)
+        self.resume_reservations(actor=actor)
+        return [self.pick_list(n) for n in made]
+
+    def _new_list(
+        self, hospital: str, run: str, run_date: date, ids: list[int], now: datetime, actor: str
+    ) -> str:
+        with self.ledger.audited(actor, "ward pick list", f"run {run} {run_date}") as c:
+            prefix = f"WPL-{run_date:%Y%m%d}-{hospital}-{run}-"
+            taken = c.execute(
+                select(func.count()).where(ward_pick_lists.c.number.like(prefix + "%"))
+            ).scalar_one()
+            number = f"{prefix}{int(taken) + 1:02d}"
+            list_id = c.execute(
+                insert(ward_pick_lists)
+                .values(
+                    number=number,
+                    hospital=hospital,
+                    run_code=run,
+                    run_date=run_date,
+                    urgent=run == rules.URGENT_RUN,
+                    status=str(PickListStatus.OPEN),
+                    created_at=now,
+                    created_by=actor,
+                )
+                .returning(ward_pick_lists.c.id)
+            ).scalar_one()
+            for line_id in ids:
+                c.execute(
+                    update(L)
+                    .where(L.c.id == line_id, L.c.status == str(LineStatus.APPROVED))
+                    .values(
+                        status=str(LineStatus.PICKING),
+                        pick_list_id=list_id,
+                        reservation_key=f"ward:{line_id}:{list_id}",
+                    )
+                )
+            self.ledger.note("ward_pick_list", number, None, {"lines": ids, "run": run})
+        return number
+
+    def resume_reservations(self, *, actor: str = ACTOR) -> int:
+        """Reserves the stock of every picking line that has none recorded yet (a list
+        just made, or one whose maker stopped half-way). Returns lines reserved."""
+        with self.ledger.engine.connect() as c:
+            todo = c.execute(
+                select(
+                    L.c.id,
+                    L.c.reservation_key,
+                    L.c.approved_packs,
+                    products.c.gtin,
+                    products.c.pack_size,
+                    R.c.hospital,
+                )
+                .join(R, R.c.id == L.c.requisition_id)
+                .join(products, products.c.id == L.c.approved_product_id)
+                .where(
+                    L.c.status == str(LineStatus.PICKING),
+                    L.c.reserved_units == 0,
+                    L.c.picked_units == 0,
+                )
+                .order_by(L.c.id)
+            ).all()
+        for r in todo:
+            wanted = int(r.approved_packs) * int(r.pack_size)
+            try:
+                view = self.ledger.reserve(
+                    r.reservation_key,
+                    purpose=f"ward line {r.id}",
+                    needs=[Need(r.gtin, wanted)],
+                    from_locations=self.store_bins,
+                    timeout_s=RESERVATION_TIMEOUT_S,
+                    actor=actor,
+                    partial=True,
+                    order_source=f"ward:{r.hospital}",
+                )
+                got = sum(a.quantity for a in view.lines)
+            except InsufficientStock:
+                got = 0
+            self._after_reserve(r.id, wanted, got, int(r.pack_size), actor)
+        return len(todo)
+
+    def _after_reserve(
+        self, line_id: int, wanted: int, got: int, pack_size: int, actor: str
+    ) -> None:
+        with self.ledger.audited(actor, "ward reserve", f"line {line_id}") as c:
+            if got == 0:
+                c.execute(
+                    update(L)
+                    .where(L.c.id == line_id)
+                    .values(status=str(LineStatus.SHORT), pick_list_id=None)
+                )
+                self.ledger.note(
+                    "ward_line", str(line_id), {"status": "picking"}, {"status": "short"}
+                )
+                self._back_order(c, line_id, wanted // pack_size, "nothing in store")
+                return
+            c.execute(update(L).where(L.c.id == line_id).values(reserved_units=got))
+            if got < wanted:
+                rest = (wanted - got + pack_size - 1) // pack_size
+                self._back_order(c, line_id, rest, f"{got} of {wanted} units in store")
+
+    def _back_order(self, c: Connection, line_id: int, packs: int, why: str) -> int | None:
+        """The rest of a short line becomes a new approved line for the run after the
+        one it missed (never the same run again), so nothing is dropped."""
+        if packs <= 0:
+            return None
+        src = c.execute(
+            select(L, R.c.drug_room, R.c.urgent)
+            .join(R, R.c.id == L.c.requisition_id)
+            .where(L.c.id == line_id)
+        ).one()
+        room = self.room(src.drug_room)
+        after = self.clock()
+        missed = next((r for r in self.runs if r.code == src.run_code), None)
+        if missed is not None and src.run_date is not None:
+            cutoff = datetime.combine(src.run_date, missed.cutoff, tzinfo=self.tz)
+            after = max(after, cutoff + timedelta(minutes=1))
+        plan = rules.next_run(
+            after,
+            self.runs,
+            self.tz,
+            grace=timedelta(hours=self.config.on_time_grace_h),
+            allowed=room.runs,
+        )
+        last = c.execute(
+            select(func.max(L.c.line_no)).where(L.c.requisition_id == src.requisition_id)
+        ).scalar_one()
+        new_id = c.execute(
+            insert(L)
+            .values(
+                requisition_id=src.requisition_id,
+                line_no=int(last) + 1,
+                product_id=src.product_id,
+                packs=packs,
+                approved_product_id=src.approved_product_id,
+                approved_packs=packs,
+                status=str(LineStatus.APPROVED),
+                flags="",
+                decision="back_order",
+                decided_by=ACTOR,
+                decided_at=self.clock(),
+                reason=f"back order of line {line_id}: {why}"[:300],
+                run_code=plan.run,
+                run_date=plan.run_date,
+                due_at=plan.due_at,
+                back_order_of=line_id,
+            )
+            .returning(L.c.id)
+        ).scalar_one()
+        self.ledger.note(
+            "ward_line", str(new_id), None, {"back_order_of": line_id, "packs": packs, "why": why}
+        )
+        return int(new_id)
+
+    def pick_list(self, number: str) -> views.PickListView:
+        """The list with each line's lots and bins. (SQLite gives one connection at a
+        time the database, so the reads run one after the other, never nested.)"""
+        with self.ledger.engine.connect() as c:
+            row = c.execute(
+                select(ward_pick_lists.c.id).where(ward_pick_lists.c.number == number)
+            ).first()
+            if row is None:
+                raise UnknownEntity("pick_list", number, "is not a known pick list")
+            keys = [x.reservation_key for x in views.lines_of_list(c, row.id) if x.reservation_key]
+        reservations = {}
+        for key in keys:
+            try:
+                reservations[key] = self.ledger.reservation(key)
+            except LedgerError:
+                continue
+        with self.ledger.engine.connect() as c:
+            return views.pick_list(c, number, reservations)
+
+    # ------------------------------------------------------------ scans
+
+    def scan(
+        self,
+        number: str,
+        data: str,
+        *,
+        actor: str,
+        blocked: Callable[[PackId], str | None] | None = None,
+    ) -> ScanResult:
+        """Confirms one pack of a pick list by its GS1 scan. A pack of another product,
+        another lot, expired, already scanned or blocked is refused with a message that
+        names it. `blocked(pack)` answers the verification system's refusal, if any."""
+        view = self.pick_list(number)
+        if view.status != PickListStatus.OPEN:
+            return ScanResult(False, f"pick list {number} is {view.status}")
+        try:
+            pack = parse_pack(data.strip())
+        except ScanError as exc:
+            return ScanResult(False, f"unreadable scan: {exc}")
+        today = self.clock().astimezone(self.tz).date()
+        if pack.expiry < today:
+            return ScanResult(
+                False,
+                f"expired: batch {pack.batch} of {pack.gtin} expired on {pack.expiry}",
+                pack=pack,
+            )
+        candidates = [x for x in view.lines if x.gtin == pack.gtin]
+        if not candidates:
+            return ScanResult(
+                False, f"not on the list: GTIN {pack.gtin} is not on {number}", pack=pack
+            )
+        open_lots = [
+            (line, lot)
+            for line in candidates
+            for lot in line.lots
+            if lot["batch"] == pack.batch and lot["picked"] < lot["units"]
+        ]
+        if not open_lots:
+            wanted = sorted(
+                {lot["batch"] for x in candidates for lot in x.lots if lot["picked"] < lot["units"]}
+            )
+            if not wanted:
+                return ScanResult(
+                    False,
+                    f"already picked: every pack of {pack.gtin} on {number} is scanned",
+                    pack=pack,
+                )
+            return ScanResult(
+                False,
+                f"wrong lot: batch {pack.batch} of {pack.gtin} is not reserved on {number}"
+                f" (take batch {', '.join(wanted)})",
+                pack=pack,
+            )
+        if blocked is not None:
+            why = blocked(pack)
+            if why:
+                return ScanResult(False, f"blocked: {why}", pack=pack)
+        line, lot = open_lots[0]
+        units = min(line.pack_size, lot["units"] - lot["picked"])
+        with self.ledger.audited(actor, "ward pick scan", f"pick list {number}") as c:
+            list_id = c.execute(
+                select(ward_pick_lists.c.id).where(ward_pick_lists.c.number == number)
+            ).scalar_one()
+            pid = c.execute(select(products.c.id).where(products.c.gtin == pack.gtin)).scalar_one()
+            if pack.serial:
+                dup = c.execute(
+                    select(ward_pick_scans.c.id).where(
+                        ward_pick_scans.c.product_id == pid,
+                        ward_pick_scans.c.batch == pack.batch,
+                        ward_pick_scans.c.serial == pack.serial,
+                    )
+                ).first()
+                if dup is not None:
+                    return ScanResult(
+                        False, f"already scanned: pack {pack.gtin} serial {pack.serial}", pack=pack
+                    )
+            c.execute(
+                insert(ward_pick_scans).values(
+                    pick_list_id=list_id,
+                    line_id=line.line_id,
+                    product_id=pid,
+                    batch=pack.batch,
+                    serial=pack.serial or None,
+                    units=units,
+                    scanned_at=self.clock(),
+                    actor=actor,
+                )
+            )
+            done = c.execute(
+                update(L)
+                .where(L.c.id == line.line_id, L.c.picked_units + units <= L.c.reserved_units)
+                .values(picked_units=L.c.picked_units + units)
+            ).rowcount
+            if done != 1:
+                raise Conflict("scan", data, "the line was picked meanwhile")
+            self.ledger.note(
+                "ward_pick",
+                f"{number}:{line.line_id}",
+                None,
+                {"gtin": pack.gtin, "batch": pack.batch, "serial": pack.serial, "units": units},
+            )
+        complete = self.pick_list(number).complete
+        return ScanResult(
+            True,
+            f"{line.name}: batch {pack.batch} for {line.drug_room}"
+            f" ({lot['picked'] + units}/{lot['units']} units of this lot)",
+            line_id=line.line_id,
+            pack=pack,
+            list_complete=complete,
+        )
+
+    # ------------------------------------------------------------ dispatch
+
+    def dispatch(self, number: str, *, actor: str) -> Dispatched:
+        """Books what was scanned from the store into transit (lot by lot), releases the
+        rest (its packs become a back order), and writes one delivery note per drug
+        room. Safe to repeat: a list already dispatched answers its notes again."""
+        with self.ledger.engine.connect() as c:
+            row = c.execute(
+                select(ward_pick_lists).where(ward_pick_lists.c.number == number)
+            ).first()
+            if row is None:
+                raise UnknownEntity("pick_list", number, "is not a known pick list")
+            if row.status == PickListStatus.DISPATCHED:
+                existing = c.execute(
+                    select(ward_delivery_notes.c.number).where(
+                        ward_delivery_notes.c.pick_list_id == row.id
+                    )
+                ).scalars()
+                return Dispatched(number, tuple(existing), 0, 0, (), ())
+            lines_ = views.lines_of_list(c, row.id)
+            scans = c.execute(
+                select(
+                    ward_pick_scans.c.line_id,
+                    ward_pick_scans.c.batch,
+                    ward_pick_scans.c.serial,
+                    ward_pick_scans.c.units,
+                    lots.c.expiry,
+                    lots.c.id,
+                )
+                .join(
+                    lots,
+                    (lots.c.product_id == ward_pick_scans.c.product_id)
+                    & (lots.c.batch == ward_pick_scans.c.batch),
+                )
+                .where(ward_pick_scans.c.pick_list_id == row.id)
+            ).all()
+        transit = transit_location(row.hospital)
+        per_line: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        lot_ids: dict[str, int] = {}
+        packs: list[tuple[PackId, str]] = []
+        for s in scans:
+            per_line[int(s.line_id)][str(s.batch)] += int(s.units)
+            lot_ids[str(s.batch)] = int(s.id)
+        gtins = {x.id: (x.approved_gtin or x.gtin) for x in lines_}
+        for s in scans:
+            if s.serial:
+                packs.append((PackId(gtins[int(s.line_id)], s.batch, s.expiry, s.serial), transit))
+        # 1. the ledger: each line's reservation posted per scanned lot, or voided
+        for line in lines_:
+            if line.reservation_key is None or line.reserved_units == 0:
+                continue
+            picked = per_line.get(line.id, {})
+            uses = [
+                Use(
+                    gtins[line.id],
+                    units,
+                    transit,
+                    kind="transfer",
+                    batch=batch,
+                    reason=f"ward delivery {number}",
+                )
+                for batch, units in sorted(picked.items())
+            ]
+            try:
+                if uses:
+                    self.ledger.post(
+                        f"{line.reservation_key}:dispatch",
+                        reservation_key=line.reservation_key,
+                        uses=uses,
+                        actor=actor,
+                    )
+                else:
+                    self.ledger.void(
+                        f"{line.reservation_key}:void",
+                        reservation_key=line.reservation_key,
+                        actor=actor,
+                        reason=f"nothing picked on {number}",
+                    )
+            except LedgerError as exc:
+                if "already" not in str(exc):
+                    raise
+        # 2. the notes, the lines' states and the back orders, in one transaction
+        now = self.clock()
+        notes: list[str] = []
+        back: list[int] = []
+        short = 0
+        with self.ledger.audited(actor, "ward dispatch", f"pick list {number}") as c:
+            done = c.execute(
+                update(ward_pick_lists)
+                .where(
+                    ward_pick_lists.c.id == row.id,
+                    ward_pick_lists.c.status == str(PickListStatus.OPEN),
+                )
+                .values(
+                    status=str(PickListStatus.DISPATCHED), dispatched_at=now, dispatched_by=actor
+                )
+            ).rowcount
+            if done != 1:
+                raise Conflict("pick_list", number, "was dispatched by someone else meanwhile")
+            per_room: dict[str, list[tuple[Any, str, int]]] = defaultdict(list)
+            for line in lines_:
+                picked_total = sum(per_line.get(line.id, {}).values())
+                if picked_total == 0:
+                    short += 1
+                    c.execute(
+                        update(L).where(L.c.id == line.id).values(status=str(LineStatus.SHORT))
+                    )
+                    packs_wanted = line.wanted_units // line.pack_size
+                    b = self._back_order(c, line.id, packs_wanted, "not picked")
+                else:
+                    c.execute(
+                        update(L).where(L.c.id == line.id).values(status=str(LineStatus.DISPATCHED))
+                    )
+                    rest = line.reserved_units - picked_total
+                    b = None
+                    if rest > 0:
+                        short += 1
+                        b = self._back_order(c, line.id, -(-rest // line.pack_size), "short pick")
+                    for batch, units in per_line[line.id].items():
+                        per_room[line.drug_room].append((line, batch, units))
+                if b is not None:
+                    back.append(b)
+            for room_code in sorted(per_room):
+                room = self.room(room_code)
+                note_id = c.execute(
+                    insert(ward_delivery_notes)
+                    .values(
+                        number=f"tmp-{row.id}-{room_code}"[:40],
+                        pick_list_id=row.id,
+                        drug_room=room_code,
+                        hospital=room.hospital,
+                        ward=room.ward,
+                        status=str(NoteStatus.IN_TRANSIT),
+                        dispatched_at=now,
+                    )
+                    .returning(ward_delivery_notes.c.id)
+                ).scalar_one()
+                note_no = f"DN-{now.astimezone(self.tz):%Y%m%d}-{note_id:06d}"
+                c.execute(
+                    update(ward_delivery_notes)
+                    .where(ward_delivery_notes.c.id == note_id)
+                    .values(number=note_no)
+                )
+                for line, batch, units in per_room[room_code]:
+                    pid = c.execute(
+                        select(products.c.id).where(
+                            products.c.gtin == (line.approved_gtin or line.gtin)
+                        )
+                    ).scalar_one()
+                    c.execute(
+                        insert(ward_note_lines).values(
+                            note_id=note_id,
+                            line_id=line.id,
+                            product_id=pid,
+                            lot_id=lot_ids[batch],
+                            units=units,
+                        )
+                    )
+                self.ledger.note(
+                    "ward_delivery_note",
+                    note_no,
+                    None,
+                    {
+                        "drug_room": room_code,
+                        "pick_list": number,
+                        "lines": [
+                            {"line": x.id, "batch": b, "units": u}
+                            for x, b, u in per_room[room_code]
+                        ],
+                    },
+                )
+                notes.append(note_no)
+        return Dispatched(number, tuple(notes), len(lines_), short, tuple(back), tuple(packs))
+
+    # ------------------------------------------------------------ receipt
+
+    def receive(
+        self,
+        number: str,
+        *,
+        actor: str,
+        deviations: Sequence[ReceiptLine] = (),
+        auto: bool = False,
+    ) -> Received:
+        """The ward confirms a delivery note: stock moves from transit into the drug
+        room, deviations are booked with their reason (missing: an adjustment out of
+        transit; damaged: waste; too many: an adjustment into the room), and an
+        uncounted room's stock counts as used at once. One transaction; once only."""
+        with self.ledger.engine.connect() as c:
+            note = views.note(c, number)
+        if note.status == NoteStatus.RECEIVED:
+            raise Conflict(
+                "note", number, f"was already received at {note.received_at:%Y-%m-%d %H:%M}"
+            )
+        room = self.room(note.drug_room)
+        per_lot: dict[tuple[str, str], int] = defaultdict(int)
+        for x in note.lines:
+            per_lot[(x.gtin, x.batch)] += x.units
+        dev: dict[tuple[str, str], list[ReceiptLine]] = defaultdict(list)
+        for i, d in enumerate(deviations):
+            try:
+                kind = Deviation(d.deviation)
+            except ValueError as exc:
+                raise WardSupplyError(
+                    f"deviations[{i}].deviation",
+                    d.deviation,
+                    "must be missing, damaged or too_many",
+                ) from exc
+            if (d.gtin, d.batch) not in per_lot:
+                raise WardSupplyError(
+                    f"deviations[{i}].batch", f"{d.gtin}/{d.batch}", f"is not on note {number}"
+                )
+            if isinstance(d.units, bool) or not isinstance(d.units, int) or d.units <= 0:
+                raise WardSupplyError(f"deviations[{i}].units", d.units, "must be at least 1")
+            _reason(d.reason, f"deviations[{i}].reason")
+            dev[(d.gtin, d.batch)].append(ReceiptLine(d.gtin, d.batch, kind, d.units, d.reason))
+        for key, items in dev.items():
+            lost = sum(x.units for x in items if x.deviation is not Deviation.TOO_MANY)
+            if lost > per_lot[key]:
+                raise WardSupplyError(
+                    "deviations.units", lost, f"more than the {per_lot[key]} units of {key[1]} sent"
+                )
+        transit = transit_location(note.hospital)
+        shelf = drug_room_location(room)
+        moves: list[LotMove] = []
+        arrived: dict[tuple[str, str], int] = {}
+        for (gtin, batch), sent in per_lot.items():
+            items = dev.get((gtin, batch), [])
+            missing = sum(x.units for x in items if x.deviation is Deviation.MISSING)
+            damaged = sum(x.units for x in items if x.deviation is Deviation.DAMAGED)
+            extra = sum(x.units for x in items if x.deviation is Deviation.TOO_MANY)
+            good = sent - missing - damaged
+            why = f"delivery note {number}"
+            if good:
+                moves.append(LotMove(gtin, batch, good, transit, shelf, reason=why))
+            if missing:
+                moves.append(
+                    LotMove(
+                        gtin,
+                        batch,
+                        missing,
+                        transit,
+                        ADJUSTMENT,
+                        kind="adjust",
+                        reason=_why(items, Deviation.MISSING, number),
+                    )
+                )
+            if damaged:
+                moves.append(
+                    LotMove(
+                        gtin,
+                        batch,
+                        damaged,
+                        transit,
+                        WASTE,
+                        kind="waste",
+                        reason_code="damaged",
+                        reason=_why(items, Deviation.DAMAGED, number),
+                    )
+                )
+            if extra:
+                moves.append(
+                    LotMove(
+                        gtin,
+                        batch,
+                        extra,
+                        ADJUSTMENT,
+                        shelf,
+                        kind="adjust",
+                        reason=_why(items, Deviation.TOO_MANY, number),
+                    )
+                )
+            arrived[(gtin, batch)] = good + extra
+        consumed = 0
+        if not room.counted:
+            for (gtin, batch), units in arrived.items():
+                if units:
+                    moves.append(
+                        LotMove(
+                            gtin,
+                            batch,
+                            units,
+                            shelf,
+                            CONSUMED,
+                            kind="consume",
+                            reason=f"ward stock used on delivery ({number})",
+                        )
+                    )
+                    consumed += units
+        now = self.clock()
+
+        def record(c: Connection) -> dict[str, Any]:
+            done = c.execute(
+                update(ward_delivery_notes)
+                .where(
+                    ward_delivery_notes.c.number == number,
+                    ward_delivery_notes.c.status == str(NoteStatus.IN_TRANSIT),
+                )
+                .values(
+                    status=str(NoteStatus.RECEIVED),
+                    received_at=now,
+                    received_by=actor,
+                    auto_received=auto,
+                )
+            ).rowcount
+            if done != 1:
+                raise Conflict("note", number, "was received by someone else meanwhile")
+            delivered: dict[int, int] = defaultdict(int)
+            left = {k: list(v) for k, v in dev.items()}
+            for x in note.lines:
+                items = left.get((x.gtin, x.batch), [])
+                lost = sum(i.units for i in items if i.deviation is not Deviation.TOO_MANY)
+                extra = sum(i.units for i in items if i.deviation is Deviation.TOO_MANY)
+                take = min(lost, x.units)
+                got = x.units - take + extra
+                if items:
+                    left[(x.gtin, x.batch)] = []  # the lot's deviation is told on its first line
+                    if take < lost:
+                        left[(x.gtin, x.batch)] = [
+                            ReceiptLine(x.gtin, x.batch, Deviation.MISSING, lost - take, "rest")
+                        ]
+                c.execute(
+                    update(ward_note_lines)
+                    .where(ward_note_lines.c.id == x.id)
+                    .values(
+                        received_units=got,
+                        deviation=str(items[0].deviation) if items else None,
+                        deviation_units=(take + extra) if items else 0,
+                        deviation_reason="; ".join(i.reason for i in items)[:300] or None,
+                    )
+                )
+                delivered[x.line_id] += got
+            for line_id, units in delivered.items():
+                c.execute(
+                    update(L)
+                    .where(L.c.id == line_id)
+                    .values(
+                        status=str(LineStatus.DELIVERED),
+                        delivered_units=L.c.delivered_units + units,
+                        received_at=now,
+                    )
+                )
+            self.ledger.note(
+                "ward_receipt",
+                number,
+                {"status": "in_transit"},
+                {
+                    "status": "received",
+                    "auto": auto,
+                    "deviations": [
+                        {
+                            "gtin": d.gtin,
+                            "batch": d.batch,
+                            "deviation": str(d.deviation),
+                            "units": d.units,
+                            "reason": d.reason,
+                        }
+                        for d in deviations
+                    ],
+                },
+            )
+            return {"note": number}
+
+        result = self.ledger.move_lots(
+            f"ward-receipt:{number}",
+            moves,
+            actor=actor,
+            reason=f"delivery note {number} received" + (" (automatically)" if auto else ""),
+            within=record,
+        )
+        return Received(
+            note=number,
+            booked=result.get("note") == number,
+            units=sum(arrived.values()),
+            deviations=len(deviations),
+            consumed_on_delivery=consumed,
+        )
+
+    def auto_receive(self, *, actor: str = ACTOR) -> list[str]:
+        """Notes in transit longer than the site allows count as received."""
+        limit = self.clock() - timedelta(hours=self.config.auto_receive_after_h)
+        with self.ledger.engine.connect() as c:
+            due = (
+                c.execute(
+                    select(ward_delivery_notes.c.number).where(
+                        ward_delivery_notes.c.status == str(NoteStatus.IN_TRANSIT),
+                        ward_delivery_notes.c.dispatched_at <= limit,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        done = []
+        for number in due:
+            try:
+                self.receive(number, actor=actor, auto=True)
+                done.append(number)
+            except Conflict:
+                continue
+        return done
+
+    def note(self, number: str) -> views.NoteView:
+        with self.ledger.engine.connect() as c:
+            return views.note(c, number)
+
+    # ------------------------------------------------------------ top-up rounds
+
+    def top_up(
+        self, drug_room: str, counts: Sequence[tuple[str, int]], *, actor: str, round_id: str
+    ) -> tuple[Booked | None, list[tuple[str, int]]]:
+        """A technician's top-up round: the count of each shelf (in packs). A counted
+        room books its use from the count; every room gets a requisition up to max for
+        what is at or below min. Returns the booking (None: nothing to order) and the
+        proposal."""
+        room = self.room(drug_room)
+        self.check_unit(room)
+        shelf: list[rules.ShelfCount] = []
+        seen: set[str] = set()
+        for i, (gtin, packs) in enumerate(counts):
+            level = room.level(gtin)
+            if gtin not in self.products:
+                raise UnknownEntity(f"counts[{i}].gtin", gtin, "is not in the catalogue")
+            if level is None:
+                raise WardSupplyError(
+                    f"counts[{i}].gtin", gtin, f"is not on the list of drug room {drug_room}"
+                )
+            if gtin in seen:
+                raise WardSupplyError(f"counts[{i}].gtin", gtin, "is counted twice")
+            seen.add(gtin)
+            if isinstance(packs, bool) or not isinstance(packs, int) or not 0 <= packs <= 10_000:
+                raise WardSupplyError(f"counts[{i}].packs", packs, "must be 0 or more whole packs")
+            shelf.append(rules.ShelfCount(gtin, packs, level.min, level.max))
+        if room.counted:
+            for gtin, packs in counts:
+                self._book_count(room, gtin, packs * self.products[gtin].pack_size, actor, round_id)
+        proposal = rules.top_up(shelf)
+        if not proposal:
+            return None, []
+        booked = self.submit(
+            RequisitionIn(
+                sender="topup",
+                sender_id=f"{drug_room}:{round_id}",
+                drug_room=drug_room,
+                lines=tuple(LineIn(g, p) for g, p in proposal),
+                source=RequisitionSource.TOPUP,
+                requested_by=actor,
+            ),
+            actor=actor,
+        )
+        return booked, proposal
+
+    def _book_count(self, room: DrugRoom, gtin: str, units: int, actor: str, round_id: str) -> None:
+        """In a counted room, what is gone since the last count was used."""
+        shelf = drug_room_location(room)
+        on_hand = self.ledger.on_hand(shelf, gtin)
+        key = f"ward-count:{room.code}:{round_id}:{gtin}"
+        if units < on_hand:
+            self.ledger.consume(
+                key,
+                gtin=gtin,
+                quantity=on_hand - units,
+                location=shelf,
+                actor=actor,
+                reason=f"used since the last count ({round_id})",
+            )
+        elif units > on_hand:
+            self.ledger.count_to(
+                key,
+                location=shelf,
+                gtin=gtin,
+                counted=units,
+                actor=actor,
+                reason=f"top-up round {round_id}: more on the shelf than booked",
+            )
+
+    def suggest_par(self, drug_room: str, *, days: int = 28) -> list[Any]:
+        """Suggested min and max for a room's list from its use, by the cabinets' par
+        rule (controller.cabinets.par), converted to packs."""
+        from controller.cabinets.par import PocketPlan, suggest_par
+
+        room = self.room(drug_room)
+        plans = [
+            PocketPlan(
+                cabinet=room.code,
+                pocket=i,
+                gtin=s.gtin,
+                current_min=s.min * self.products[s.gtin].pack_size,
+                current_max=s.max * self.products[s.gtin].pack_size,
+                at=drug_room_location(room),
+            )
+            for i, s in enumerate(room.assortment, start=1)
+        ]
+        return suggest_par(
+            self.ledger.engine,
+            plans,
+            days=days,
+            until=self.clock().astimezone(self.tz).date(),
+            tz=self.tz,
+            lead_time_days=1.0,
+            days_of_supply=7.0,
+        )
+
+
+def _reason(reason: str, name: str = "reason") -> None:
+    if not isinstance(reason, str) or len(reason.strip()) < 3:
+        raise WardSupplyError(name, reason, "a decision needs a reason of at least 3 characters")
+    if len(reason) > 300:
+        raise WardSupplyError(name, reason[:40] + "...", "is longer than 300 characters")
+
+
+def _why(items: Sequence[ReceiptLine], kind: Deviation, number: str) -> str:
+    text = "; ".join(x.reason for x in items if x.deviation is kind)
+    return f"{kind} at receipt of {number}: {text}"[:200]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
