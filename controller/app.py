@@ -33,6 +33,7 @@ from controller.purchasing import PurchasingStore
 from controller.scanning import ScanOutcome, ScanRouter
 from controller.stock_metrics import StockMetrics
 from controller.verification import HttpVerificationSystem, VerificationService
+from controller.wardsupply.desk import WardSupplyDesk
 from controller.wardsupply.service import WardSupply
 from drivers.base import CabinetDriver, DriverError, PackerDriver, ScannerDriver
 
@@ -127,6 +128,10 @@ class Controller:
             )
             self.canister_desk.on_pack_used = self.verification.on_opened
             self.replenishment.on_pack_used = self.verification.on_dispatched
+        self.ward_desk = WardSupplyDesk(
+            self.wardsupply, self.aledger.run, verification=self.verification
+        )
+        self.scan_router.desks.append(self.ward_desk)
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -236,6 +241,8 @@ class Controller:
         for poller in self.pollers.values():
             self._spawn(poller.serve(), f"cabinet-{poller.name}")
         self._spawn(self.replenishment.serve(), "replenishment")
+        if self.site.drug_rooms:
+            self._spawn(self.ward_desk.serve(), "ward-supply")
         if self.verification is not None:
             self._spawn(self.verification.serve(), "verification")
         for name, scanner in self.scanners.items():

@@ -38,7 +38,7 @@ def gs1_check_digit(body: str) -> int:
 
 def valid_gtin(value: str) -> str:
     digits = value.strip()
-    if not digits.isdigit() or len(digits) not in (8, 12, 13, 14):
+    if not (digits.isascii() and digits.isdigit()) or len(digits) not in (8, 12, 13, 14):
         raise ValueError(f"GTIN {value!r} must be 8, 12, 13 or 14 digits")
     if gs1_check_digit(digits[:-1]) != int(digits[-1]):
         raise ValueError(

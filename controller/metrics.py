@@ -278,6 +278,24 @@ class Metrics:
             ["supplier", "status"],
             registry=r,
         )
+        self.ward_delivery_reliability = Gauge(
+            "doseline_ward_delivery_reliability_ratio",
+            "Share of ward order lines due in the last 30 days delivered on time and in full"
+            " (NaN: none due)",
+            registry=r,
+        )
+        self.ward_unmet_lines = Gauge(
+            "doseline_ward_unmet_lines",
+            "Ward order lines of the last 30 days not delivered on time and in full, by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.ward_order_lines = Gauge(
+            "doseline_ward_order_lines",
+            "Ward requisition lines by status (review, picking, in transit and so on)",
+            ["status"],
+            registry=r,
+        )
         self.verification_queue_pending = Gauge(
             "doseline_verification_queue_pending",
             "Verification requests (decommissions) waiting to be sent after an outage",

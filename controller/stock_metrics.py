@@ -33,6 +33,9 @@ from controller.ledger.schema import (
 )
 from controller.metrics import Metrics
 from controller.purchasing.store import PurchasingStore
+from controller.wardsupply.model import LineStatus
+from controller.wardsupply.reliability import delivery_reliability
+from controller.wardsupply.rules import CAUSES
 
 log = logging.getLogger("doseline.metrics")
 
@@ -58,6 +61,11 @@ class StockSnapshot:
     suppliers: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     # (supplier, status) -> purchase order lines still open or back-ordered
     order_lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # ward supply: on time in full over the window (None: no line due), unmet lines by
+    # cause, and requisition lines by status
+    ward_reliability: float | None = None
+    ward_unmet: Mapping[str, int] = field(default_factory=dict)
+    ward_lines: Mapping[str, int] = field(default_factory=dict)
 
 
 def _round1(value: Decimal) -> float:
@@ -163,6 +171,7 @@ def collect(
     purchasing = PurchasingStore(ledger)
     suppliers = {r.supplier: (r.otif, r.fill_rate) for r in purchasing.reliability(today=today)}
     lines = purchasing.open_lines()
+    ward = delivery_reliability(ledger.engine, since=since, until=now, now=now)
     return StockSnapshot(
         now=now,
         cover_days=lowest,
@@ -180,7 +189,21 @@ def collect(
             for code in suppliers
             for status in ("open", "back_order")
         },
+        ward_reliability=ward.share,
+        ward_unmet={cause: ward.by_cause.get(cause, 0) for cause in CAUSES},
+        ward_lines=ward_line_counts(ledger),
     )
+
+
+def ward_line_counts(ledger: Ledger) -> dict[str, int]:
+    """Requisition lines per status, every status present (0 when none)."""
+    from controller.ledger.schema_wardsupply import ward_requisition_lines as w
+
+    with ledger.engine.connect() as c:
+        rows: dict[str, int] = dict(
+            c.execute(select(w.c.status, func.count()).group_by(w.c.status)).tuples().all()
+        )
+    return {str(s): int(rows.get(str(s), 0)) for s in LineStatus}
 
 
 def _value(value: float | Decimal | None) -> float:
@@ -276,5 +299,10 @@ class StockMetrics:
             m.supplier_fill.labels(code).set(_value(fill))
         for (code, status), count in snap.order_lines.items():
             m.purchase_order_lines.labels(code, status).set(count)
+        m.ward_delivery_reliability.set(_value(snap.ward_reliability))
+        for cause, count in snap.ward_unmet.items():
+            m.ward_unmet_lines.labels(cause).set(count)
+        for status, count in snap.ward_lines.items():
+            m.ward_order_lines.labels(status).set(count)
         m.stock_refreshed.set(snap.now.timestamp())
         self.last = snap

@@ -134,6 +134,7 @@ CAUSE_LATE = "late"
 CAUSE_DEVIATION = "receipt deviation"
 CAUSE_SUPPLIER = "waiting for supplier"
 CAUSE_NOT_DELIVERED = "not yet delivered"
+CAUSES = (CAUSE_SHORT, CAUSE_LATE, CAUSE_DEVIATION, CAUSE_SUPPLIER, CAUSE_NOT_DELIVERED)
 
 
 def line_outcome(

@@ -139,6 +139,7 @@ def test_every_alert_has_severity_duration_and_annotations() -> None:
         "DiscrepancyOpen",
         "StockMetricsStale",
         "ReservationStuck",
+        "WardDeliveryReliabilityBelowTarget",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name

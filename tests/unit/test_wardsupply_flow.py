@@ -330,3 +330,35 @@ def test_receipt_deviations_are_checked_whole(ctl: Controller) -> None:
     )
     assert got.units == 95
     assert verify_ledger(ctl.ledger.engine) == []
+
+
+def test_reliability_counts_lines_on_time_and_in_full(ctl: Controller) -> None:
+    from controller.wardsupply.reliability import delivery_reliability, render_text
+
+    w = ws(ctl)
+    w.submit(req("Q1", "DR-MED", (PARA, 1), (METO, 1), (OXY, 1)), actor=TECH)
+    w.approve_routine(actor=PHARMACIST, reason="routine")
+    oxy = w.review_queue()[0]
+    w.decide(oxy.id, "approve", actor=PHARMACIST, reason="usual")
+    pick = w.make_pick_lists(run="AM", run_date=TODAY)[0]
+    assert w.scan(pick.number, scan(PARA, "P-EARLY", 90), actor=TECH).accepted
+    assert w.scan(pick.number, scan(PARA, "P-LATE", 400), actor=TECH).accepted
+    assert w.scan(pick.number, scan(METO, "M-1", 200), actor=TECH).accepted
+    # oxycodone not picked: short; metoprolol comes with a deviation
+    note = w.dispatch(pick.number, actor=TECH).notes[0]
+    w.receive(
+        note,
+        actor="nurse:nils",
+        deviations=[ReceiptLine(METO, "M-1", Deviation.MISSING, 10, "not in the box")],
+    )
+    report = delivery_reliability(
+        ctl.ledger.engine,
+        since=START - timedelta(days=1),
+        until=START + timedelta(days=1),
+        now=START + timedelta(hours=8),
+    )
+    assert (report.lines, report.on_time_in_full) == (3, 1)
+    assert report.share == pytest.approx(1 / 3, abs=1e-4) and report.meets_target is False
+    assert report.by_cause == {"receipt deviation": 1, "short in store": 1}
+    assert {u.gtin for u in report.unmet} == {METO, OXY}
+    assert "short in store" in render_text(report)
