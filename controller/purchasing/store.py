@@ -173,47 +173,100 @@ class PurchasingStore:
                     unassigned.append(row.gtin)
                 elif supplier is None or row.supplier == supplier:
                     per_supplier[row.supplier].append(row)
-            pids = dict(c.execute(select(products.c.gtin, products.c.id)).all())
-            prices = dict(c.execute(select(products.c.gtin, products.c.unit_price)).all())
-            for code in sorted(per_supplier):
-                s = by_code[code]
-                number = self._next_number(c, code, now)
-                expected = now.date() + timedelta(days=s.lead_time_days)
-                oid = c.execute(
-                    insert(purchase_orders)
-                    .values(
-                        number=number,
-                        supplier_id=s.id,
-                        status="open",
-                        created_at=now,
-                        created_by=actor,
-                        expected_on=expected,
-                        note=note,
-                    )
-                    .returning(purchase_orders.c.id)
-                ).scalar_one()
-                lines = []
-                for line_no, row in enumerate(per_supplier[code], start=1):
-                    values = {
-                        "order_id": oid,
-                        "line_no": line_no,
-                        "product_id": pids[row.gtin],
-                        "packs": row.packs,
-                        "pack_size": row.pack_size,
-                        "units": row.order_units,
-                        "unit_price": prices[row.gtin],
-                        "status": "open",
-                    }
-                    c.execute(insert(purchase_order_lines).values(**values))
-                    lines.append({"line": line_no, "gtin": row.gtin, "packs": row.packs})
-                self.ledger.note(
-                    "purchase_order",
-                    number,
-                    None,
-                    {"supplier": code, "expected_on": expected.isoformat(), "lines": lines},
-                )
-                created.append(number)
+            wanted = {
+                code: [(row.gtin, row.packs, row.pack_size, row.order_units) for row in rows_]
+                for code, rows_ in per_supplier.items()
+            }
+            created = self._insert_orders(c, wanted, by_code, now=now, actor=actor, note=note)
         return [self.order(n) for n in created], unassigned
+
+    def order_products(
+        self, items: Sequence[tuple[str, int]], *, now: datetime, actor: str, note: str
+    ) -> list[str]:
+        """Purchase orders for named products and packs (a ward's line for a product the
+        store does not keep), one per supplier. A product without a supplier is refused."""
+        with self.ledger.audited(actor, "purchase orders", note) as c:
+            rows = c.execute(
+                select(suppliers.c.id, suppliers.c.code, suppliers.c.lead_time_days)
+                .where(suppliers.c.active.is_(True))
+                .with_for_update()
+            ).all()
+            by_code = {r.code: r for r in rows}
+            catalogue = _catalogue(c)
+            wanted: dict[str, list[tuple[str, int, int, int]]] = defaultdict(list)
+            for i, (gtin, packs) in enumerate(items):
+                info = catalogue.get(gtin)
+                if info is None:
+                    raise PurchasingError([f"items[{i}].gtin: {gtin!r} is not in the catalogue"])
+                code = self._supplier_of(c, gtin)
+                if code is None or code not in by_code:
+                    raise PurchasingError([f"items[{i}].gtin: {gtin!r} has no supplier on file"])
+                wanted[code].append((gtin, packs, info.pack_size, packs * info.pack_size))
+            return self._insert_orders(c, wanted, by_code, now=now, actor=actor, note=note)
+
+    @staticmethod
+    def _supplier_of(c: Connection, gtin: str) -> str | None:
+        row = c.execute(
+            select(suppliers.c.code)
+            .join(supplier_products, supplier_products.c.supplier_id == suppliers.c.id)
+            .join(products, products.c.id == supplier_products.c.product_id)
+            .where(products.c.gtin == gtin)
+        ).first()
+        return None if row is None else str(row.code)
+
+    def _insert_orders(
+        self,
+        c: Connection,
+        wanted: dict[str, list[tuple[str, int, int, int]]],
+        by_code: dict[str, Any],
+        *,
+        now: datetime,
+        actor: str,
+        note: str | None,
+    ) -> list[str]:
+        """Writes one order per supplier for (gtin, packs, pack size, units) lines."""
+        created: list[str] = []
+        pids = dict(c.execute(select(products.c.gtin, products.c.id)).all())
+        prices = dict(c.execute(select(products.c.gtin, products.c.unit_price)).all())
+        for code in sorted(wanted):
+            s = by_code[code]
+            number = self._next_number(c, code, now)
+            expected = now.date() + timedelta(days=s.lead_time_days)
+            oid = c.execute(
+                insert(purchase_orders)
+                .values(
+                    number=number,
+                    supplier_id=s.id,
+                    status="open",
+                    created_at=now,
+                    created_by=actor,
+                    expected_on=expected,
+                    note=note,
+                )
+                .returning(purchase_orders.c.id)
+            ).scalar_one()
+            lines = []
+            for line_no, (gtin, packs, pack_size, units) in enumerate(wanted[code], start=1):
+                values = {
+                    "order_id": oid,
+                    "line_no": line_no,
+                    "product_id": pids[gtin],
+                    "packs": packs,
+                    "pack_size": pack_size,
+                    "units": units,
+                    "unit_price": prices[gtin],
+                    "status": "open",
+                }
+                c.execute(insert(purchase_order_lines).values(**values))
+                lines.append({"line": line_no, "gtin": gtin, "packs": packs})
+            self.ledger.note(
+                "purchase_order",
+                number,
+                None,
+                {"supplier": code, "expected_on": expected.isoformat(), "lines": lines},
+            )
+            created.append(number)
+        return created
 
     @staticmethod
     def _next_number(c: Connection, code: str, now: datetime) -> str:
