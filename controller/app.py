@@ -301,6 +301,7 @@ class Controller:
                 await task
         self._tasks.clear()
         await self.replenishment.drain()
+        await self.ward_desk.drain()
 
     async def stop(self) -> None:
         await self.stop_services()

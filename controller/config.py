@@ -852,6 +852,10 @@ def load_site(path: str | Path, environ: Mapping[str, str] | None = None) -> Sit
 
 
 def parse_site(raw: object, *, source: str = "<site>") -> Site:
+    """Validates a site. Top-level keys starting with `x-` are ignored: they hold YAML
+    anchors shared by other parts of the file (a drug committee's list, say)."""
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         return Site.model_validate(raw)
     except ValidationError as exc:

@@ -39,6 +39,10 @@ def run_phase(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
             from controller.bench import contention
 
             return contention.run(url, args.processes, args.seconds)
+        if name == "wardsupply":
+            from controller.bench import wardsupply
+
+            return wardsupply.run(url, args.seconds)
     raise ValueError(f"unknown phase {name!r}")
 
 

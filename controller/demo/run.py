@@ -31,6 +31,7 @@ from controller.cabinets.replenishment import PickList, pack_of, pocket_label
 from controller.config import Site
 from controller.demo.orders import demo_orders
 from controller.demo.supply import DemoSupplier, PackShelf, book_history
+from controller.demo.wards import WardDemo
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import Allocation, verify_ledger
 from controller.ledger.migrations import reset
@@ -416,11 +417,13 @@ async def run_demo(
         )
         canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"], shelf)
         pharmacist = Pharmacist(controller, decide_after_s=day_seconds / 24)
+        wards = WardDemo(controller, shelf, say, day_seconds, today) if site.drug_rooms else None
         tech_tasks = [
             asyncio.create_task(technician.work(), name="technician"),
             asyncio.create_task(canister_technician.work(), name="canister-technician"),
             asyncio.create_task(pharmacist.work(), name="pharmacist"),
         ]
+        ward_day = asyncio.create_task(wards.work(), name="wards") if wards else None
 
         # The supplier's van comes at 09:00.
         delivery = asyncio.create_task(
@@ -438,10 +441,14 @@ async def run_demo(
             log.error("packing did not finish in time")
         # Give the technician a moment to finish the list in hand.
         await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))
+        if ward_day is not None:
+            await asyncio.wait_for(ward_day, timeout=max(30.0, day_seconds))
         await _cancel_all(tech_tasks)
         await delivery
         summary = await _wind_down(controller, technician)
         summary.update(await _supply_summary(controller, supplier))
+        if wards is not None:
+            summary.update(await wards.summary())
         summary["canister_refills"] = canister_technician.refills
         summary["cold_chain"] = pharmacist.decisions
         summary["duration_s"] = round(time.monotonic() - started, 1)
@@ -681,6 +688,29 @@ def print_summary(summary: dict[str, Any]) -> None:
                 f"      {code}: on time in full {figures['otif']:.0%}, "
                 f"fill rate {figures['fill_rate']:.0%}"
             )
+    w = s.get("ward_supply")
+    if w is not None:
+        share = s["delivery_reliability"]
+        lines += [
+            f"  ward supply              {s['ward_order_lines']} order lines from "
+            f"{s['drug_rooms']} drug rooms ({w['requisitions']} requisitions, "
+            f"{w['duplicates']} resend answered as duplicate, {len(w['refused'])} refused)",
+            f"      review               {w['routine_approved']} routine lines approved "
+            f"together, {w['decisions']} flagged lines decided one by one "
+            f"({w['rejected']} rejected)",
+            f"      picking              {len(w['pick_lists'])} pick lists, {w['scans']} scans "
+            f"({len(w['scans_refused'])} refused), {w['short_picks']} short pick, "
+            f"{w['back_orders']} back orders",
+            f"      delivery             {s['ward_lines_delivered']} lines delivered in "
+            f"{w['notes']} notes, {w['deviations']} receipt deviation, "
+            f"{w['notes_in_transit']} still in transit; urgent order {w['urgent'] or '-'}; "
+            f"supplier order {w['supplier_order'] or '-'}",
+            "      reliability          "
+            + ("no line due" if share is None else f"{share:.1%} on time and in full")
+            + f" (target {w['reliability']['target']:.0%})"
+            + "".join(f"; {k} {n}" for k, n in w["reliability"]["by_cause"].items()),
+        ]
+        lines += [f"      refused: {m}" for m in w["refused"] + w["scans_refused"][:3]]
     v = s.get("verification")
     if v is not None:
         lines.append(

@@ -23,6 +23,7 @@ from controller.wardsupply.service import ACTOR, Dispatched, ScanResult, WardSup
 
 log = logging.getLogger("doseline.wardsupply")
 PICK_LIST_PREFIX = "WPL:"
+DECOMMISSION_CONCURRENCY = 8
 T = TypeVar("T")
 Runner = Callable[..., Awaitable[Any]]
 
@@ -45,6 +46,7 @@ class WardSupplyDesk:
         self.stations: dict[str, str] = {}  # station -> the pick list it scans for
         self.last_tick: datetime | None = None
         self.dispatched: list[Dispatched] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         result: T = await self._run(fn, *args, **kwargs)
@@ -86,27 +88,57 @@ class WardSupplyDesk:
     # ------------------------------------------------------------ dispatch
 
     async def dispatch(self, number: str, *, actor: str) -> Dispatched:
-        """Dispatches a list, then decommissions its serialised packs once each (queued
-        for later during an outage, as at the cabinets)."""
+        """Dispatches a list and queues the decommission of each serialised pack on it
+        (written before anything is sent, so none is lost), then sends them in the
+        background: a list carries hundreds of packs, and the technician need not wait
+        for the national system. The verification service's retry loop sends whatever
+        an outage or a stop left queued."""
         sent: Dispatched = await self.run(self.service.dispatch, number, actor=actor)
-        if self.verification is not None and self.verification.decommission_on in (
-            "dispatched",
-            "both",
-        ):
+        v = self.verification
+        if v is not None and sent.packs and v.decommission_on in ("dispatched", "both"):
             from controller.verification.service import DISPATCHED
 
-            for pack, where in sent.packs:
-                result = await self.verification.decommission(pack, DISPATCHED, where)
-                if not result.ok:
-                    log.warning(
-                        "pack %s serial %s dispatched on %s: %s",
-                        pack.gtin,
-                        pack.serial,
-                        number,
-                        result.message or result.code,
-                    )
+            now = v.clock()
+
+            def enqueue() -> None:
+                for pack, where in sent.packs:
+                    v.store.enqueue_decommission(pack, DISPATCHED, where, now)
+
+            await self.run(enqueue)
+            task = asyncio.create_task(
+                self._send(number, sent.packs), name=f"decommission-{number}"
+            )
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         self.dispatched.append(sent)
         return sent
+
+    async def _send(self, number: str, packs: tuple[tuple[PackId, str], ...]) -> None:
+        from controller.verification.service import DISPATCHED
+
+        verification = self.verification
+        if verification is None:
+            return
+        gate = asyncio.Semaphore(DECOMMISSION_CONCURRENCY)
+
+        async def one(pack: PackId, where: str) -> None:
+            async with gate:
+                result = await verification.decommission(pack, DISPATCHED, where)
+            if not result.ok:
+                log.warning(
+                    "pack %s serial %s dispatched on %s: %s",
+                    pack.gtin,
+                    pack.serial,
+                    number,
+                    result.message or result.code,
+                )
+
+        await asyncio.gather(*(one(pack, where) for pack, where in packs))
+
+    async def drain(self) -> None:
+        """Waits until the decommissions under way have been sent."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     # ------------------------------------------------------------ the day
 

@@ -28,7 +28,15 @@ from sqlalchemy.exc import IntegrityError
 
 from controller.config import DrugRoom, Site
 from controller.gs1 import PackId, ScanError, parse_pack
-from controller.ledger import InsufficientStock, Ledger, LedgerError, LotMove, Need, Use
+from controller.ledger import (
+    InsufficientStock,
+    Ledger,
+    LedgerError,
+    LotMove,
+    Need,
+    ReservationClosed,
+    Use,
+)
 from controller.ledger.ledger import ADJUSTMENT, CONSUMED, WASTE
 from controller.ledger.schema import lots, products
 from controller.ledger.schema_wardsupply import (
@@ -492,9 +500,16 @@ class WardSupply:
 
     def release_arrived(self, *, actor: str = ACTOR) -> int:
         """Lines waiting for the supplier whose product is now in the store are planned
-        for the next delivery. Returns how many."""
+        for the next delivery (and a line whose order was never placed, because the
+        controller stopped right after the decision, is ordered now). Returns how many
+        were planned."""
         with self.ledger.engine.connect() as c:
             waiting = views.lines(c, statuses=(str(LineStatus.ORDERED),))
+        for line in waiting:
+            if line.purchase_order is None and self.order_products is not None:
+                self._order(
+                    line.id, line.approved_gtin or line.gtin, line.approved_packs or 0, actor
+                )
         now = self.clock()
         moved = 0
         for line in waiting:
@@ -629,20 +644,29 @@ class WardSupply:
     def _after_reserve(
         self, line_id: int, wanted: int, got: int, pack_size: int, actor: str
     ) -> None:
+        """Records what the reservation got, once: a second controller resuming the same
+        line at the same moment finds it recorded and books no second back order."""
+        unrecorded = (
+            L.c.id == line_id,
+            L.c.status == str(LineStatus.PICKING),
+            L.c.reserved_units == 0,
+        )
         with self.ledger.audited(actor, "ward reserve", f"line {line_id}") as c:
             if got == 0:
-                c.execute(
+                done = c.execute(
                     update(L)
-                    .where(L.c.id == line_id)
+                    .where(*unrecorded)
                     .values(status=str(LineStatus.SHORT), pick_list_id=None)
-                )
+                ).rowcount
+                if done != 1:
+                    return
                 self.ledger.note(
                     "ward_line", str(line_id), {"status": "picking"}, {"status": "short"}
                 )
                 self._back_order(c, line_id, wanted // pack_size, "nothing in store")
                 return
-            c.execute(update(L).where(L.c.id == line_id).values(reserved_units=got))
-            if got < wanted:
+            done = c.execute(update(L).where(*unrecorded).values(reserved_units=got)).rowcount
+            if done == 1 and got < wanted:
                 rest = (wanted - got + pack_size - 1) // pack_size
                 self._back_order(c, line_id, rest, f"{got} of {wanted} units in store")
 
@@ -700,23 +724,8 @@ class WardSupply:
         return int(new_id)
 
     def pick_list(self, number: str) -> views.PickListView:
-        """The list with each line's lots and bins. (SQLite gives one connection at a
-        time the database, so the reads run one after the other, never nested.)"""
         with self.ledger.engine.connect() as c:
-            row = c.execute(
-                select(ward_pick_lists.c.id).where(ward_pick_lists.c.number == number)
-            ).first()
-            if row is None:
-                raise UnknownEntity("pick_list", number, "is not a known pick list")
-            keys = [x.reservation_key for x in views.lines_of_list(c, row.id) if x.reservation_key]
-        reservations = {}
-        for key in keys:
-            try:
-                reservations[key] = self.ledger.reservation(key)
-            except LedgerError:
-                continue
-        with self.ledger.engine.connect() as c:
-            return views.pick_list(c, number, reservations)
+            return views.pick_list(c, number)
 
     # ------------------------------------------------------------ scans
 
@@ -730,14 +739,27 @@ class WardSupply:
     ) -> ScanResult:
         """Confirms one pack of a pick list by its GS1 scan. A pack of another product,
         another lot, expired, already scanned or blocked is refused with a message that
-        names it. `blocked(pack)` answers the verification system's refusal, if any."""
-        view = self.pick_list(number)
-        if view.status != PickListStatus.OPEN:
-            return ScanResult(False, f"pick list {number} is {view.status}")
+        names it. `blocked(pack)` answers the verification system's refusal, if any.
+        Only the lines of the scanned product are read, so a scan stays quick on a
+        list of hundreds of lines."""
         try:
             pack = parse_pack(data.strip())
         except ScanError as exc:
             return ScanResult(False, f"unreadable scan: {exc}")
+        with self.ledger.engine.connect() as c:
+            head = c.execute(
+                select(ward_pick_lists.c.id, ward_pick_lists.c.status).where(
+                    ward_pick_lists.c.number == number
+                )
+            ).first()
+            if head is None:
+                raise UnknownEntity("pick_list", number, "is not a known pick list")
+            if head.status != PickListStatus.OPEN:
+                return ScanResult(False, f"pick list {number} is {head.status}")
+            candidates = views.lines_of_product(c, head.id, pack.gtin)
+            keys = [x.reservation_key for x in candidates if x.reservation_key]
+            held = views.held_lots(c, keys)
+            scanned = views.scanned_units(c, [x.id for x in candidates])
         today = self.clock().astimezone(self.tz).date()
         if pack.expiry < today:
             return ScanResult(
@@ -745,20 +767,30 @@ class WardSupply:
                 f"expired: batch {pack.batch} of {pack.gtin} expired on {pack.expiry}",
                 pack=pack,
             )
-        candidates = [x for x in view.lines if x.gtin == pack.gtin]
         if not candidates:
             return ScanResult(
                 False, f"not on the list: GTIN {pack.gtin} is not on {number}", pack=pack
             )
+        lots_of: dict[int, list[tuple[str, int]]] = {}
+        for line in candidates:
+            per_batch: dict[str, int] = defaultdict(int)
+            for a in held.get(line.reservation_key or "", []):
+                per_batch[a.batch] += a.units
+            lots_of[line.id] = sorted(per_batch.items())
         open_lots = [
-            (line, lot)
+            (line, batch, units, scanned.get((line.id, batch), 0))
             for line in candidates
-            for lot in line.lots
-            if lot["batch"] == pack.batch and lot["picked"] < lot["units"]
+            for batch, units in lots_of.get(line.id, [])
+            if batch == pack.batch and scanned.get((line.id, batch), 0) < units
         ]
         if not open_lots:
             wanted = sorted(
-                {lot["batch"] for x in candidates for lot in x.lots if lot["picked"] < lot["units"]}
+                {
+                    batch
+                    for line in candidates
+                    for batch, units in lots_of.get(line.id, [])
+                    if scanned.get((line.id, batch), 0) < units
+                }
             )
             if not wanted:
                 return ScanResult(
@@ -776,12 +808,9 @@ class WardSupply:
             why = blocked(pack)
             if why:
                 return ScanResult(False, f"blocked: {why}", pack=pack)
-        line, lot = open_lots[0]
-        units = min(line.pack_size, lot["units"] - lot["picked"])
+        line, _, lot_units, done_units = open_lots[0]
+        units = min(line.pack_size, lot_units - done_units)
         with self.ledger.audited(actor, "ward pick scan", f"pick list {number}") as c:
-            list_id = c.execute(
-                select(ward_pick_lists.c.id).where(ward_pick_lists.c.number == number)
-            ).scalar_one()
             pid = c.execute(select(products.c.id).where(products.c.gtin == pack.gtin)).scalar_one()
             if pack.serial:
                 dup = c.execute(
@@ -797,8 +826,8 @@ class WardSupply:
                     )
             c.execute(
                 insert(ward_pick_scans).values(
-                    pick_list_id=list_id,
-                    line_id=line.line_id,
+                    pick_list_id=head.id,
+                    line_id=line.id,
                     product_id=pid,
                     batch=pack.batch,
                     serial=pack.serial or None,
@@ -809,25 +838,31 @@ class WardSupply:
             )
             done = c.execute(
                 update(L)
-                .where(L.c.id == line.line_id, L.c.picked_units + units <= L.c.reserved_units)
+                .where(L.c.id == line.id, L.c.picked_units + units <= L.c.reserved_units)
                 .values(picked_units=L.c.picked_units + units)
             ).rowcount
             if done != 1:
                 raise Conflict("scan", data, "the line was picked meanwhile")
             self.ledger.note(
                 "ward_pick",
-                f"{number}:{line.line_id}",
+                f"{number}:{line.id}",
                 None,
                 {"gtin": pack.gtin, "batch": pack.batch, "serial": pack.serial, "units": units},
             )
-        complete = self.pick_list(number).complete
+            left = c.execute(
+                select(func.count()).where(
+                    L.c.pick_list_id == head.id,
+                    L.c.status == str(LineStatus.PICKING),
+                    L.c.picked_units < L.c.reserved_units,
+                )
+            ).scalar_one()
         return ScanResult(
             True,
             f"{line.name}: batch {pack.batch} for {line.drug_room}"
-            f" ({lot['picked'] + units}/{lot['units']} units of this lot)",
-            line_id=line.line_id,
+            f" ({done_units + units}/{lot_units} units of this lot)",
+            line_id=line.id,
             pack=pack,
-            list_complete=complete,
+            list_complete=int(left) == 0,
         )
 
     # ------------------------------------------------------------ dispatch
@@ -842,13 +877,13 @@ class WardSupply:
             ).first()
             if row is None:
                 raise UnknownEntity("pick_list", number, "is not a known pick list")
-            if row.status == PickListStatus.DISPATCHED:
-                existing = c.execute(
+            existing = tuple(
+                c.execute(
                     select(ward_delivery_notes.c.number).where(
                         ward_delivery_notes.c.pick_list_id == row.id
                     )
                 ).scalars()
-                return Dispatched(number, tuple(existing), 0, 0, (), ())
+            )
             lines_ = views.lines_of_list(c, row.id)
             scans = c.execute(
                 select(
@@ -877,6 +912,10 @@ class WardSupply:
         for s in scans:
             if s.serial:
                 packs.append((PackId(gtins[int(s.line_id)], s.batch, s.expiry, s.serial), transit))
+        if row.status == PickListStatus.DISPATCHED:
+            # A repeat (after a crash, say) answers the notes again, and the packs, so
+            # that their decommissioning is queued even if the first answer was lost.
+            return Dispatched(number, existing, 0, 0, (), tuple(packs))
         # 1. the ledger: each line's reservation posted per scanned lot, or voided
         for line in lines_:
             if line.reservation_key is None or line.reserved_units == 0:
@@ -908,9 +947,15 @@ class WardSupply:
                         actor=actor,
                         reason=f"nothing picked on {number}",
                     )
-            except LedgerError as exc:
-                if "already" not in str(exc):
-                    raise
+            except ReservationClosed as exc:
+                # Our own post or void after a crash returns its stored result and never
+                # lands here: the stock was released (expired) or taken by someone else.
+                raise Conflict(
+                    "pick_list",
+                    number,
+                    f"the stock held for line {line.id} is {exc.status}: nothing of this"
+                    " list was booked; make the list again for its lines",
+                ) from exc
         # 2. the notes, the lines' states and the back orders, in one transaction
         now = self.clock()
         notes: list[str] = []
@@ -1282,7 +1327,9 @@ class WardSupply:
         return booked, proposal
 
     def _book_count(self, room: DrugRoom, gtin: str, units: int, actor: str, round_id: str) -> None:
-        """In a counted room, what is gone since the last count was used."""
+        """In a counted room, what is gone since the last count was used. More on the
+        shelf than the ledger knows is put on the lot last there; with no lot known (stock
+        that came before the room was counted) a discrepancy asks for a stocktake by lot."""
         shelf = drug_room_location(room)
         on_hand = self.ledger.on_hand(shelf, gtin)
         key = f"ward-count:{room.code}:{round_id}:{gtin}"
@@ -1296,14 +1343,26 @@ class WardSupply:
                 reason=f"used since the last count ({round_id})",
             )
         elif units > on_hand:
-            self.ledger.count_to(
-                key,
-                location=shelf,
-                gtin=gtin,
-                counted=units,
-                actor=actor,
-                reason=f"top-up round {round_id}: more on the shelf than booked",
-            )
+            try:
+                self.ledger.count_to(
+                    key,
+                    location=shelf,
+                    gtin=gtin,
+                    counted=units,
+                    actor=actor,
+                    reason=f"top-up round {round_id}: more on the shelf than booked",
+                )
+            except LedgerError as exc:
+                self.ledger.raise_discrepancy(
+                    key,
+                    shelf,
+                    gtin,
+                    source="count",
+                    device_value=units,
+                    ledger_value=on_hand,
+                    detail=f"top-up round {round_id}: {exc}",
+                    actor=actor,
+                )
 
     def suggest_par(self, drug_room: str, *, days: int = 28) -> list[Any]:
         """Suggested min and max for a room's list from its use, by the cabinets' par

@@ -264,9 +264,9 @@ def requisition_numbers(conn: Connection, *, limit: int = 200) -> list[str]:
     return [str(n) for n in conn.execute(q).scalars()]
 
 
-def pick_list(conn: Connection, number: str, reservations: dict[str, Any]) -> PickListView:
-    """The pick list with its lines; `reservations` maps a reservation key to its
-    ReservationView (the lots and bins the ledger holds for the line)."""
+def pick_list(conn: Connection, number: str) -> PickListView:
+    """The pick list with its lines, and for each line the lots and bins the ledger
+    holds for it (first expiry first) with what scans have confirmed of each."""
     row = conn.execute(select(ward_pick_lists).where(ward_pick_lists.c.number == number)).first()
     if row is None:
         raise UnknownEntity("pick_list", number, "is not a known pick list")
@@ -278,21 +278,24 @@ def pick_list(conn: Connection, number: str, reservations: dict[str, Any]) -> Pi
     ):
         scanned[(int(line_id), str(batch))] += int(units)
     out = []
-    for line in lines_of_list(conn, row.id):
-        view = reservations.get(line.reservation_key or "")
+    list_lines = lines_of_list(conn, row.id)
+    held = held_lots(conn, [x.reservation_key for x in list_lines if x.reservation_key])
+    for line in list_lines:
         lot_rows = []
-        if view is not None:
-            for a in view.lines:
-                lot_rows.append(
-                    {
-                        "gtin": a.gtin,
-                        "batch": a.batch,
-                        "expiry": a.expiry,
-                        "location": a.location,
-                        "units": a.quantity,
-                        "picked": min(a.quantity, scanned.get((line.id, a.batch), 0)),
-                    }
-                )
+        seen = scanned.copy()
+        for a in held.get(line.reservation_key or "", []):
+            done = min(a.units, seen.get((line.id, a.batch), 0))
+            seen[(line.id, a.batch)] = seen.get((line.id, a.batch), 0) - done
+            lot_rows.append(
+                {
+                    "gtin": a.gtin,
+                    "batch": a.batch,
+                    "expiry": a.expiry,
+                    "location": a.location,
+                    "units": a.units,
+                    "picked": done,
+                }
+            )
         out.append(
             PickLine(
                 line_id=line.id,
@@ -333,9 +336,9 @@ class _ListLine:
     picked_units: int
 
 
-def lines_of_list(conn: Connection, list_id: int) -> list[_ListLine]:
+def lines_of_list(conn: Connection, list_id: int, *, gtin: str | None = None) -> list[_ListLine]:
     approved = products.alias("approved")
-    rows = conn.execute(
+    q = (
         select(
             L.c.id,
             R.c.drug_room,
@@ -353,7 +356,10 @@ def lines_of_list(conn: Connection, list_id: int) -> list[_ListLine]:
         .join(approved, approved.c.id == L.c.approved_product_id)
         .where(L.c.pick_list_id == list_id)
         .order_by(R.c.drug_room, approved.c.name, L.c.id)
-    ).all()
+    )
+    if gtin is not None:
+        q = q.where(approved.c.gtin == gtin)
+    rows = conn.execute(q).all()
     return [
         _ListLine(
             id=r[0],
@@ -369,6 +375,67 @@ def lines_of_list(conn: Connection, list_id: int) -> list[_ListLine]:
         )
         for r in rows
     ]
+
+
+def lines_of_product(conn: Connection, list_id: int, gtin: str) -> list[_ListLine]:
+    """The lines of a pick list that deliver `gtin` (what one scan can confirm)."""
+    return [
+        x for x in lines_of_list(conn, list_id, gtin=gtin) if (x.approved_gtin or x.gtin) == gtin
+    ]
+
+
+def scanned_units(conn: Connection, line_ids: list[int]) -> dict[tuple[int, str], int]:
+    """Units confirmed by scans, per (line, batch)."""
+    out: dict[tuple[int, str], int] = defaultdict(int)
+    if not line_ids:
+        return out
+    for line_id, batch, units in conn.execute(
+        select(ward_pick_scans.c.line_id, ward_pick_scans.c.batch, ward_pick_scans.c.units).where(
+            ward_pick_scans.c.line_id.in_(line_ids)
+        )
+    ):
+        out[(int(line_id), str(batch))] += int(units)
+    return out
+
+
+@dataclass(frozen=True)
+class HeldLot:
+    """What a line's reservation holds of one lot at one bin (its open part)."""
+
+    gtin: str
+    batch: str
+    expiry: date
+    location: str
+    units: int
+
+
+def held_lots(conn: Connection, keys: list[str]) -> dict[str, list[HeldLot]]:
+    """The lots each reservation holds, first expiry first, in one query (a pick list
+    of hundreds of lines is read at once, and a scan reads only its product's lines)."""
+    from controller.ledger.schema import locations, reservation_lines, reservations
+
+    out: dict[str, list[HeldLot]] = defaultdict(list)
+    if not keys:
+        return out
+    rows = conn.execute(
+        select(
+            reservations.c.key,
+            products.c.gtin,
+            lots.c.batch,
+            lots.c.expiry,
+            locations.c.code,
+            reservation_lines.c.quantity,
+        )
+        .join(reservation_lines, reservation_lines.c.reservation_id == reservations.c.id)
+        .join(products, products.c.id == reservation_lines.c.product_id)
+        .join(lots, lots.c.id == reservation_lines.c.lot_id)
+        .join(locations, locations.c.id == reservation_lines.c.location_id)
+        .where(reservations.c.key.in_(keys))
+        .order_by(reservations.c.key, lots.c.expiry, reservation_lines.c.id)
+    )
+    for key, gtin, batch, expiry, code, quantity in rows:
+        out[str(key)].append(HeldLot(gtin, batch, expiry, code, int(quantity)))
+    return out
 
 
 def pick_list_numbers(conn: Connection, status: str | None = None) -> list[str]:

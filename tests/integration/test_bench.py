@@ -56,3 +56,22 @@ def test_bench_ledger_phase_prints_a_json_report(tmp_path: Path) -> None:
     assert phase["target"]
     assert phase["peak_rss_mib"] > 0
     assert set(report["summary"]) == {"met", "missed", "error", "skipped"}
+
+
+def test_bench_wardsupply_phase_reports_its_figures(tmp_path: Path) -> None:
+    """The ward-supply phase on a small day (the bench runs 250 lines and 3 rounds)."""
+    from controller.bench import PHASES, wardsupply
+
+    assert "wardsupply" in PHASES
+    result = wardsupply.run(f"sqlite:///{tmp_path / 'ward.db'}", 1, lines=30, rounds=2)
+    figures = result["figures"]
+    assert figures["lines"] == 30
+    assert len(figures["pick_lists"]["rounds_s"]) == 2
+    assert figures["pick_lists"]["lists"] == 2  # one per hospital
+    assert sum(figures["pick_lists"]["lines_per_list"]) == 30
+    scan = figures["scan"]
+    assert scan["samples"] == scan["packs"] > 0 and not scan["stopped_early"]
+    assert scan["p50_ms"] > 0 and scan["p95_ms"] >= scan["p50_ms"]
+    assert figures["dispatch"]["notes"] == figures["receipt"]["notes"] > 0
+    assert figures["open_reservations_after"] == 0
+    assert isinstance(result["met"], bool) and result["target"]
