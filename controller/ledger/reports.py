@@ -18,6 +18,7 @@ to 4). `to_jsonable` turns any report into JSON-ready data (Decimal as a string)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from collections import defaultdict
@@ -526,6 +527,35 @@ class CoverRow:
     status: Literal["ok", "short", "no consumption"]
     exempt: bool
     exemption: Exemption | None
+    # net use of the last 30 days by where it left the stock: dose pouches (canisters),
+    # cabinets (pockets), drug rooms (ward stock), other (the store itself)
+    use_30d_by_channel: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+CHANNELS = {"canister": "pouches", "pocket": "cabinets", "drugroom": "drug rooms"}
+
+
+def _use_by_channel(conn: Connection, now: datetime) -> dict[int, dict[str, int]]:
+    """Net 30-day use per product and channel: a consumption counts where it left the
+    stock (a return, where it came back)."""
+    start = now - timedelta(days=SHORT_WINDOW_DAYS)
+    where = case(
+        (movements.c.kind == "return", movements.c.to_location_id),
+        else_=movements.c.from_location_id,
+    )
+    rows = conn.execute(
+        select(lots.c.product_id, locations.c.kind, func.sum(_signed_quantity()))
+        .join(lots, lots.c.id == movements.c.lot_id)
+        .join(locations, locations.c.id == where)
+        .where(_net_consumption_filter(), movements.c.ts >= start, movements.c.ts < now)
+        .group_by(lots.c.product_id, locations.c.kind)
+    )
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for product_id, kind, units in rows:
+        channel = CHANNELS.get(str(kind), "other")
+        per = out[int(product_id)]
+        per[channel] = per.get(channel, 0) + int(units or 0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -621,6 +651,7 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
     with _engine(source).connect() as conn:
         covers = _covers(conn, now)
         exempt = _exemptions(conn, today)
+        channels = _use_by_channel(conn, now)
     rows = []
     for c in covers:
         units = c.basis_units
@@ -650,6 +681,7 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
                 status=status,
                 exempt=p.id in exempt,
                 exemption=exempt.get(p.id),
+                use_30d_by_channel=dict(sorted(channels.get(p.id, {}).items())),
             )
         )
     return CoverReport(now=now, obligation_days=obligation_days, rows=tuple(rows))
@@ -1691,6 +1723,9 @@ def _render_expiry(r: ExpiryReport) -> str:
     )
 
 
+_CHANNEL_ORDER = ("pouches", "cabinets", "drug rooms", "other")
+
+
 def _render_cover(r: CoverReport) -> str:
     body = []
     for x in r.rows:
@@ -1711,11 +1746,13 @@ def _render_cover(r: CoverReport) -> str:
                 _days(x.cover_days_90d),
                 x.basis,
                 x.status,
+                "/".join(str(x.use_30d_by_channel.get(c, 0)) for c in _CHANNEL_ORDER),
                 exempt,
             ]
         )
     head = ["gtin", "name", "category", "on hand>", "usable>", "per day 30d>", "per day 90d>"]
-    head += ["cover 30d>", "cover 90d>", "basis", f"≥ {r.obligation_days} days", "exemption"]
+    head += ["cover 30d>", "cover 90d>", "basis", f"≥ {r.obligation_days} days"]
+    head += ["30d pouches/cabinets/drug rooms/other>", "exemption"]
     return table(head, body)
 
 

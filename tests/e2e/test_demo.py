@@ -107,6 +107,19 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     assert v["decommissioned_opened"] > 0 and v["decommissioned_dispatched"] > 0
     assert v["system_decommissions"] == v["decommissioned_opened"] + v["decommissioned_dispatched"]
     assert v["system_repeats"] == [] and v["pending"] == 0
+    # Ward supply: requisitions from the drug rooms reviewed, picked, dispatched and
+    # received; the day is shorter here, so each room sends a part of its list.
+    assert summary["drug_rooms"] == 15
+    assert summary["ward_order_lines"] >= 60
+    assert 0 < summary["ward_lines_delivered"] <= summary["ward_order_lines"]
+    assert summary["ward_lines_short"] >= 1  # the short pick's back order
+    assert summary["delivery_reliability"] is None or 0 <= summary["delivery_reliability"] <= 1
+    ward = summary["ward_supply"]
+    assert ward["duplicates"] == 1 and len(ward["refused"]) == 1
+    assert "outside the hospital" in ward["refused"][0]
+    assert ward["routine_approved"] > 0 and ward["decisions"] >= 1
+    assert any(m.startswith("wrong lot") for m in ward["scans_refused"])
+    assert ward["deviations"] == 1 and ward["urgent"] and ward["supplier_order"]
 
     verified = doseline("ledger", "verify", "--db", url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
