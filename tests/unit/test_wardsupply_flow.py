@@ -362,3 +362,26 @@ def test_reliability_counts_lines_on_time_and_in_full(ctl: Controller) -> None:
     assert report.by_cause == {"receipt deviation": 1, "short in store": 1}
     assert {u.gtin for u in report.unmet} == {METO, OXY}
     assert "short in store" in render_text(report)
+
+
+def test_drug_room_use_is_debited_to_its_ward(ctl: Controller) -> None:
+    from controller.ledger import debiting
+
+    w = ws(ctl)
+    w.submit(req("DB1", "DR-MED", (METO, 1)), actor=TECH)
+    w.approve_routine(actor=PHARMACIST, reason="routine")
+    pick = w.make_pick_lists(run="AM", run_date=TODAY)[0]
+    assert w.scan(pick.number, scan(METO, "M-1", 200), actor=TECH).accepted
+    w.receive(w.dispatch(pick.number, actor=TECH).notes[0], actor="nurse:nils")
+    site = ctl.site
+    month = START.astimezone(ctl.wardsupply.tz).date().replace(day=1)
+    report = debiting.ward_debiting(
+        ctl.ledger,
+        month=month,
+        tz=site.site.timezone,
+        wards=site.ward_map(),
+        cabinets=site.cabinet_wards(),
+    )
+    used = {(x.ward, x.gtin): x.units for x in report.lines}
+    assert used == {("W1", METO): 100}
+    assert report.unassigned_units == 0
