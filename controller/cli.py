@@ -17,6 +17,7 @@ from controller.cli_cabinets import add_cabinet_parsers
 from controller.cli_packing import add_packing_parsers
 from controller.cli_purchasing import add_purchasing_parsers
 from controller.cli_verification import add_verification_parsers
+from controller.cli_wardsupply import add_wardsupply_parsers
 from controller.config import ConfigError, load_site
 from controller.logs import FORMATS, setup_logging
 
@@ -645,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cabinet_parsers(sub)
     add_verification_parsers(sub)
     add_purchasing_parsers(sub)
+    add_wardsupply_parsers(sub)
     add_bench_parsers(sub)
     return parser
 

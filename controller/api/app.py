@@ -18,6 +18,7 @@ from controller.api.routes_orders import router as orders_router
 from controller.api.routes_purchasing import router as purchasing_router
 from controller.api.routes_stock import router as stock_router
 from controller.api.routes_verification import router as verification_router
+from controller.api.routes_wardsupply import router as wardsupply_router
 from controller.config import Site
 from controller.ledger import Ledger
 from controller.packing.store import PackingStore
@@ -39,6 +40,11 @@ TAGS = [
         "name": "purchasing",
         "description": "Supplier orders from the order proposal, deliveries (goods-in), "
         "supplier reliability",
+    },
+    {
+        "name": "ward-supply",
+        "description": "Drug room requisitions, review, pick lists, delivery notes and "
+        "receipt, top-up rounds, delivery reliability",
     },
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},
@@ -98,6 +104,7 @@ def create_app(
         refills_router,
         verification_router,
         purchasing_router,
+        wardsupply_router,
         audit_router,
         health_router,
     ):

@@ -399,6 +399,7 @@ class WardDemo:
     async def close_the_day(self) -> None:
         """A list still open at the end of the day leaves with what was picked: the
         rest is released into back orders for tomorrow, so no stock stays held."""
+        self.desk.paused = True  # and no list for tomorrow is made while the day winds down
         for number in await self._run(self._read, views.pick_list_numbers, status="open"):
             sent = await self.desk.dispatch(number, actor=DEMO_WARD_TECH)
             self.stats["notes"] += len(sent.notes)

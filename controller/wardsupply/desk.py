@@ -47,6 +47,8 @@ class WardSupplyDesk:
         self.last_tick: datetime | None = None
         self.dispatched: list[Dispatched] = []
         self._sending: set[asyncio.Task[None]] = set()
+        # True: the day's work is over (the demo's end of day): no new lists are made
+        self.paused = False
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         result: T = await self._run(fn, *args, **kwargs)
@@ -146,6 +148,9 @@ class WardSupplyDesk:
         """One pass of the day's work; returns what it did (for logs and tests)."""
         svc = self.service
         done = {"lists": 0, "urgent": 0, "arrived": 0, "received": 0}
+        if self.paused:
+            self.last_tick = now
+            return done
         done["arrived"] = await self.run(svc.release_arrived)
         urgent = await self.run(
             svc.make_pick_lists, run=rules.URGENT_RUN, run_date=now.astimezone(svc.tz).date()
