@@ -75,7 +75,16 @@ async def orders(request: Request) -> Response:
         if r.status != "pending" and r.reviewed_at is not None
     ][-20:]
     names = {p.gtin: p.name for p in ctx.site.catalogue}
-    return render(request, "orders.html", session, pending=pending, recent=recent, names=names)
+    wards = {w.code: w.name for w in ctx.site.wards}
+    return render(
+        request,
+        "orders.html",
+        session,
+        pending=pending,
+        recent=recent,
+        names=names,
+        wards=wards,
+    )
 
 
 @router.post("/orders/review")
