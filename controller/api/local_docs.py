@@ -23,4 +23,6 @@ def install_local_docs(app: FastAPI) -> None:
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            # No validator badge: it would send the description to another host.
+            swagger_ui_parameters={"validatorUrl": None},
         )
