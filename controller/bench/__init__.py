@@ -6,4 +6,4 @@ assembles the report, `child` is the process each phase runs in, `site` generate
 sites, and `simulators.fleet` is the simulators' own process (never imported here).
 """
 
-PHASES = ("ledger", "packers", "cabinets", "contention")
+PHASES = ("ledger", "packers", "cabinets", "contention", "console")
