@@ -16,6 +16,7 @@ from controller.config import valid_gtin
 from controller.console.web import context, page, refused, render, screen
 from controller.ledger import reports
 from controller.ledger.errors import LedgerError
+from controller.packing.store import OPEN_STATES
 
 router = APIRouter()
 
@@ -24,14 +25,12 @@ screen("/cabinets", "Cabinets", Role.VIEWER, "everyone")
 screen("/stock", "Stock lookup", Role.VIEWER, "everyone")
 screen("/cover", "Cover", Role.VIEWER, "everyone")
 
-ACTIVE_JOBS = ("reserved", "loaded", "packing", "held")
-
 
 # ----------------------------------------------------------------------- packing floor
 
 
 async def _floor(ctx: ApiContext) -> list[dict[str, Any]]:
-    jobs = await ctx.read(ctx.store.jobs, states=ACTIVE_JOBS)
+    jobs = await ctx.read(ctx.store.jobs, states=OPEN_STATES)
     by_packer = {j.packer: j for j in jobs if j.packer}
     machines = []
     runners = ctx.controller.runners if ctx.controller is not None else {}

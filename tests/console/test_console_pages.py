@@ -25,7 +25,7 @@ from controller.console.screens_technician import REFUSAL_KINDS
 from controller.console.sessions import Sessions
 from controller.console.web import SCREENS, TEMPLATES
 from tests.console.conftest import TOKENS, USERS
-from tests.sites import METO, PARA, site_dict
+from tests.sites import METO, PARA, job, site_dict
 
 
 @pytest.fixture
@@ -264,3 +264,48 @@ def test_the_template_scan_catches_bare_text(tmp_path: Path) -> None:
             test_templates_hold_no_text_outside_the_gettext_calls()
     finally:
         me.TEMPLATES = original  # type: ignore[misc]
+
+
+async def test_the_packing_floor_shows_each_machine_and_its_job(
+    console: tuple[httpx.AsyncClient, Controller],
+) -> None:
+    http, controller = console
+    store = controller.store
+    store.add_job(job("J-FLOOR-1", 12, ((PARA, 1),)))
+    assert store.claim("J-FLOOR-1", "PK1")
+    await sign_in(http, "viewer")
+    page = await http.get("/console/floor")
+    assert page.status_code == 200
+    assert "PK1" in page.text and "J-FLOOR-1" in page.text and "W1 08:00" in page.text
+    assert 'aria-valuemax="12"' in page.text
+    fragment = await http.get("/console/fragments/floor", headers={"x-console-fragment": "1"})
+    assert "J-FLOOR-1" in fragment.text and "<html" not in fragment.text
+
+
+async def test_a_verification_alert_is_listed_and_closed_with_a_note(
+    console: tuple[httpx.AsyncClient, Controller],
+) -> None:
+    from controller.gs1 import PackId
+    from controller.verification import VerificationStore
+
+    http, controller = console
+    store = VerificationStore(controller.ledger)
+    pack = PackId(PARA, "P-LATE", datetime.now(UTC).date(), "SN<b>1</b>")
+    alert_id = store.block(pack, "CENTRAL/A01", "RECALLED", "batch recalled", datetime.now(UTC))
+    csrf = await sign_in(http, "pharmacist")
+    listed = await http.get("/console/fragments/alerts", headers={"x-console-fragment": "1"})
+    assert "RECALLED" in listed.text and "batch recalled" in listed.text
+    assert "SN&lt;b&gt;1&lt;/b&gt;" in listed.text  # markup in a serial stays text
+    r = await http.post(f"/console/alerts/{alert_id}/close", data={"csrf": csrf, "note": ""})
+    assert r.status_code == 422
+    r = await http.post(
+        f"/console/alerts/{alert_id}/close", data={"csrf": csrf, "note": "pack quarantined"}
+    )
+    assert r.status_code == 303
+    [row] = store.alerts(status=None)
+    assert (row.status, row.closed_by, row.note) == (
+        "closed",
+        USERS["pharmacist"],
+        "pack quarantined",
+    )
+    assert "No open verification alert" in (await http.get("/console/alerts")).text
