@@ -39,7 +39,12 @@ async def _floor(ctx: ApiContext) -> list[dict[str, Any]]:
         state = runner.oee.state if runner is not None else None
         job = by_packer.get(packer.name)
         total = len(job.job.pouches) if job is not None else 0
-        done = (job.good + job.rejected) if job is not None else 0
+        good, rejected = (job.good, job.rejected) if job is not None else (0, 0)
+        status = runner.last_status if runner is not None else None
+        if job is not None and status is not None and status.job_id == job.job_id:
+            # The machine's own job counters, live while it packs.
+            good, rejected = status.job_pouches_good, status.job_pouches_rejected
+        done = good + rejected
         machines.append(
             {
                 "name": packer.name,
@@ -49,6 +54,7 @@ async def _floor(ctx: ApiContext) -> list[dict[str, Any]]:
                 "job": job,
                 "total": total,
                 "done": done,
+                "rejected": rejected,
                 "percent": round(100 * done / total) if total else 0,
             }
         )
