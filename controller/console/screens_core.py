@@ -4,6 +4,7 @@ what waits for the signed-in user now."""
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from typing import Any
 
@@ -26,6 +27,7 @@ from controller.console.web import (
     render,
 )
 
+log = logging.getLogger("doseline.console")
 router = APIRouter()
 LOGIN_COOKIE = "doseline_console_login"
 
@@ -72,6 +74,7 @@ async def login(request: Request) -> Response:
     user = context(request).tokens.lookup(token) if token else None
     target = _safe_next(field(form, "next"))
     if user is None:
+        log.warning("console: a sign-in with an unknown token was refused")
         fresh = secrets.token_urlsafe(24)
         response = render(
             request, "login.html", None, status=401, nonce=fresh, next=target, error="unknown"
@@ -87,9 +90,10 @@ async def login(request: Request) -> Response:
         )
         return response
     session = console(request).sessions.create(user)
-    response = RedirectResponse(target, status_code=303)
-    response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
-    response.set_cookie(
+    log.info("console: %s signed in", user.name)
+    redirect = RedirectResponse(target, status_code=303)
+    redirect.delete_cookie(LOGIN_COOKIE, path=PREFIX)
+    redirect.set_cookie(
         COOKIE,
         session.sid,
         httponly=True,
@@ -97,7 +101,7 @@ async def login(request: Request) -> Response:
         secure=_secure(request),
         path=PREFIX,
     )
-    return response
+    return redirect
 
 
 @router.post("/logout")
