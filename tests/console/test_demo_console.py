@@ -3,11 +3,13 @@ console answers during the day, stays up after it, and Ctrl-C ends the run clean
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,14 +18,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _sign_in(base: str, token: str) -> httpx.Client:
-    http = httpx.Client(base_url=base, timeout=20)
+@contextlib.contextmanager
+def _sign_in(base: str, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base, timeout=20) as http:
+        _log_in(http, token)
+        yield http
+
+
+def _log_in(http: httpx.Client, token: str) -> None:
     form = http.get("/console/login")
     nonce = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert nonce is not None
     r = http.post("/console/login", data={"csrf": nonce.group(1), "token": token})
     assert r.status_code == 303, r.text
-    return http
 
 
 @pytest.mark.e2e
@@ -78,3 +85,4 @@ def test_demo_keeps_the_console_up_until_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
