@@ -309,3 +309,26 @@ async def test_a_verification_alert_is_listed_and_closed_with_a_note(
         "pack quarantined",
     )
     assert "No open verification alert" in (await http.get("/console/alerts")).text
+
+
+async def test_the_session_cookie_is_secure_over_https(
+    console: tuple[httpx.AsyncClient, Controller],
+) -> None:
+    http, _controller = console
+    secure = httpx.AsyncClient(transport=http._transport, base_url="https://console.test")
+    async with secure:
+        form = await secure.get("/console/login")
+        assert "Secure" in form.headers["set-cookie"]  # the sign-in form's own token
+        nonce = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert nonce is not None
+        r = await secure.post(
+            "/console/login", data={"csrf": nonce.group(1), "token": TOKENS["viewer"]}
+        )
+        assert r.status_code == 303
+        cookie = r.headers.get_list("set-cookie")[-1]
+        assert cookie.startswith("doseline_console=")
+        assert all(flag in cookie for flag in ("HttpOnly", "Secure", "SameSite=strict"))
+        wrong = await secure.post(
+            "/console/login", data={"csrf": nonce.group(1), "token": "not-a-token"}
+        )
+        assert wrong.status_code in (401, 403)
