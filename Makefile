@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean prometheus bench
+.PHONY: demo test test-fast lint clean prometheus chromium bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,18 @@ bench: $(STAMP)
 	$(BIN)/doseline bench $(ARGS)
 
 ## test: the whole test suite (PostgreSQL tests skip when no server answers, except under CI=true)
-test: $(STAMP) prometheus
+test: $(STAMP) prometheus chromium
 	$(BIN)/pytest $(ARGS)
 
 ## prometheus: promtool for the alert-rule tests (Debian's prometheus package, when missing
 ## and installable; otherwise those tests skip, except under CI=true where they fail)
 prometheus:
 	@.ci/install-prometheus || echo "promtool missing: the alert-rule tests will skip (fail under CI=true)"
+
+## chromium: Debian's chromium for the console's browser tests (tests/console), when
+## missing and installable; otherwise those tests skip, except under CI=true where they fail
+chromium:
+	@.ci/install-chromium || echo "chromium missing: the browser tests will skip (fail under CI=true)"
 
 ## test-fast: unit tests only
 test-fast: $(STAMP)

@@ -411,6 +411,8 @@ async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = F
                 )
                 return 1
             print(f"api: {url}/api/v1 ({len(tokens)} tokens)", flush=True)
+            if site.console.enabled:
+                print(f"console: {url}/console/ (docs/console.md)", flush=True)
             if not tokens:
                 source = site.api.tokens_file or f"${site.api.tokens_env}"
                 print(

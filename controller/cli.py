@@ -52,6 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 minutes=minutes,
                 ledger_url=ledger_url,
                 free_ports=not args.site_ports,
+                keep=args.keep,
             )
         )
     except DemoError as exc:
@@ -569,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--site-ports",
         action="store_true",
         help="bind the simulators to the site file's ports, not free ones",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the console up after the simulated day, until Ctrl-C",
     )
     demo.set_defaults(func=_cmd_demo)
 

@@ -1,7 +1,7 @@
 """`doseline bench`: measured performance, printed as one JSON report.
 
     doseline bench [--db URL]... [--packers N] [--cabinets M] [--seconds S]
-                   [--only ledger|packers|cabinets|contention|wardsupply]...
+                   [--only ledger|packers|cabinets|contention|wardsupply|console]...
                    [--out FILE]
 
 The temporary SQLite ledger is always measured; each `--db` adds one more (a

@@ -84,6 +84,15 @@ class ApiConfig(Strict):
     tokens_env: str = Field(default="DOSELINE_API_TOKENS", min_length=1)
 
 
+class ConsoleConfig(Strict):
+    """The pharmacy console (web UI, docs/console.md), served beside the API."""
+
+    enabled: bool = True
+    session_timeout_min: int = Field(default=30, ge=1, le=24 * 60)  # idle minutes
+    # Secure cookies: None follows the request (https: Secure); true always, false never.
+    secure_cookie: bool | None = None
+
+
 class Product(Strict):
     gtin: Gtin
     article: int = Field(gt=0, lt=2**32)
@@ -609,6 +618,7 @@ class Site(Strict):
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()
     catalogue: list[Product] = Field(min_length=1)
     store: StoreConfig
     stock: list[StockLot] = []

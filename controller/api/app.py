@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from controller.api import errors
 from controller.api.auth import Tokens
 from controller.api.context import ApiContext
+from controller.api.local_docs import install_local_docs
 from controller.api.routes_debiting import router as debiting_router
 from controller.api.routes_jobs import jobs_router, packers_router
 from controller.api.routes_misc import audit_router, health_router, refills_router
@@ -83,7 +84,7 @@ def create_app(
         version=version,
         description=DESCRIPTION,
         openapi_tags=TAGS,
-        docs_url="/docs",
+        docs_url=None,  # served with local assets by install_local_docs
         redoc_url=None,
     )
     app.state.ctx = ApiContext(
@@ -111,4 +112,9 @@ def create_app(
         app.include_router(router, prefix=PREFIX)
     # Load balancers and probes look for /health at the root as well.
     app.include_router(health_router, include_in_schema=False)
+    install_local_docs(app)
+    if site.console.enabled:
+        from controller.console import install_console
+
+        install_console(app, site.console)
     return app

@@ -8,4 +8,4 @@ One module per measurement: `ledger`, `packers`, `cabinets`, `contention`,
 (never imported here).
 """
 
-PHASES = ("ledger", "packers", "cabinets", "contention", "wardsupply")
+PHASES = ("ledger", "packers", "cabinets", "contention", "wardsupply", "console")

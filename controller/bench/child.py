@@ -43,6 +43,10 @@ def run_phase(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
             from controller.bench import wardsupply
 
             return wardsupply.run(url, args.seconds)
+        if name == "console":
+            from controller.bench import console
+
+            return console.run(url, args.seconds, workdir)
     raise ValueError(f"unknown phase {name!r}")
 
 

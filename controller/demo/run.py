@@ -25,10 +25,12 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from controller.api import ApiServer
 from controller.app import Controller
 from controller.cabinets.poller import pocket_location
 from controller.cabinets.replenishment import PickList, pack_of, pocket_label
 from controller.config import Site
+from controller.demo.console import keep_up, start_console
 from controller.demo.orders import demo_orders
 from controller.demo.supply import DemoSupplier, PackShelf, book_history
 from controller.demo.wards import WardDemo
@@ -291,6 +293,7 @@ async def run_demo(
     ledger_url: str,
     free_ports: bool = True,
     quiet: bool = False,
+    keep: bool = False,
 ) -> dict[str, Any]:
     say = (lambda _t: None) if quiet else _say
     day_seconds = minutes * 60
@@ -307,6 +310,7 @@ async def run_demo(
         return midnight + timedelta(seconds=(time.monotonic() - day_started) * 86400 / day_seconds)
 
     controller: Controller | None = None
+    console: ApiServer | None = None
     tech_tasks: list[asyncio.Task[None]] = []
     try:
         kinds = ", ".join(
@@ -363,6 +367,7 @@ async def run_demo(
 
         await controller.adopt_cabinets()
         await controller.start()
+        console = await start_console(controller, say)
         demo = site.demo
         if demo is None:
             raise DemoError("the site file has no demo: section")
@@ -454,9 +459,13 @@ async def run_demo(
         summary["duration_s"] = round(time.monotonic() - started, 1)
         summary["metrics_port"] = port
         summary["ledger_url"] = ledger_url
+        if keep:
+            await keep_up(console, say)
         return summary
     finally:
         await _cancel_all(tech_tasks)
+        if console is not None:
+            await console.stop()
         if controller is not None:
             await controller.stop()
             controller.close()

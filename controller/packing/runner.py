@@ -109,6 +109,7 @@ class PackerRunner:
         self.recovered = False  # recover() ran since the last (re)connect
         self.unit_mode = 0  # last reported PackML unit mode (0: not read yet)
         self._seen: tuple[int, int] | None = None  # last processed/defective totals
+        self.last_status: PackerStatus | None = None  # the last read, for the console
         self.oee = PackerOEE(config.pouches_per_minute)  # time in states, OEE factors
         self.link_ok = False  # set by ensure_connected, cleared by a failed exchange
         self._ever_connected = False  # a later connect is a reconnect
@@ -1013,6 +1014,7 @@ class PackerRunner:
             time.perf_counter() - started
         )
         self._failures = 0
+        self.last_status = status
         self.unit_mode = status.unit_mode
         self.metrics.packer_state.labels(self.name).set(int(status.state))
         self.metrics.packer_stop_reason.labels(self.name).set(status.stop_reason)
