@@ -1,4 +1,8 @@
-"""The OPC UA packer driver against the packer simulator over real loopback sockets."""
+"""The OPC UA packer driver against the packer simulator over real loopback sockets.
+
+The driver and simulator speak OPC 30050 (PackML) unless a test asks for the legacy
+model (`model="legacy"`: `LegacyOpcUaPackerDriver` against the simulator's first
+address space); the tests of the legacy address space itself run on that pair."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from drivers.base import (
     StopReason,
     UnitMode,
 )
-from drivers.opcua_packer import NAMESPACE_URI, OpcUaPackerDriver
+from drivers.opcua_packer import EXTENSION_URI, PACKML_URI, OpcUaPackerDriver
+from drivers.opcua_packer_legacy import NAMESPACE_URI, LegacyOpcUaPackerDriver
 from simulators.packer_opcua import PackerSimulator
 
 S = PackMLState
@@ -54,7 +59,10 @@ async def make_packer(address_space_cache: Path) -> AsyncIterator[Factory]:
         }
         params.update(kwargs)
         sim = PackerSimulator("P1", **params)
-        driver = OpcUaPackerDriver("P1", "opc.tcp://127.0.0.1:1/", timeout=2.0)
+        driver_class = (
+            LegacyOpcUaPackerDriver if params.get("model") == "legacy" else OpcUaPackerDriver
+        )
+        driver = driver_class("P1", "opc.tcp://127.0.0.1:1/", timeout=2.0)
         started.append((sim, driver))
         await sim.start()
         driver.address = sim.endpoint
@@ -219,7 +227,7 @@ async def test_empty_canister_holds_then_refill_and_unhold_completes(
 
 
 async def test_stop_canister_is_published_over_opc_ua(make_packer: Factory) -> None:
-    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)])
+    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)], model="legacy")
     await to_idle(driver)
     await driver.load_job(job("J-sc", [[(4, 1)]]))
     await driver.command(C.START)
@@ -391,7 +399,7 @@ async def test_refill_validation(make_packer: Factory) -> None:
 
 
 async def test_method_argument_types_are_checked(make_packer: Factory) -> None:
-    sim, _driver = await make_packer()
+    sim, _driver = await make_packer(model="legacy")
     async with Client(sim.endpoint, timeout=2.0) as client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
         command = await client.nodes.objects.get_child([f"{ns}:P1", f"{ns}:Command"])
@@ -451,8 +459,8 @@ async def test_silent_peer_times_out_within_the_timeout(free_port: int) -> None:
 
 
 async def test_wrong_machine_name_is_reported(make_packer: Factory) -> None:
-    sim, _driver = await make_packer()
-    other = OpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
+    sim, _driver = await make_packer(model="legacy")
+    other = LegacyOpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
     with pytest.raises(
         DriverError, match=r"packer line-2 .*connect: node Objects/P9/\S+ not found"
     ):
@@ -487,7 +495,9 @@ def test_driver_rejects_a_non_opc_tcp_address() -> None:
 async def test_new_nodes_and_set_unit_mode_method_in_the_address_space(
     make_packer: Factory,
 ) -> None:
-    sim, driver = await make_packer(output_capacity=3, output_empty_after_s=None)
+    sim, driver = await make_packer(
+        output_capacity=3, output_empty_after_s=None, model="legacy"
+    )
     await driver.refill_canister(2, 7)
     async with Client(sim.endpoint, timeout=2.0) as client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
@@ -560,9 +570,10 @@ async def test_a_machine_without_the_new_nodes_still_works(address_space_cache: 
         server_clock=False,
         speed_factor=FAST["speed_factor"],
         transient_seconds=FAST["transient_seconds"],
+        model="legacy",
     )
     await sim.start()
-    driver = OpcUaPackerDriver("P1", sim.endpoint, timeout=2.0)
+    driver = LegacyOpcUaPackerDriver("P1", sim.endpoint, timeout=2.0)
     try:
         await driver.connect()
         await driver.refill_canister(4, 2)
