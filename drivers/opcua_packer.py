@@ -413,7 +413,7 @@ class OpcUaPackerDriver(PackerDriver):
             )
         }
 
-        optional = [
+        optional: list[tuple[ua.QualifiedName, ...]] = [
             (ua.QualifiedName("Output", ext), ua.QualifiedName(v, ext)) for v in _OUTPUT_VARS
         ]
         optional += [
@@ -461,7 +461,7 @@ class OpcUaPackerDriver(PackerDriver):
         """The PackMLBaseObjectType instance (or of a subtype) for this packer: below
         Objects, up to two levels deep; by browse name `object_name`, or the only one
         when the name was not given and the server has exactly one machine."""
-        types = await self._subtypes(client, ua.NodeId(ua.UInt32(_BASE_OBJECT_TYPE), ua.Int16(ns)))
+        types = await self._subtypes(client, ua.NodeId(ua.Int32(_BASE_OBJECT_TYPE), ua.Int16(ns)))
         machines: list[tuple[str, ua.NodeId]] = []
         level = [client.nodes.objects]
         for depth in range(2):
@@ -885,7 +885,7 @@ def _state(ns: int, base: Any, machine: Any, execute: Any) -> PackMLState:
 
     def lookup(value: Any, table: dict[int, PackMLState], composite: int, where: str) -> Any:
         if isinstance(value, ua.NodeId) and value.NamespaceIndex == ns:
-            if value.Identifier in table:
+            if isinstance(value.Identifier, int) and value.Identifier in table:
                 return table[value.Identifier]
             if value.Identifier == composite:
                 return None
@@ -922,28 +922,34 @@ def _alarm(value: Any, path: str) -> tuple[int, int]:
     return _int(value.ID, f"{path}.ID"), _int(value.Value, f"{path}.Value")
 
 
+# Defaults of the structures' fields, typed as asyncua's codec wants them.
+_ZERO = ua.Int32(0)
+_EMPTY = ua.String("")
+_NEVER_TIME = ua.DateTime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
+
+
 @dataclass
 class PackMLCountDataType:
     """OPC 30050's counter structure (fields in the specification's order)."""
 
-    ID: ua.Int32 = 0
-    Name: ua.String = ""
+    ID: ua.Int32 = _ZERO
+    Name: ua.String = _EMPTY
     Unit: ua.EUInformation = field(default_factory=ua.EUInformation)
-    Count: ua.Int32 = 0
-    AccCount: ua.Int32 = 0
+    Count: ua.Int32 = _ZERO
+    AccCount: ua.Int32 = _ZERO
 
 
 @dataclass
 class PackMLAlarmDataType:
     """OPC 30050's alarm / stop reason structure (fields in the specification's order)."""
 
-    ID: ua.Int32 = 0
-    Value: ua.Int32 = 0
-    Message: ua.String = ""
-    Category: ua.Int32 = 0
-    DateTime: ua.DateTime = field(default_factory=lambda: datetime(1601, 1, 1, tzinfo=UTC))
-    AckDateTime: ua.DateTime = field(default_factory=lambda: datetime(1601, 1, 1, tzinfo=UTC))
-    Trigger: ua.Boolean = False
+    ID: ua.Int32 = _ZERO
+    Value: ua.Int32 = _ZERO
+    Message: ua.String = _EMPTY
+    Category: ua.Int32 = _ZERO
+    DateTime: ua.DateTime = _NEVER_TIME
+    AckDateTime: ua.DateTime = _NEVER_TIME
+    Trigger: ua.Boolean = False  # type: ignore[assignment]  # asyncua: a marker type
 
 
 def _register_structures(ns: int) -> None:
@@ -952,8 +958,8 @@ def _register_structures(ns: int) -> None:
         (PackMLCountDataType, _COUNT_DATA_TYPE, _COUNT_ENCODING),
         (PackMLAlarmDataType, _ALARM_DATA_TYPE, _ALARM_ENCODING),
     ):
-        data_type = ua.NodeId(ua.UInt32(type_id), ua.Int16(ns))
-        cls.data_type = data_type  # type: ignore[attr-defined]
+        data_type = ua.NodeId(ua.Int32(type_id), ua.Int16(ns))
+        setattr(cls, "data_type", data_type)  # noqa: B010  # what asyncua's own classes carry
         ua.register_extension_object(
-            cls.__name__, ua.NodeId(ua.UInt32(encoding), ua.Int16(ns)), cls, data_type
+            cls.__name__, ua.NodeId(ua.Int32(encoding), ua.Int16(ns)), cls, data_type
         )

@@ -79,7 +79,7 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
         except ValueError:
             raise DriverError(f"namespace {NAMESPACE_URI} is not on the server") from None
         root = (self.object_name,)
-        canisters_folder = await self._translate(client, ns, [(*root, "Canisters")])
+        canisters_folder = await self._legacy_translate(client, ns, [(*root, "Canisters")])
         refs = await client.get_node(canisters_folder[0]).get_children_descriptions()
         canister_names = sorted(
             r.BrowseName.Name for r in refs if r.BrowseName.NamespaceIndex == ns
@@ -88,7 +88,7 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
         paths += [(*root, "Canisters", c, v) for c in canister_names for v in _CANISTER_VARS]
         paths.append((*root, "Command"))
         paths += [(*root, "Command", m) for m in _METHODS]
-        ids = await self._translate(client, ns, paths)
+        ids = await self._legacy_translate(client, ns, paths)
 
         n_status, n_vars = len(_STATUS_PATHS), len(_CANISTER_VARS)
         self._status_nodes = [client.get_node(i) for i in ids[:n_status]]
@@ -104,7 +104,7 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
         optional: list[tuple[str, ...]] = [(*root, *p) for p in _OUTPUT_PATHS]
         optional += [(*root, "Canisters", c, _REFILLED) for c in canister_names]
         optional += [(*root, "Command", m) for m in _OPTIONAL_METHODS]
-        found = await self._translate_optional(client, ns, optional)
+        found = await self._legacy_translate_optional(client, ns, optional)
         n_out = len(_OUTPUT_PATHS)
         outputs = found[:n_out]
         self._output_nodes = (
@@ -121,13 +121,13 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
                 self._method_ids[name] = node_id
 
     @classmethod
-    async def _translate(
+    async def _legacy_translate(
         cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
     ) -> list[ua.NodeId]:
         """Browse paths below Objects to node ids; a path not found is a DriverError."""
         ids: list[ua.NodeId] = []
         for path, (node_id, status) in zip(
-            paths, await cls._browse(client, ns, paths), strict=True
+            paths, await cls._legacy_browse(client, ns, paths), strict=True
         ):
             if node_id is None:
                 raise DriverError(f"node Objects/{'/'.join(path)} not found ({status})")
@@ -135,14 +135,14 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
         return ids
 
     @classmethod
-    async def _translate_optional(
+    async def _legacy_translate_optional(
         cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
     ) -> list[ua.NodeId | None]:
         """Like `_translate`, but a path the server does not have gives None."""
-        return [node_id for node_id, _ in await cls._browse(client, ns, paths)]
+        return [node_id for node_id, _ in await cls._legacy_browse(client, ns, paths)]
 
     @staticmethod
-    async def _browse(
+    async def _legacy_browse(
         client: Client, ns: int, paths: Sequence[tuple[str, ...]]
     ) -> list[tuple[ua.NodeId | None, str]]:
         """One TranslateBrowsePaths request: (node id or None, status name) per path."""
@@ -272,7 +272,7 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
             }
             for p in job.pouches
         ]
-        await self._call(
+        await self._legacy_call(
             f"load_job {job.job_id!r}",
             "LoadJob",
             [
@@ -283,10 +283,10 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
 
     async def command(self, command: PackMLCommand) -> None:
         command = PackMLCommand(command)
-        await self._call(f"command {command.value}", command.value, [])
+        await self._legacy_call(f"command {command.value}", command.value, [])
 
     async def refill_canister(self, number: int, quantity: int) -> None:
-        await self._call(
+        await self._legacy_call(
             f"refill_canister {number} +{quantity}",
             "RefillCanister",
             [ua.Variant(number, ua.VariantType.Int32), ua.Variant(quantity, ua.VariantType.Int32)],
@@ -308,9 +308,11 @@ class LegacyOpcUaPackerDriver(OpcUaPackerDriver):
             raise self._error(
                 operation, DriverError("the machine has no Command/SetUnitMode method")
             )
-        await self._call(operation, "SetUnitMode", [ua.Variant(int(mode), ua.VariantType.Int32)])
+        await self._legacy_call(
+            operation, "SetUnitMode", [ua.Variant(int(mode), ua.VariantType.Int32)]
+        )
 
-    async def _call(self, operation: str, method: str, args: list[ua.Variant]) -> None:
+    async def _legacy_call(self, operation: str, method: str, args: list[ua.Variant]) -> None:
         async def call(client: Client) -> None:
             request = ua.CallMethodRequest(
                 ObjectId=self._command_node,

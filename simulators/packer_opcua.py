@@ -575,11 +575,11 @@ class PackerSimulator(PhysicsView):
             "Admin.ProdProcessedCount": [_count(1, "pouches", job_good + job_rejected, processed)],
             "Admin.ProdDefectiveCount": [_count(2, "rejected pouches", job_rejected, defective)],
             "Admin.StopReason": pm.PackMLAlarmDataType(
-                ID=reason,
-                Value=canister,
-                Message=_stop_message(reason, canister),
-                DateTime=self._stop_since[1],
-                Trigger=reason != 0,
+                ID=ua.Int32(reason),
+                Value=ua.Int32(canister),
+                Message=ua.String(_stop_message(reason, canister)),
+                DateTime=self._stop_since[1],  # type: ignore[arg-type]  # a datetime is one
+                Trigger=reason != 0,  # type: ignore[arg-type]  # asyncua's Boolean: a marker
             ),
             "Output.Count": machine.output_count,
             "Output.Capacity": machine.output_capacity,
@@ -794,7 +794,13 @@ _PIECE = ua.EUInformation(
 
 
 def _count(ident: int, name: str, count: int, total: int) -> pm.PackMLCountDataType:
-    return pm.PackMLCountDataType(ID=ident, Name=name, Unit=_PIECE, Count=count, AccCount=total)
+    return pm.PackMLCountDataType(
+        ID=ua.Int32(ident),
+        Name=ua.String(name),
+        Unit=_PIECE,
+        Count=ua.Int32(count),
+        AccCount=ua.Int32(total),
+    )
 
 
 def _stop_message(reason: int, canister: int) -> str:

@@ -12,7 +12,7 @@ The simulator keeps its own copy of these facts and does not import the driver's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 
 from asyncua import Node, Server, ua
 
@@ -95,44 +95,51 @@ _UTC_TIME = 294
 
 
 def _n(identifier: int, ns: int = 0) -> ua.NodeId:
-    return ua.NodeId(ua.UInt32(identifier), ua.Int16(ns))
+    return ua.NodeId(ua.Int32(identifier), ua.Int16(ns))
 
 
 # -- Python classes of the structures (asyncua encodes them by field order and types) ----
+
+
+# Defaults of the structures' fields, typed as asyncua's codec wants them.
+_ZERO = ua.Int32(0)
+_ZERO_FLOAT = ua.Float(0.0)
+_EMPTY = ua.String("")
+_NEVER_TIME = ua.DateTime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
 
 
 @dataclass
 class PackMLCountDataType:
     """OPC 30050 6.5.3: a counter of one material; `AccCount` never resets."""
 
-    ID: ua.Int32 = 0
-    Name: ua.String = ""
+    ID: ua.Int32 = _ZERO
+    Name: ua.String = _EMPTY
     Unit: ua.EUInformation = field(default_factory=ua.EUInformation)
-    Count: ua.Int32 = 0
-    AccCount: ua.Int32 = 0
+    Count: ua.Int32 = _ZERO
+    AccCount: ua.Int32 = _ZERO
 
 
 @dataclass
 class PackMLAlarmDataType:
     """OPC 30050 6.8.2.2: an alarm, warning or stop reason."""
 
-    ID: ua.Int32 = 0
-    Value: ua.Int32 = 0
-    Message: ua.String = ""
-    Category: ua.Int32 = 0
-    DateTime: ua.DateTime = field(default_factory=lambda: datetime(1601, 1, 1, tzinfo=UTC))
-    AckDateTime: ua.DateTime = field(default_factory=lambda: datetime(1601, 1, 1, tzinfo=UTC))
-    Trigger: ua.Boolean = False
+    ID: ua.Int32 = _ZERO
+    Value: ua.Int32 = _ZERO
+    Message: ua.String = _EMPTY
+    Category: ua.Int32 = _ZERO
+    DateTime: ua.DateTime = _NEVER_TIME
+    AckDateTime: ua.DateTime = _NEVER_TIME
+    Trigger: ua.Boolean = False  # type: ignore[assignment]  # asyncua: a marker type
 
 
 @dataclass
 class PackMLDescriptorDataType:
     """OPC 30050 6.5.4: a named parameter value (Start's optional input)."""
 
-    ID: ua.Int32 = 0
-    Name: ua.String = ""
+    ID: ua.Int32 = _ZERO
+    Name: ua.String = _EMPTY
     Unit: ua.EUInformation = field(default_factory=ua.EUInformation)
-    Value: ua.Float = 0.0
+    Value: ua.Float = _ZERO_FLOAT
 
 
 _STRUCTURES: dict[int, tuple[type, list[tuple[str, ua.NodeId]]]] = {
@@ -173,7 +180,7 @@ _STRUCTURES: dict[int, tuple[type, list[tuple[str, ua.NodeId]]]] = {
 def register_structures(ns: int) -> None:
     """Tell asyncua's codec about the PackML structures at namespace index `ns`."""
     for type_id, (cls, _fields) in _STRUCTURES.items():
-        cls.data_type = _n(type_id, ns)  # type: ignore[attr-defined]
+        setattr(cls, "data_type", _n(type_id, ns))  # noqa: B010  # as asyncua's classes
         ua.register_extension_object(
             cls.__name__, _n(_BINARY_ENCODING[type_id], ns), cls, _n(type_id, ns)
         )
@@ -246,7 +253,7 @@ class _Builder:
             Value=value,
             DataType=data_type,
             ValueRank=value_rank,
-            ArrayDimensions=[0] if value_rank == 1 else None,
+            ArrayDimensions=[0] if value_rank == 1 else [],
             AccessLevel=ua.AccessLevel.CurrentRead.mask,
             UserAccessLevel=ua.AccessLevel.CurrentRead.mask,
         )
@@ -635,7 +642,7 @@ def _variable_item(
             Value=value,
             DataType=data_type,
             ValueRank=value_rank,
-            ArrayDimensions=[0] if value_rank == 1 else None,
+            ArrayDimensions=[0] if value_rank == 1 else [],
             AccessLevel=ua.AccessLevel.CurrentRead.mask,
             UserAccessLevel=ua.AccessLevel.CurrentRead.mask,
         ),

@@ -72,8 +72,8 @@ def _packer(p: dict[str, Any], seed: int, free_ports: bool) -> Any:
         from simulators.packer_serial import SerialPackerSimulator
 
         return SerialPackerSimulator(p["name"], **kwargs)
-    model = "legacy" if p.get("driver") == "opcua_legacy" else "opc30050"
-    return PackerSimulator(p["name"], model=model, **kwargs)
+    legacy = p.get("driver") == "opcua_legacy"
+    return PackerSimulator(p["name"], model="legacy" if legacy else "opc30050", **kwargs)
 
 
 def _endpoint(sim: Any) -> str:
