@@ -375,7 +375,7 @@ async def _data_types(server: Server, b: _Builder) -> None:
                 BaseDataType=_n(_I.Structure),
                 StructureType=ua.StructureType.Structure,
                 Fields=[
-                    ua.StructureField(Name=name, DataType=data_type, ValueRank=-1)
+                    ua.StructureField(Name=name, DataType=data_type, ValueRank=-1, IsOptional=False)
                     for name, data_type in fields
                 ],
             )
