@@ -51,3 +51,14 @@ def test_an_unknown_driver_is_named() -> None:
     with pytest.raises(ConfigError, match=r"packers\.0\.driver") as info:
         parse_site(raw)
     assert "opcua_legacy" in str(info.value)
+
+
+@pytest.mark.parametrize(("driver", "model"), [("opcua", "opc30050"), ("opcua_legacy", "legacy")])
+def test_the_plant_gives_each_packer_the_model_its_driver_speaks(driver: str, model: str) -> None:
+    from simulators.packer_opcua import PackerSimulator
+    from simulators.plant import _packer
+
+    raw = site_dict(packer_address="opc.tcp://127.0.0.1:4840/")["packers"][0]
+    raw["driver"] = driver
+    sim = _packer(raw, seed=1, free_ports=True)
+    assert isinstance(sim, PackerSimulator) and sim.model == model
