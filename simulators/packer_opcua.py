@@ -446,6 +446,10 @@ class PackerSimulator(PhysicsView):
             _VT.ExtensionObject,
         )
         self._nodes["Admin.StopReason"] = (nid("Admin.StopReason"), _VT.ExtensionObject)
+        for owner, member in pm.OPTIONAL_MEMBERS:
+            path = f"{owner}.{member}"
+            vtype = await pm.optional_member(server, nid(owner), ns, nid(path), owner, member)
+            self._nodes[path] = (nid(path), vtype)
         await machine.add_property(
             nid("TagID"), ua.QualifiedName("TagID", ns), ua.Variant(name, _VT.String)
         )
@@ -491,8 +495,7 @@ class PackerSimulator(PhysicsView):
             await server.get_node(nid(path)).add_method(
                 nid(f"{path}.{method}"), ua.QualifiedName(method, ns), callback, inputs, []
             )
-        set_unit_mode = self._method_specs()[-1]
-        assert set_unit_mode.name == "SetUnitMode"
+        (set_unit_mode,) = [m for m in self._method_specs() if m.name == "SetUnitMode"]
         server.link_method(server.get_node(nid("SetUnitMode")), self._make_method(set_unit_mode))
 
         # doseline's extension: job, output tray, canisters, LoadJob and RefillCanister.
@@ -572,6 +575,10 @@ class PackerSimulator(PhysicsView):
             "Status.MachSpeed": float(machine.pouches_per_minute * machine.speed_factor),
             "Status.EquipmentBlocked": machine.output_full,
             "Status.EquipmentStarved": reason == _CANISTER_EMPTY,
+            "Status.StateRequested": _REQUESTED.get(state, state),
+            "Status.StateChangeInProcess": state in _REQUESTED,
+            "Status.UnitModeChangeInProcess": False,  # a mode change takes no time
+            "Admin.MachDesignSpeed": float(machine.pouches_per_minute),
             "Admin.ProdProcessedCount": [_count(1, "pouches", job_good + job_rejected, processed)],
             "Admin.ProdDefectiveCount": [_count(2, "rejected pouches", job_rejected, defective)],
             "Admin.StopReason": pm.PackMLAlarmDataType(
@@ -776,6 +783,8 @@ def _mark_dumb_shelf(cache: Path) -> None:
 
 
 _NEVER = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
+#: Acting PackML states and the state each one is heading for (Status/StateRequested).
+_REQUESTED = {1: 2, 3: 6, 7: 2, 8: 9, 10: 11, 12: 6, 13: 5, 14: 6, 15: 4, 16: 17}
 _CANISTER_EMPTY = 101  # StopReason values, docs/packer-opcua.md
 _STOP_MESSAGES = {
     1: "stopped by a command",

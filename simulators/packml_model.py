@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC
+from typing import Any
 
 from asyncua import Node, Server, ua
 
@@ -564,6 +565,19 @@ _STATUS_DECLARATION_IDS = {
 }
 #: Admin members doseline fills (all Optional in the type): name -> node id in the type.
 ADMIN_MEMBERS = {"ProdProcessedCount": 120, "ProdDefectiveCount": 119, "StopReason": 244}
+#: Optional scalar members doseline fills: (object, browse name) -> (node id in the
+#: type, data type, variant type).
+OPTIONAL_MEMBERS: dict[tuple[str, str], tuple[int, int, ua.VariantType]] = {
+    ("Status", "StateRequested"): (209, _I.Int32, ua.VariantType.Int32),
+    ("Status", "StateChangeInProcess"): (210, _I.Boolean, ua.VariantType.Boolean),
+    ("Status", "UnitModeChangeInProcess"): (201, _I.Boolean, ua.VariantType.Boolean),
+    ("Admin", "MachDesignSpeed"): (253, _I.Float, ua.VariantType.Float),
+}
+_DEFAULTS: dict[ua.VariantType, Any] = {
+    ua.VariantType.Int32: 0,
+    ua.VariantType.Boolean: False,
+    ua.VariantType.Float: 0.0,
+}
 
 
 async def _status_and_admin_types(b: _Builder) -> None:
@@ -572,6 +586,36 @@ async def _status_and_admin_types(b: _Builder) -> None:
     await _status_members(b, status.nodeid, _STATUS_TYPE_IDS)
     admin = await b.object_type(ADMIN_OBJECT_TYPE, "PackMLAdminObjectType")
     await admin_members(b.server, admin.nodeid, ns, ids=ADMIN_MEMBERS, rule=False)
+    owners = {"Status": status.nodeid, "Admin": admin.nodeid}
+    for (owner, name), (ident, data_type, vtype) in OPTIONAL_MEMBERS.items():
+        await b._add(
+            _variable_item(
+                _n(ident, ns),
+                ua.QualifiedName(name, ns),
+                owners[owner],
+                ua.Variant(_DEFAULTS[vtype], vtype),
+                _n(data_type),
+            ),
+            False,
+        )
+
+
+async def optional_member(
+    server: Server, parent: ua.NodeId, ns: int, node_id: ua.NodeId, owner: str, name: str
+) -> ua.VariantType:
+    """One of `OPTIONAL_MEMBERS` on an instance; returns its variant type."""
+    _, data_type, vtype = OPTIONAL_MEMBERS[(owner, name)]
+    await _Builder(server, ns)._add(
+        _variable_item(
+            node_id,
+            ua.QualifiedName(name, ns),
+            parent,
+            ua.Variant(_DEFAULTS[vtype], vtype),
+            _n(data_type),
+        ),
+        None,
+    )
+    return vtype
 
 
 async def admin_members(

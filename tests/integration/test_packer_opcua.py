@@ -667,6 +667,9 @@ async def test_the_machine_is_an_opc_30050_instance(make_packer: Factory) -> Non
             "MachSpeed": (6000.0, ua.NodeId(ua.ObjectIds.Float)),
             "EquipmentBlocked": (False, ua.NodeId(ua.ObjectIds.Boolean)),
             "EquipmentStarved": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+            "StateRequested": (2, ua.NodeId(ua.ObjectIds.Int32)),
+            "StateChangeInProcess": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+            "UnitModeChangeInProcess": (False, ua.NodeId(ua.ObjectIds.Boolean)),
         }
         for name, (value, data_type) in expected_status.items():
             node = await status.get_child(f"{ns}:{name}")
@@ -674,6 +677,8 @@ async def test_the_machine_is_an_opc_30050_instance(make_packer: Factory) -> Non
 
         # StopReason hangs on Admin by HasStopReason; the counters are arrays of counts.
         admin = await machine.get_child(f"{ns}:Admin")
+        design = await admin.get_child(f"{ns}:MachDesignSpeed")
+        assert await design.read_value() == 60.0
         refs = await admin.get_references(refs=ua.NodeId(25, ns))
         assert [r.BrowseName.Name for r in refs] == ["StopReason"]
         processed = await admin.get_child(f"{ns}:ProdProcessedCount")
@@ -812,3 +817,18 @@ async def test_a_machine_of_a_subtype_in_a_folder_is_found(make_packer: Factory)
     await unnamed.close()
     await driver.connect()  # P1 by its name
     assert (await driver.read_status()).state is S.STOPPED
+
+
+async def test_an_acting_state_shows_the_state_requested(make_packer: Factory) -> None:
+    sim, driver = await make_packer(transient_seconds=0.5, speed_factor=1.0)
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(PACKML_URI)
+        ext = await client.get_namespace_index(EXTENSION_URI)
+        status = await client.nodes.objects.get_child([f"{ext}:P1", f"{ns}:Status"])
+        requested = await status.get_child(f"{ns}:StateRequested")
+        changing = await status.get_child(f"{ns}:StateChangeInProcess")
+        await driver.command(C.RESET)
+        assert sim.state is S.RESETTING
+        assert (await requested.read_value(), await changing.read_value()) == (4, True)
+        await wait_state(driver, S.IDLE)
+        assert (await requested.read_value(), await changing.read_value()) == (4, False)
