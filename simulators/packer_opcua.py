@@ -446,9 +446,9 @@ class PackerSimulator(PhysicsView):
             _VT.ExtensionObject,
         )
         self._nodes["Admin.StopReason"] = (nid("Admin.StopReason"), _VT.ExtensionObject)
-        for owner, member in pm.OPTIONAL_MEMBERS:
-            path = f"{owner}.{member}"
-            vtype = await pm.optional_member(server, nid(owner), ns, nid(path), owner, member)
+        for parent, member in pm.OPTIONAL_MEMBERS:
+            path = f"{parent}.{member}"
+            vtype = await pm.optional_member(server, nid(parent), ns, nid(path), parent, member)
             self._nodes[path] = (nid(path), vtype)
         await machine.add_property(
             nid("TagID"), ua.QualifiedName("TagID", ns), ua.Variant(name, _VT.String)
