@@ -185,7 +185,8 @@ class PackerSimulator(PhysicsView):
     Plain-Python accessors (`state`, `canister_counts()`, ...) are for tests only; a
     controller must go through OPC UA. The machine itself (canisters, pouches, rejects,
     jams, PackML) is `simulators.packer_physics.PackerPhysics`, shared with the serial
-    packer simulator; this class maps it onto an address space.
+    packer simulator; this class maps it onto an address space: OPC 30050 with
+    doseline's extension (`model="opc30050"`, the default) or the legacy model.
     """
 
     def __init__(
