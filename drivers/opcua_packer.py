@@ -201,9 +201,12 @@ class OpcUaSecurity:
 class OpcUaPackerDriver(PackerDriver):
     """A packer reached over OPC UA at `address` (an ``opc.tcp://`` URL).
 
-    `object_name` is the machine object's browse name under Objects; it defaults to
-    `name`. Nodes are resolved once in `connect()`; after a DriverError caused by a lost
-    connection, call `connect()` again (it re-resolves and the caller re-reads state).
+    The machine is the PackMLBaseObjectType instance whose browse name is `object_name`
+    (default: `name`); when `object_name` is not given and the server has exactly one
+    such instance, that one. Nodes are resolved once in `connect()`; after a
+    DriverError caused by a lost connection, call `connect()` again (it re-resolves and
+    the caller re-reads state). `LegacyOpcUaPackerDriver` shares everything here but
+    the address space.
     """
 
     def __init__(
