@@ -271,14 +271,15 @@ class PackerSecurity(Strict):
 
 class Packer(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    # opcua: PackML over OPC UA (docs/packer-opcua.md); serial: the framed serial
-    # protocol of older packers (docs/packer-serial-protocol.md)
-    driver: Literal["opcua", "serial"] = "opcua"
+    # opcua: OPC 30050 (PackML) over OPC UA (docs/packer-opcua.md); opcua_legacy: the
+    # OPC UA model of doseline's first packers (same doc, "Legacy model"); serial: the
+    # framed serial protocol of older packers (docs/packer-serial-protocol.md)
+    driver: Literal["opcua", "opcua_legacy", "serial"] = "opcua"
     address: str
     baudrate: int = Field(default=115200, gt=0)  # serial only
     pouches_per_minute: float = Field(default=60, gt=0)
     canisters: list[Canister] = Field(min_length=1)
-    # OPC UA security (opcua only); without it the link is unsecured (docs/security.md)
+    # OPC UA security (opcua, opcua_legacy); without it the link is unsecured (docs/security.md)
     security: PackerSecurity | None = None
     sim: PackerSim = PackerSim()
 
@@ -291,9 +292,10 @@ class Packer(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Packer:
-        if self.driver == "opcua" and not self.address.startswith("opc.tcp://"):
+        opcua = self.driver in ("opcua", "opcua_legacy")
+        if opcua and not self.address.startswith("opc.tcp://"):
             raise ValueError(f"address {self.address!r} must be an opc.tcp:// URL")
-        if self.driver != "opcua" and self.security is not None:
+        if not opcua and self.security is not None:
             raise ValueError(
                 f"packer {self.name}: security: only for driver opcua, not {self.driver!r}"
             )

@@ -32,6 +32,10 @@ def packer_driver(config: Packer) -> PackerDriver:
             password_env=sec.password_env,
             password_file=sec.password_file,
         )
+    if config.driver == "opcua_legacy":
+        from drivers.opcua_packer_legacy import LegacyOpcUaPackerDriver
+
+        return LegacyOpcUaPackerDriver(config.name, config.address, security=security)
     return OpcUaPackerDriver(config.name, config.address, security=security)
 
 

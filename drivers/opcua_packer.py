@@ -1,13 +1,15 @@
-"""OPC UA adapter for dose-packing machines (OPC 30050 / PackTags naming).
+"""OPC UA adapter for dose-packing machines that follow OPC 30050 (PackML).
 
-The machine is the object `Objects/<name>` in the namespace `urn:doseline:packer`; the
-address space is described in docs/packer-opcua.md. This module only maps nodes and
-methods to the plain values of `drivers.base`; what to do with them is the controller's
-business. Every failure leaves as `DriverError` naming machine, operation and cause.
-
-The output tray (`Output/*`), `Canisters/*/RefilledTotal` and `Command/SetUnitMode` came
-later than the rest of the model; they are optional: a machine without them still
-connects, reads them as 0 / False, and refuses `set_unit_mode` with a DriverError.
+The driver finds the machine by its type: an object below Objects whose type definition
+is `PackMLBaseObjectType` (or a subtype) in the namespace
+`http://opcfoundation.org/UA/PackML/`. It reads the PackML state from the three state
+machines' `CurrentState/Id`, the PackTags counters and stop reason from `Admin`, and
+drives the machine through the state machines' standard methods. Job, canister and
+output tray nodes are doseline's extension in the namespace `urn:doseline:packer:ext`
+on the same object; docs/packer-opcua.md has the mapping. This module only maps nodes
+and methods to the plain values of `drivers.base`; what to do with them is the
+controller's business. Every failure leaves as `DriverError` naming machine, operation
+and cause. The model of doseline's first packers is in `drivers.opcua_packer_legacy`.
 
 Security (docs/security.md): with an `OpcUaSecurity` the session runs over a signed or
 signed-and-encrypted secure channel, with the controller's own certificate, only to a
@@ -23,7 +25,7 @@ import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -44,41 +46,56 @@ from drivers.base import (
     UnitMode,
 )
 
-NAMESPACE_URI = "urn:doseline:packer"
-
-#: Status nodes in the order `read_status` reads them (one Read request).
-_STATUS_PATHS: tuple[tuple[str, str], ...] = (
-    ("Status", "StateCurrent"),
-    ("Status", "UnitModeCurrent"),
-    ("Status", "CurMachSpeed"),
-    ("Admin", "ProdProcessedCount"),
-    ("Admin", "ProdDefectiveCount"),
-    ("Admin", "StopReason"),
-    ("Admin", "StopCanister"),
-    ("Job", "JobId"),
-    ("Job", "PouchesTotal"),
-    ("Job", "PouchesGood"),
-    ("Job", "PouchesRejected"),
-)
-#: Optional status nodes (output tray), read with the status when the machine has them.
-_OUTPUT_PATHS: tuple[tuple[str, str], ...] = (
-    ("Output", "Count"),
-    ("Output", "Capacity"),
-    ("Output", "Full"),
-)
-#: Canister variables read by `read_canisters`, per canister.
-_CANISTER_VARS = ("Number", "Gtin", "Count", "Capacity", "DispensedTotal")
-#: Optional canister variable, read when the machine has it.
-_REFILLED = "RefilledTotal"
-#: Methods of the Command object and their argument names (for error messages).
-_METHODS: dict[str, tuple[str, ...]] = {
-    **{c.value: () for c in PackMLCommand},
+PACKML_URI = "http://opcfoundation.org/UA/PackML/"
+EXTENSION_URI = "urn:doseline:packer:ext"
+#: Node ids (numeric, in the PackML namespace) from the published NodeSet2.
+_BASE_OBJECT_TYPE = 6
+_COUNT_DATA_TYPE, _COUNT_ENCODING = 14, 69
+_ALARM_DATA_TYPE, _ALARM_ENCODING = 15, 74
+_CLEARED, _RUNNING = 71, 75
+_BASE_STATES = {61: PackMLState.ABORTING, 62: PackMLState.ABORTED}
+_MACHINE_STATES = {53: PackMLState.STOPPED, 54: PackMLState.STOPPING, 55: PackMLState.CLEARING}
+_EXECUTE_STATES = {
+    27: PackMLState.RESETTING,
+    28: PackMLState.IDLE,
+    29: PackMLState.STARTING,
+    30: PackMLState.SUSPENDING,
+    31: PackMLState.SUSPENDED,
+    32: PackMLState.UNSUSPENDING,
+    33: PackMLState.HOLDING,
+    34: PackMLState.HELD,
+    35: PackMLState.UNHOLDING,
+    36: PackMLState.EXECUTE,
+    37: PackMLState.COMPLETING,
+    38: PackMLState.COMPLETE,
+}
+_BSM = "BaseStateMachine"
+_MS = (_BSM, "MachineState")
+_ES = (*_MS, "ExecuteState")
+#: Where each command's method is (per the NodeSet): the state machine holding it.
+#: Reset is on MachineState (from Stopped) and on ExecuteState (from Complete).
+_COMMAND_OWNERS: dict[PackMLCommand, tuple[str, ...]] = {
+    PackMLCommand.START: _ES,
+    PackMLCommand.HOLD: _ES,
+    PackMLCommand.UNHOLD: _ES,
+    PackMLCommand.SUSPEND: _ES,
+    PackMLCommand.UNSUSPEND: _ES,
+    PackMLCommand.STOP: _MS,
+    PackMLCommand.ABORT: (_BSM,),
+    PackMLCommand.CLEAR: (_BSM,),
+}
+#: Argument names of the methods (for error messages).
+_ARGUMENT_NAMES: dict[str, tuple[str, ...]] = {
+    "Start": ("Parameter",),
     "LoadJob": ("JobId", "Pouches"),
     "RefillCanister": ("Number", "Quantity"),
+    "SetUnitMode": ("RequestedMode",),
 }
-#: Optional methods (OPC 30050 SetUnitMode) and their argument names.
-_OPTIONAL_METHODS: dict[str, tuple[str, ...]] = {"SetUnitMode": ("RequestedMode",)}
-_ARGUMENT_NAMES: dict[str, tuple[str, ...]] = {**_METHODS, **_OPTIONAL_METHODS}
+#: Extension variables per canister, read by `read_canisters`; RefilledTotal optional.
+_CANISTER_VARS = ("Number", "Gtin", "Count", "Capacity", "DispensedTotal")
+_REFILLED = "RefilledTotal"
+_JOB_VARS = ("JobId", "PouchesTotal", "PouchesGood", "PouchesRejected")
+_OUTPUT_VARS = ("Count", "Capacity", "Full")
 #: Requested session lifetime: short, so a crashed controller's session is freed soon.
 _SESSION_TIMEOUT_MS = 60_000
 
@@ -184,9 +201,12 @@ class OpcUaSecurity:
 class OpcUaPackerDriver(PackerDriver):
     """A packer reached over OPC UA at `address` (an ``opc.tcp://`` URL).
 
-    `object_name` is the machine object's browse name under Objects; it defaults to
-    `name`. Nodes are resolved once in `connect()`; after a DriverError caused by a lost
-    connection, call `connect()` again (it re-resolves and the caller re-reads state).
+    The machine is the PackMLBaseObjectType instance whose browse name is `object_name`
+    (default: `name`); when `object_name` is not given and the server has exactly one
+    such instance, that one. Nodes are resolved once in `connect()`; after a
+    DriverError caused by a lost connection, call `connect()` again (it re-resolves and
+    the caller re-reads state). `LegacyOpcUaPackerDriver` shares everything here but
+    the address space.
     """
 
     def __init__(
@@ -212,8 +232,11 @@ class OpcUaPackerDriver(PackerDriver):
         self._output_nodes: list[Node] = []  # empty when the machine has no Output tray
         self._canister_nodes: list[list[Node]] = []
         self._refilled_nodes: list[Node | None] = []  # per canister, None when absent
-        self._command_node: ua.NodeId | None = None
-        self._method_ids: dict[str, ua.NodeId] = {}
+        self._object_name_given = object_name is not None
+        self._ns = 0
+        self._machine: ua.NodeId | None = None
+        self._calls: dict[tuple[tuple[str, ...], str], tuple[ua.NodeId, ua.NodeId]] = {}
+        self._method_ids: dict[str, ua.NodeId] = {}  # the legacy model's
 
     # -- connection ------------------------------------------------------------------
 
@@ -331,38 +354,82 @@ class OpcUaPackerDriver(PackerDriver):
             client.disconnect_socket()
 
     async def _resolve(self, client: Client) -> None:
-        try:
-            ns = await client.get_namespace_index(NAMESPACE_URI)
-        except ValueError:
-            raise DriverError(f"namespace {NAMESPACE_URI} is not on the server") from None
-        root = (self.object_name,)
-        canisters_folder = await self._translate(client, ns, [(*root, "Canisters")])
+        """Find the machine by its type, then its members by browse path from it."""
+        ns = await self._namespace(client, PACKML_URI, "not an OPC 30050 (PackML) server")
+        ext = await self._namespace(
+            client, EXTENSION_URI, "doseline's job and canister extension is missing"
+        )
+        _register_structures(ns)
+        self._ns = ns
+        machine = await self._find_machine(client, ns)
+        self._machine = machine
+
+        def q(*names: str) -> tuple[ua.QualifiedName, ...]:
+            return tuple(ua.QualifiedName(n, ns) for n in names)
+
+        def state_id(*owner: str) -> tuple[ua.QualifiedName, ...]:
+            return (*q(*owner), ua.QualifiedName("CurrentState", 0), ua.QualifiedName("Id", 0))
+
+        status_paths = [
+            state_id(_BSM),
+            state_id(*_MS),
+            state_id(*_ES),
+            q("Status", "UnitModeCurrent"),
+            q("Status", "CurMachSpeed"),
+            q("Admin", "ProdProcessedCount"),
+            q("Admin", "ProdDefectiveCount"),
+            q("Admin", "StopReason"),
+            *[(ua.QualifiedName("Job", ext), ua.QualifiedName(v, ext)) for v in _JOB_VARS],
+        ]
+        canisters_folder = await self._translate(
+            client, machine, [(ua.QualifiedName("Canisters", ext),)]
+        )
         refs = await client.get_node(canisters_folder[0]).get_children_descriptions()
         canister_names = sorted(
-            r.BrowseName.Name for r in refs if r.BrowseName.NamespaceIndex == ns
+            r.BrowseName.Name for r in refs if r.BrowseName.NamespaceIndex == ext
         )
-        paths: list[tuple[str, ...]] = [(*root, *p) for p in _STATUS_PATHS]
-        paths += [(*root, "Canisters", c, v) for c in canister_names for v in _CANISTER_VARS]
-        paths.append((*root, "Command"))
-        paths += [(*root, "Command", m) for m in _METHODS]
-        ids = await self._translate(client, ns, paths)
-
-        n_status, n_vars = len(_STATUS_PATHS), len(_CANISTER_VARS)
+        canister_paths = [
+            tuple(ua.QualifiedName(n, ext) for n in ("Canisters", c, v))
+            for c in canister_names
+            for v in _CANISTER_VARS
+        ]
+        owners = sorted({*_COMMAND_OWNERS.values()})
+        method_paths = [(*q(*owner), ua.QualifiedName(m, ns)) for owner, m in self._methods()]
+        ids = await self._translate(
+            client,
+            machine,
+            [*status_paths, *canister_paths, *[q(*o) for o in owners], *method_paths],
+        )
+        n_status, n_can, n_own = len(status_paths), len(canister_paths), len(owners)
         self._status_nodes = [client.get_node(i) for i in ids[:n_status]]
-        can_ids = ids[n_status : n_status + n_vars * len(canister_names)]
+        can_ids = ids[n_status : n_status + n_can]
+        n_vars = len(_CANISTER_VARS)
         self._canister_nodes = [
             [client.get_node(i) for i in can_ids[k : k + n_vars]]
             for k in range(0, len(can_ids), n_vars)
         ]
-        rest = ids[n_status + len(can_ids) :]
-        self._command_node = rest[0]
-        self._method_ids = dict(zip(_METHODS, rest[1:], strict=True))
+        owner_ids = dict(zip(owners, ids[n_status + n_can : n_status + n_can + n_own], strict=True))
+        self._calls = {
+            (owner, m): (owner_ids[owner], method_id)
+            for (owner, m), method_id in zip(
+                self._methods(), ids[n_status + n_can + n_own :], strict=True
+            )
+        }
 
-        optional: list[tuple[str, ...]] = [(*root, *p) for p in _OUTPUT_PATHS]
-        optional += [(*root, "Canisters", c, _REFILLED) for c in canister_names]
-        optional += [(*root, "Command", m) for m in _OPTIONAL_METHODS]
-        found = await self._translate_optional(client, ns, optional)
-        n_out = len(_OUTPUT_PATHS)
+        optional: list[tuple[ua.QualifiedName, ...]] = [
+            (ua.QualifiedName("Output", ext), ua.QualifiedName(v, ext)) for v in _OUTPUT_VARS
+        ]
+        optional += [
+            tuple(ua.QualifiedName(n, ext) for n in ("Canisters", c, _REFILLED))
+            for c in canister_names
+        ]
+        optional += [
+            (ua.QualifiedName("SetUnitMode", ns),),
+            (ua.QualifiedName("LoadJob", ext),),
+            (ua.QualifiedName("RefillCanister", ext),),
+        ]
+        found = [node_id for node_id, _ in await self._browse(client, machine, optional)]
+        n_out = len(_OUTPUT_VARS)
         outputs = found[:n_out]
         self._output_nodes = (
             [client.get_node(i) for i in outputs if i is not None]
@@ -372,35 +439,86 @@ class OpcUaPackerDriver(PackerDriver):
         refilled = found[n_out : n_out + len(canister_names)]
         self._refilled_nodes = [None if i is None else client.get_node(i) for i in refilled]
         for name, node_id in zip(
-            _OPTIONAL_METHODS, found[n_out + len(canister_names) :], strict=True
+            ("SetUnitMode", "LoadJob", "RefillCanister"),
+            found[n_out + len(canister_names) :],
+            strict=True,
         ):
             if node_id is not None:
-                self._method_ids[name] = node_id
+                self._calls[((), name)] = (machine, node_id)
+
+    @staticmethod
+    def _methods() -> list[tuple[tuple[str, ...], str]]:
+        """(state machine path, method) of every standard command the driver uses."""
+        pairs = [(owner, c.value) for c, owner in _COMMAND_OWNERS.items()]
+        pairs += [(_MS, "Reset"), (_ES, "Reset")]
+        return pairs
+
+    @staticmethod
+    async def _namespace(client: Client, uri: str, meaning: str) -> int:
+        try:
+            return int(await client.get_namespace_index(uri))
+        except ValueError:
+            raise DriverError(f"namespace {uri} is not on the server ({meaning})") from None
+
+    async def _find_machine(self, client: Client, ns: int) -> ua.NodeId:
+        """The PackMLBaseObjectType instance (or of a subtype) for this packer: below
+        Objects, up to two levels deep; by browse name `object_name`, or the only one
+        when the name was not given and the server has exactly one machine."""
+        types = await self._subtypes(client, ua.NodeId(ua.Int32(_BASE_OBJECT_TYPE), ua.Int16(ns)))
+        machines: list[tuple[str, ua.NodeId]] = []
+        level = [client.nodes.objects]
+        for depth in range(2):
+            deeper = []
+            for parent in level:
+                for ref in await parent.get_children_descriptions(
+                    refs=ua.ObjectIds.HierarchicalReferences, nodeclassmask=ua.NodeClass.Object
+                ):
+                    if ref.TypeDefinition in types:
+                        machines.append((ref.BrowseName.Name, ref.NodeId))
+                    elif depth == 0 and ref.NodeId.NamespaceIndex != 0:
+                        deeper.append(client.get_node(ref.NodeId))
+            level = deeper
+        named = [node_id for name, node_id in machines if name == self.object_name]
+        if named:
+            return named[0]
+        if not self._object_name_given and len(machines) == 1:
+            return machines[0][1]
+        found = ", ".join(sorted(name for name, _ in machines)) or "none"
+        raise DriverError(
+            f"no PackMLBaseObjectType instance named {self.object_name!r} on the server"
+            f" (found: {found})"
+        )
+
+    @staticmethod
+    async def _subtypes(client: Client, root: ua.NodeId) -> set[ua.NodeId]:
+        found = {root}
+        todo = [root]
+        while todo:
+            node = client.get_node(todo.pop())
+            for ref in await node.get_children_descriptions(refs=ua.ObjectIds.HasSubtype):
+                if ref.NodeId not in found:
+                    found.add(ref.NodeId)
+                    todo.append(ref.NodeId)
+        return found
 
     @classmethod
     async def _translate(
-        cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
+        cls, client: Client, start: ua.NodeId, paths: Sequence[tuple[ua.QualifiedName, ...]]
     ) -> list[ua.NodeId]:
-        """Browse paths below Objects to node ids; a path not found is a DriverError."""
+        """Browse paths from `start` to node ids; a path not found is a DriverError."""
         ids: list[ua.NodeId] = []
         for path, (node_id, status) in zip(
-            paths, await cls._browse(client, ns, paths), strict=True
+            paths, await cls._browse(client, start, paths), strict=True
         ):
             if node_id is None:
-                raise DriverError(f"node Objects/{'/'.join(path)} not found ({status})")
+                where = "/".join(n.Name for n in path)
+                raise DriverError(f"node {where} of the machine not found ({status})")
             ids.append(node_id)
         return ids
 
-    @classmethod
-    async def _translate_optional(
-        cls, client: Client, ns: int, paths: Sequence[tuple[str, ...]]
-    ) -> list[ua.NodeId | None]:
-        """Like `_translate`, but a path the server does not have gives None."""
-        return [node_id for node_id, _ in await cls._browse(client, ns, paths)]
-
     @staticmethod
     async def _browse(
-        client: Client, ns: int, paths: Sequence[tuple[str, ...]]
+        client: Client, start: ua.NodeId, paths: Sequence[tuple[ua.QualifiedName, ...]]
     ) -> list[tuple[ua.NodeId | None, str]]:
         """One TranslateBrowsePaths request: (node id or None, status name) per path."""
         relative = [
@@ -410,14 +528,14 @@ class OpcUaPackerDriver(PackerDriver):
                         ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences)),
                         IsInverse=False,  # type: ignore[arg-type]
                         IncludeSubtypes=True,  # type: ignore[arg-type]
-                        TargetName=ua.QualifiedName(name, ns),
+                        TargetName=name,
                     )
                     for name in path
                 ]
             )
             for path in paths
         ]
-        results = await client.translate_browsepaths(client.nodes.objects.nodeid, relative)
+        results = await client.translate_browsepaths(start, relative)
         found: list[tuple[ua.NodeId | None, str]] = []
         for result in results:
             if not result.StatusCode.is_good() or not result.Targets:
@@ -441,26 +559,28 @@ class OpcUaPackerDriver(PackerDriver):
                 output_capacity = _int(capacity, "Output/Capacity")
                 output_full = _bool(full, "Output/Full")
             (
-                state,
+                base,
+                machine,
+                execute,
                 mode,
                 speed,
                 processed,
                 defective,
                 reason,
-                stop_canister,
                 job_id,
                 total,
                 good,
                 rejected,
             ) = values[:n_status]
+            stop = _alarm(reason, "Admin/StopReason")
             return PackerStatus(
-                state=_state(state),
+                state=_state(self._ns, base, machine, execute),
                 unit_mode=_int(mode, "Status/UnitModeCurrent"),
                 machine_speed=_float(speed, "Status/CurMachSpeed"),
-                processed_total=_int(processed, "Admin/ProdProcessedCount"),
-                defective_total=_int(defective, "Admin/ProdDefectiveCount"),
-                stop_reason=_int(reason, "Admin/StopReason"),
-                stop_canister=_int(stop_canister, "Admin/StopCanister"),
+                processed_total=_acc_count(processed, "Admin/ProdProcessedCount"),
+                defective_total=_acc_count(defective, "Admin/ProdDefectiveCount"),
+                stop_reason=stop[0],
+                stop_canister=stop[1],
                 job_id=_str(job_id, "Job/JobId"),
                 job_pouches_total=_int(total, "Job/PouchesTotal"),
                 job_pouches_good=_int(good, "Job/PouchesGood"),
@@ -531,7 +651,7 @@ class OpcUaPackerDriver(PackerDriver):
         ]
         await self._call(
             f"load_job {job.job_id!r}",
-            "LoadJob",
+            ((), "LoadJob"),
             [
                 ua.Variant(job.job_id, ua.VariantType.String),
                 ua.Variant(json.dumps(pouches, separators=(",", ":")), ua.VariantType.String),
@@ -540,12 +660,28 @@ class OpcUaPackerDriver(PackerDriver):
 
     async def command(self, command: PackMLCommand) -> None:
         command = PackMLCommand(command)
-        await self._call(f"command {command.value}", command.value, [])
+        operation = f"command {command.value}"
+        args: list[ua.Variant] = []
+        if command is PackMLCommand.RESET:
+            owner = await self._guarded(operation, self._reset_owner)
+        else:
+            owner = _COMMAND_OWNERS[command]
+        if command is PackMLCommand.START:  # Parameter: an empty PackMLDescriptorDataType[]
+            args = [ua.Variant([], ua.VariantType.ExtensionObject)]
+        await self._call(operation, (owner, command.value), args)
+
+    async def _reset_owner(self, client: Client) -> tuple[str, ...]:
+        """Reset is MachineState's from Stopped and ExecuteState's from Complete: the
+        one whose machine is active (MachineState in Running) gets the call."""
+        (machine,) = await self._read(client, [self._status_nodes[1]])
+        if _is_state(machine, self._ns, _RUNNING):
+            return _ES
+        return _MS
 
     async def refill_canister(self, number: int, quantity: int) -> None:
         await self._call(
             f"refill_canister {number} +{quantity}",
-            "RefillCanister",
+            ((), "RefillCanister"),
             [ua.Variant(number, ua.VariantType.Int32), ua.Variant(quantity, ua.VariantType.Int32)],
         )
 
@@ -554,29 +690,32 @@ class OpcUaPackerDriver(PackerDriver):
         return bool(self._refilled_nodes) and all(n is not None for n in self._refilled_nodes)
 
     async def set_unit_mode(self, mode: UnitMode) -> None:
-        """OPC 30050 SetUnitMode(RequestedMode Int32) on the Command object; the machine
+        """OPC 30050 SetUnitMode(RequestedMode Int32) on the machine object; the machine
         refuses it outside Stopped, Idle and Aborted (BadInvalidState)."""
         try:
             label = f"{UnitMode(mode).name} ({int(mode)})"
         except ValueError:
             label = str(int(mode))
         operation = f"set_unit_mode {label}"
-        if self._client is not None and "SetUnitMode" not in self._method_ids:
-            raise self._error(
-                operation, DriverError("the machine has no Command/SetUnitMode method")
-            )
-        await self._call(operation, "SetUnitMode", [ua.Variant(int(mode), ua.VariantType.Int32)])
+        if self._client is not None and ((), "SetUnitMode") not in self._calls:
+            raise self._error(operation, DriverError("the machine has no SetUnitMode method"))
+        await self._call(
+            operation, ((), "SetUnitMode"), [ua.Variant(int(mode), ua.VariantType.Int32)]
+        )
 
-    async def _call(self, operation: str, method: str, args: list[ua.Variant]) -> None:
+    async def _call(
+        self, operation: str, method: tuple[tuple[str, ...], str], args: list[ua.Variant]
+    ) -> None:
         async def call(client: Client) -> None:
+            target = self._calls.get(method)
+            if target is None:
+                raise DriverError(f"the machine has no {method[1]} method")
             request = ua.CallMethodRequest(
-                ObjectId=self._command_node,
-                MethodId=self._method_ids[method],
-                InputArguments=args,
+                ObjectId=target[0], MethodId=target[1], InputArguments=args
             )
             (result,) = await client.uaclient.call([request])
             if not result.StatusCode.is_good():
-                raise DriverError(f"refused: {_describe(method, result)}")
+                raise DriverError(f"refused: {_describe_call(method[1], result, _ARGUMENT_NAMES)}")
 
         await self._guarded(operation, call)
 
@@ -685,14 +824,16 @@ def _pinned_validator(
     return validate
 
 
-def _describe(method: str, result: ua.CallMethodResult) -> str:
+def _describe_call(
+    method: str, result: ua.CallMethodResult, argument_names: dict[str, tuple[str, ...]]
+) -> str:
     """The machine's reason for refusing a call: status, bad arguments and any text.
 
     Servers may put human-readable text in InputArgumentDiagnosticInfos[].AdditionalInfo
     (the doseline simulator does); without it the status code names stay.
     """
     parts = [result.StatusCode.name]
-    names = _ARGUMENT_NAMES.get(method, ())
+    names = argument_names.get(method, ())
     for i, status in enumerate(result.InputArgumentResults or []):
         if status.is_bad():
             arg = names[i] if i < len(names) else f"argument {i}"
@@ -732,9 +873,96 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
-def _state(value: Any) -> PackMLState:
-    number = _int(value, "Status/StateCurrent")
-    try:
-        return PackMLState(number)
-    except ValueError:
-        raise ValueError(f"Status/StateCurrent: {number} is not a PackML state") from None
+def _is_state(value: Any, ns: int, identifier: int) -> bool:
+    return (
+        isinstance(value, ua.NodeId)
+        and value.NamespaceIndex == ns
+        and value.Identifier == identifier
+    )
+
+
+def _state(ns: int, base: Any, machine: Any, execute: Any) -> PackMLState:
+    """The PackML state from the three machines' CurrentState/Id: Aborting or Aborted
+    in BaseStateMachine, else Stopped, Stopping or Clearing in MachineState, else (in
+    Running) ExecuteState's state."""
+
+    def lookup(value: Any, table: dict[int, PackMLState], composite: int, where: str) -> Any:
+        if isinstance(value, ua.NodeId) and value.NamespaceIndex == ns:
+            if isinstance(value.Identifier, int) and value.Identifier in table:
+                return table[value.Identifier]
+            if value.Identifier == composite:
+                return None
+        shown = value.to_string() if isinstance(value, ua.NodeId) else repr(value)
+        raise ValueError(f"{where}/CurrentState/Id: {shown} is not a PackML state")
+
+    state = lookup(base, _BASE_STATES, _CLEARED, "BaseStateMachine")
+    if state is None:
+        state = lookup(machine, _MACHINE_STATES, _RUNNING, "MachineState")
+    if state is None:
+        state = lookup(execute, _EXECUTE_STATES, -1, "ExecuteState")
+    assert isinstance(state, PackMLState)
+    return state
+
+
+def _acc_count(value: Any, path: str) -> int:
+    """The never-resetting total of a PackMLCountDataType[] counter: the sum of its
+    materials' AccCount (doseline's packers report one material, pouches)."""
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: expected an array of PackMLCountDataType, got {value!r}")
+    total = 0
+    for i, item in enumerate(value):
+        if not isinstance(item, PackMLCountDataType):
+            raise ValueError(f"{path}[{i}]: expected a PackMLCountDataType, got {item!r}")
+        total += _int(item.AccCount, f"{path}[{i}].AccCount")
+    return total
+
+
+def _alarm(value: Any, path: str) -> tuple[int, int]:
+    """(ID, Value) of a PackMLAlarmDataType: the stop reason and, for an empty canister,
+    the canister number."""
+    if not isinstance(value, PackMLAlarmDataType):
+        raise ValueError(f"{path}: expected a PackMLAlarmDataType, got {value!r}")
+    return _int(value.ID, f"{path}.ID"), _int(value.Value, f"{path}.Value")
+
+
+# Defaults of the structures' fields, typed as asyncua's codec wants them.
+_ZERO = ua.Int32(0)
+_EMPTY = ua.String("")
+_NEVER_TIME = ua.DateTime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
+
+
+@dataclass
+class PackMLCountDataType:
+    """OPC 30050's counter structure (fields in the specification's order)."""
+
+    ID: ua.Int32 = _ZERO
+    Name: ua.String = _EMPTY
+    Unit: ua.EUInformation = field(default_factory=ua.EUInformation)
+    Count: ua.Int32 = _ZERO
+    AccCount: ua.Int32 = _ZERO
+
+
+@dataclass
+class PackMLAlarmDataType:
+    """OPC 30050's alarm / stop reason structure (fields in the specification's order)."""
+
+    ID: ua.Int32 = _ZERO
+    Value: ua.Int32 = _ZERO
+    Message: ua.String = _EMPTY
+    Category: ua.Int32 = _ZERO
+    DateTime: ua.DateTime = _NEVER_TIME
+    AckDateTime: ua.DateTime = _NEVER_TIME
+    Trigger: ua.Boolean = False  # type: ignore[assignment]  # asyncua: a marker type
+
+
+def _register_structures(ns: int) -> None:
+    """Decode the two PackML structures the driver reads, at the server's index `ns`."""
+    for cls, type_id, encoding in (
+        (PackMLCountDataType, _COUNT_DATA_TYPE, _COUNT_ENCODING),
+        (PackMLAlarmDataType, _ALARM_DATA_TYPE, _ALARM_ENCODING),
+    ):
+        data_type = ua.NodeId(ua.Int32(type_id), ua.Int16(ns))
+        setattr(cls, "data_type", data_type)  # noqa: B010  # what asyncua's own classes carry
+        ua.register_extension_object(
+            cls.__name__, ua.NodeId(ua.Int32(encoding), ua.Int16(ns)), cls, data_type
+        )

@@ -1,9 +1,12 @@
 """A dose-packing machine that speaks OPC UA on a real socket.
 
-The address space follows OPC 30050 / PackTags naming (see docs/packer-opcua.md). The
-physics is deterministic for a given seed: the same commands give the same pouches,
-rejects and jams, so integration tests and demos are reproducible. Time is scaled by
-`speed_factor` so tests can pack a job in milliseconds.
+The machine is an instance of OPC 30050's PackMLBaseObjectType (types built in code by
+`simulators.packml_model`), with doseline's job, canister and output tray nodes as an
+extension in a namespace of their own; `model="legacy"` shows the address space of
+doseline's first packers instead (docs/packer-opcua.md). The physics is deterministic
+for a given seed: the same commands give the same pouches, rejects and jams, so
+integration tests and demos are reproducible. Time is scaled by `speed_factor` so tests
+can pack a job in milliseconds.
 
 Run one machine: ``python -m simulators.packer_opcua --name P1 --port 4841``; add
 ``--certificate C --private-key K --trust CLIENT_CERT [--user U --password-env VAR]``
@@ -23,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
@@ -32,6 +35,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 
 from drivers.base import PackMLCommand, PackMLState, UnitMode
+from simulators import packml_model as pm
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
     DEFAULT_OUTPUT_EMPTY_AFTER_S,
@@ -43,7 +47,15 @@ from simulators.packer_physics import (
 from simulators.packer_view import PhysicsView
 from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
+#: The address space a simulator shows: OPC 30050 (PackML) with doseline's extension,
+#: or the model of doseline's first packers (docs/packer-opcua.md, "Legacy model").
+Model = Literal["opc30050", "legacy"]
+MODELS: tuple[Model, ...] = ("opc30050", "legacy")
+#: Namespace of the legacy model.
 NAMESPACE_URI = "urn:doseline:packer"
+#: Namespace of doseline's extension to an OPC 30050 machine (job, canisters, tray).
+EXTENSION_URI = "urn:doseline:packer:ext"
+PACKML_URI = pm.PACKML_URI
 
 _log = logging.getLogger(__name__)
 
@@ -173,7 +185,8 @@ class PackerSimulator(PhysicsView):
     Plain-Python accessors (`state`, `canister_counts()`, ...) are for tests only; a
     controller must go through OPC UA. The machine itself (canisters, pouches, rejects,
     jams, PackML) is `simulators.packer_physics.PackerPhysics`, shared with the serial
-    packer simulator; this class maps it onto an address space.
+    packer simulator; this class maps it onto an address space: OPC 30050 with
+    doseline's extension (`model="opc30050"`, the default) or the legacy model.
     """
 
     def __init__(
@@ -195,7 +208,10 @@ class PackerSimulator(PhysicsView):
         output_empty_after_s: float | None = DEFAULT_OUTPUT_EMPTY_AFTER_S,
         unit_mode: UnitMode = UnitMode.PRODUCTION,
         security: SimSecurity | None = None,
+        model: Model = "opc30050",
     ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model: {model!r} is not one of {', '.join(MODELS)}")
         if not name or any(c in name for c in "/.:<>&!#"):
             raise ValueError(f"name: {name!r} is empty or holds a browse-path reserved character")
         self._physics = PackerPhysics(
@@ -218,11 +234,14 @@ class PackerSimulator(PhysicsView):
         self.address_space_cache = Path(address_space_cache) if address_space_cache else None
         self.server_clock = server_clock
         self.security = security
+        self.model = model
         self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._publish_lock = asyncio.Lock()
         self._nodes: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
         self._published: dict[str, Any] = {}
+        self._packml_ns = 0
+        self._stop_since: tuple[int, datetime] = (0, _NEVER)
 
     # -- plain-python view for tests -------------------------------------------------
 
@@ -256,10 +275,15 @@ class PackerSimulator(PhysicsView):
         # asyncua's 1 Hz ServerStatus clock makes Server.stop() wait up to a second.
         server.disable_clock(not self.server_clock)
         await server.set_application_uri(f"urn:doseline:packer-simulator:{self.name}")
-        idx = await server.register_namespace(NAMESPACE_URI)
         self._server = server
+        self._nodes, self._published = {}, {}
         try:
-            await self._build_address_space(server, idx)
+            if self.model == "legacy":
+                await self._build_address_space(
+                    server, await server.register_namespace(NAMESPACE_URI)
+                )
+            else:
+                await self._build_packml(server)
             await server.start()
         except BaseException:
             self._server = None
@@ -364,15 +388,7 @@ class PackerSimulator(PhysicsView):
 
         command = await folder(root, "Command")
         for spec in self._method_specs():
-            inputs = [
-                ua.Argument(
-                    Name=arg_name,
-                    DataType=ua.NodeId(ua.Int32(vtype.value)),
-                    ValueRank=-1,
-                    Description=ua.LocalizedText(desc),
-                )
-                for arg_name, vtype, desc in spec.arguments
-            ]
+            inputs = [_argument(arg) for arg in spec.arguments]
             await command.add_method(
                 _node_id(f"{self.name}.Command.{spec.name}", idx),
                 ua.QualifiedName(spec.name, idx),
@@ -381,8 +397,228 @@ class PackerSimulator(PhysicsView):
                 [],
             )
 
+    async def _build_packml(self, server: Server) -> None:
+        """The machine as an OPC 30050 PackMLBaseObjectType instance, the job, canister
+        and tray nodes as doseline's extension in a namespace of their own."""
+        ns = await server.register_namespace(pm.PACKML_URI)
+        ext = await server.register_namespace(EXTENSION_URI)
+        self._packml_ns = ns
+        await pm.build_types(server, ns)
+        name = self.name
+        machine = await server.nodes.objects.add_object(
+            _node_id(name, ext),
+            ua.QualifiedName(name, ext),
+            objecttype=pm.node_id(pm.BASE_OBJECT_TYPE, ns),
+            instantiate_optional=False,
+        )
+
+        def nid(path: str) -> ua.NodeId:
+            return _node_id(f"{name}.{path}", ext)
+
+        async def write(path: str, value: Any, vtype: ua.VariantType) -> None:
+            await server.get_node(nid(path)).write_value(ua.DataValue(ua.Variant(value, vtype)))
+
+        # Mandatory members, made by instantiation: record their node ids and types.
+        packml_vars = {
+            "Status.UnitModeCurrent": _VT.Int32,
+            "Status.CurMachSpeed": _VT.Float,
+            "Status.MachSpeed": _VT.Float,
+            "Status.EquipmentBlocked": _VT.Boolean,
+            "Status.EquipmentStarved": _VT.Boolean,
+        }
+        for path, vtype in packml_vars.items():
+            self._nodes[path] = (nid(path), vtype)
+        await server.get_node(nid("Status.UnitModeCurrent")).write_attribute(
+            ua.AttributeIds.DataType,
+            ua.DataValue(ua.Variant(pm.node_id(pm.PRODUCTION_MAINTENANCE_MODE_ENUM, ns))),
+        )
+        top = float(self._physics.pouches_per_minute * self._physics.speed_factor)
+        for speed in ("CurMachSpeed", "MachSpeed"):
+            await write(f"Status.{speed}.EURange", ua.Range(Low=0.0, High=top), _VT.ExtensionObject)
+        await pm.admin_members(
+            server, nid("Admin"), ns, node_ns=ext, prefix=f"{name}.Admin.", rule=None
+        )
+        self._nodes["Admin.ProdProcessedCount"] = (
+            nid("Admin.ProdProcessedCount"),
+            _VT.ExtensionObject,
+        )
+        self._nodes["Admin.ProdDefectiveCount"] = (
+            nid("Admin.ProdDefectiveCount"),
+            _VT.ExtensionObject,
+        )
+        self._nodes["Admin.StopReason"] = (nid("Admin.StopReason"), _VT.ExtensionObject)
+        for parent, member in pm.OPTIONAL_MEMBERS:
+            path = f"{parent}.{member}"
+            vtype = await pm.optional_member(server, nid(parent), ns, nid(path), parent, member)
+            self._nodes[path] = (nid(path), vtype)
+        await machine.add_property(
+            nid("TagID"), ua.QualifiedName("TagID", ns), ua.Variant(name, _VT.String)
+        )
+
+        # The three state machines: CurrentState (Id, Number), AvailableStates, methods.
+        for sub, states in pm.available_states(ns).items():
+            path = "BaseStateMachine" + (f".{sub}" if sub else "")
+            await write(f"{path}.AvailableStates", states, _VT.NodeId)
+            current = server.get_node(nid(f"{path}.CurrentState"))
+            await current.add_property(
+                nid(f"{path}.CurrentState.Number"),
+                ua.QualifiedName("Number", 0),
+                ua.Variant(0, _VT.UInt32),
+            )
+            self._nodes[f"{path}.CurrentState"] = (nid(f"{path}.CurrentState"), _VT.LocalizedText)
+            self._nodes[f"{path}.CurrentState.Id"] = (nid(f"{path}.CurrentState.Id"), _VT.NodeId)
+            self._nodes[f"{path}.CurrentState.Number"] = (
+                nid(f"{path}.CurrentState.Number"),
+                _VT.UInt32,
+            )
+        owners = {
+            pm.BASE_STATE_MACHINE_TYPE: "BaseStateMachine",
+            pm.MACHINE_STATE_MACHINE_TYPE: "BaseStateMachine.MachineState",
+            pm.EXECUTE_STATE_MACHINE_TYPE: "BaseStateMachine.MachineState.ExecuteState",
+        }
+        for (owner, method), _ in pm.STATE_MACHINE_METHODS.items():
+            spec = _MethodSpec(
+                method, (), _bind_command(self._physics.command, PackMLCommand(method))
+            )
+            inputs: list[ua.Argument] = []
+            callback = self._make_method(spec)
+            if method == "Start":
+                inputs = [
+                    pm.argument(
+                        "Parameter",
+                        pm.node_id(pm.PACKML_DESCRIPTOR_DATA_TYPE, ns),
+                        "Parameters for the start; this machine takes none",
+                        rank=1,
+                    )
+                ]
+                callback = _without_start_parameters(callback)
+            path = owners[owner]
+            await server.get_node(nid(path)).add_method(
+                nid(f"{path}.{method}"), ua.QualifiedName(method, ns), callback, inputs, []
+            )
+        (set_unit_mode,) = [m for m in self._method_specs() if m.name == "SetUnitMode"]
+        server.link_method(server.get_node(nid("SetUnitMode")), self._make_method(set_unit_mode))
+
+        # doseline's extension: job, output tray, canisters, LoadJob and RefillCanister.
+        await self._build_extension(server, machine, ext)
+        await self._write_changed(server)  # the true state before the first client comes
+
+    async def _build_extension(self, server: Server, machine: Any, ext: int) -> None:
+        name = self.name
+        values = self._values()
+
+        async def folder(parent: Any, path: str) -> Any:
+            return await parent.add_object(
+                _node_id(f"{name}.{path}", ext), ua.QualifiedName(path.rsplit(".", 1)[-1], ext)
+            )
+
+        async def var(parent: Any, path: str, vtype: ua.VariantType) -> None:
+            node = await parent.add_variable(
+                _node_id(f"{name}.{path}", ext),
+                ua.QualifiedName(path.rsplit(".", 1)[-1], ext),
+                ua.Variant(values[path], vtype),
+                datatype=ua.NodeId(ua.Int32(vtype.value)),
+            )
+            self._nodes[path] = (node.nodeid, vtype)
+
+        job = await folder(machine, "Job")
+        await var(job, "Job.JobId", _VT.String)
+        for counter in ("PouchesTotal", "PouchesGood", "PouchesRejected"):
+            await var(job, f"Job.{counter}", _VT.Int32)
+        output = await folder(machine, "Output")
+        await var(output, "Output.Count", _VT.Int32)
+        await var(output, "Output.Capacity", _VT.Int32)
+        await var(output, "Output.Full", _VT.Boolean)
+        canisters = await folder(machine, "Canisters")
+        for number in sorted(self._physics.canisters):
+            prefix = f"Canisters.{_canister_name(number)}"
+            node = await folder(canisters, prefix)
+            await var(node, f"{prefix}.Number", _VT.Int32)
+            await var(node, f"{prefix}.Gtin", _VT.String)
+            await var(node, f"{prefix}.Count", _VT.Int32)
+            await var(node, f"{prefix}.Capacity", _VT.Int32)
+            await var(node, f"{prefix}.DispensedTotal", _VT.Int64)
+            await var(node, f"{prefix}.RefilledTotal", _VT.Int64)
+        for spec in self._method_specs():
+            if spec.name not in ("LoadJob", "RefillCanister"):
+                continue
+            await machine.add_method(
+                _node_id(f"{name}.{spec.name}", ext),
+                ua.QualifiedName(spec.name, ext),
+                self._make_method(spec),
+                [_argument(arg) for arg in spec.arguments],
+                [],
+            )
+
     def _values(self) -> dict[str, Any]:
         """Every variable's current value by its dotted path below the machine object."""
+        if self.model == "legacy":
+            return self._legacy_values()
+        return self._packml_values()
+
+    def _packml_values(self) -> dict[str, Any]:
+        """The OPC 30050 model's values; `misreport` (a fault knob) overrides fields."""
+        machine = self._physics
+        job = machine.job
+        fake = machine.misreport
+        state = int(fake.get("state", machine.state))
+        reason = int(fake.get("stop_reason", machine.stop_reason))
+        canister = int(fake.get("stop_canister", machine.stop_canister))
+        if reason != self._stop_since[0]:
+            self._stop_since = (reason, datetime.now(UTC) if reason else _NEVER)
+        job_good = int(fake.get("job_pouches_good", job.good if job else 0))
+        job_rejected = int(fake.get("job_pouches_rejected", job.rejected if job else 0))
+        processed = int(fake.get("processed_total", machine.processed))
+        defective = int(fake.get("defective_total", machine.defective))
+        values: dict[str, Any] = {
+            "Status.UnitModeCurrent": int(fake.get("unit_mode", machine.unit_mode)),
+            "Status.CurMachSpeed": float(machine.machine_speed),
+            "Status.MachSpeed": float(machine.pouches_per_minute * machine.speed_factor),
+            "Status.EquipmentBlocked": machine.output_full,
+            "Status.EquipmentStarved": reason == _CANISTER_EMPTY,
+            "Status.StateRequested": _REQUESTED.get(state, state),
+            "Status.StateChangeInProcess": state in _REQUESTED,
+            "Status.UnitModeChangeInProcess": False,  # a mode change takes no time
+            "Admin.MachDesignSpeed": float(machine.pouches_per_minute),
+            "Admin.ProdProcessedCount": [_count(1, "pouches", job_good + job_rejected, processed)],
+            "Admin.ProdDefectiveCount": [_count(2, "rejected pouches", job_rejected, defective)],
+            "Admin.StopReason": pm.PackMLAlarmDataType(
+                ID=ua.Int32(reason),
+                Value=ua.Int32(canister),
+                Message=ua.String(_stop_message(reason, canister)),
+                DateTime=self._stop_since[1],  # type: ignore[arg-type]  # a datetime is one
+                Trigger=reason != 0,  # type: ignore[arg-type]  # asyncua's Boolean: a marker
+            ),
+            "Output.Count": machine.output_count,
+            "Output.Capacity": machine.output_capacity,
+            "Output.Full": machine.output_full,
+            "Job.JobId": job.job_id if job else "",
+            "Job.PouchesTotal": int(fake.get("job_pouches_total", len(job.pouches) if job else 0)),
+            "Job.PouchesGood": job_good,
+            "Job.PouchesRejected": job_rejected,
+        }
+        for sub, (text, state_id, number) in pm.state_machine_values(
+            state, self._packml_ns
+        ).items():
+            path = "BaseStateMachine" + (f".{sub}" if sub else "")
+            values[f"{path}.CurrentState"] = ua.LocalizedText(text)
+            values[f"{path}.CurrentState.Id"] = state_id
+            values[f"{path}.CurrentState.Number"] = number
+        self._canister_values(values)
+        return values
+
+    def _canister_values(self, values: dict[str, Any]) -> None:
+        for number, can in self._physics.canisters.items():
+            prefix = f"Canisters.{_canister_name(number)}"
+            values[f"{prefix}.Number"] = number
+            values[f"{prefix}.Gtin"] = can.gtin
+            values[f"{prefix}.Count"] = can.count
+            values[f"{prefix}.Capacity"] = can.capacity
+            values[f"{prefix}.DispensedTotal"] = can.dispensed_total
+            values[f"{prefix}.RefilledTotal"] = can.refilled_total
+
+    def _legacy_values(self) -> dict[str, Any]:
+        """The legacy model's values."""
         machine = self._physics
         job = machine.job
         values: dict[str, Any] = {
@@ -401,14 +637,7 @@ class PackerSimulator(PhysicsView):
             "Job.PouchesGood": job.good if job else 0,
             "Job.PouchesRejected": job.rejected if job else 0,
         }
-        for number, can in machine.canisters.items():
-            prefix = f"Canisters.{_canister_name(number)}"
-            values[f"{prefix}.Number"] = number
-            values[f"{prefix}.Gtin"] = can.gtin
-            values[f"{prefix}.Count"] = can.count
-            values[f"{prefix}.Capacity"] = can.capacity
-            values[f"{prefix}.DispensedTotal"] = can.dispensed_total
-            values[f"{prefix}.RefilledTotal"] = can.refilled_total
+        self._canister_values(values)
         for field_name, value in machine.misreport.items():  # fault knob, usually empty
             values[_STATUS_NODES[field_name]] = value
         return values
@@ -554,6 +783,87 @@ def _mark_dumb_shelf(cache: Path) -> None:
         cache.touch()
 
 
+_NEVER = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
+#: Acting PackML states and the state each one is heading for (Status/StateRequested).
+_REQUESTED = {1: 2, 3: 6, 7: 2, 8: 9, 10: 11, 12: 6, 13: 5, 14: 6, 15: 4, 16: 17}
+_CANISTER_EMPTY = 101  # StopReason values, docs/packer-opcua.md
+_STOP_MESSAGES = {
+    1: "stopped by a command",
+    101: "canister {canister} empty",
+    102: "pouch mechanism jammed",
+    103: "output tray full",
+    104: "vision system fault",
+}
+#: UNECE code H87 (piece) as OPC UA's EUInformation encodes it.
+_PIECE = ua.EUInformation(
+    NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+    UnitId=int.from_bytes(b"H87", "big"),
+    DisplayName=ua.LocalizedText("pcs"),
+    Description=ua.LocalizedText("piece"),
+)
+
+
+def _count(ident: int, name: str, count: int, total: int) -> pm.PackMLCountDataType:
+    return pm.PackMLCountDataType(
+        ID=ua.Int32(ident),
+        Name=ua.String(name),
+        Unit=_PIECE,
+        Count=ua.Int32(count),
+        AccCount=ua.Int32(total),
+    )
+
+
+def _stop_message(reason: int, canister: int) -> str:
+    if reason == 0:
+        return ""
+    return _STOP_MESSAGES.get(reason, f"stop reason {reason}").format(canister=canister)
+
+
+def _argument(arg: tuple[str, ua.VariantType, str]) -> ua.Argument:
+    arg_name, vtype, desc = arg
+    return ua.Argument(
+        Name=arg_name,
+        DataType=ua.NodeId(ua.Int32(vtype.value)),
+        ValueRank=-1,
+        Description=ua.LocalizedText(desc),
+    )
+
+
+def _without_start_parameters(call: Callable[..., Any]) -> Callable[..., Any]:
+    """OPC 30050's Start takes an optional PackMLDescriptorDataType[] `Parameter`; this
+    machine has none to set, so it accepts the call without it or with an empty one."""
+
+    async def start(parent: ua.NodeId, *args: ua.Variant) -> Any:
+        if len(args) > 1:
+            exc = MethodError(
+                _STATUS.BadTooManyArguments, f"Start: takes at most 1 argument, got {len(args)}"
+            )
+            return _error_result(exc, len(args))
+        if args:
+            (parameter,) = args
+            if parameter.VariantType != _VT.ExtensionObject or not isinstance(
+                parameter.Value, list
+            ):
+                exc = MethodError(
+                    _STATUS.BadTypeMismatch,
+                    f"Parameter: expected an array of PackMLDescriptorDataType,"
+                    f" got {parameter.VariantType.name}",
+                    0,
+                )
+                return _error_result(exc, 1)
+            if parameter.Value:
+                exc = MethodError(
+                    _STATUS.BadInvalidArgument,
+                    f"Parameter: this machine takes no start parameters,"
+                    f" got {len(parameter.Value)}",
+                    0,
+                )
+                return _error_result(exc, 1)
+        return await call(parent)
+
+    return start
+
+
 def _node_id(identifier: str, idx: int) -> ua.NodeId:
     return ua.NodeId(ua.String(identifier), ua.Int16(idx))
 
@@ -639,6 +949,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="shelf file for the OPC UA standard address space (faster start)",
     )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="opc30050",
+        help="address space: OPC 30050 (PackML) with doseline's extension, or the legacy"
+        " model (docs/packer-opcua.md)",
+    )
     secure = parser.add_argument_group(
         "security",
         "with --certificate the machine offers Basic256Sha256 Sign and"
@@ -679,6 +996,7 @@ async def _serve(args: argparse.Namespace) -> None:
         args.name,
         address_space_cache=args.address_space_cache,
         security=_security(args),
+        model=args.model,
         **packer_settings(args),
     )
     await serve_until_stopped(sim, lambda: f"packer {sim.name} on {sim.endpoint}")

@@ -72,7 +72,8 @@ def _packer(p: dict[str, Any], seed: int, free_ports: bool) -> Any:
         from simulators.packer_serial import SerialPackerSimulator
 
         return SerialPackerSimulator(p["name"], **kwargs)
-    return PackerSimulator(p["name"], **kwargs)
+    legacy = p.get("driver") == "opcua_legacy"
+    return PackerSimulator(p["name"], model="legacy" if legacy else "opc30050", **kwargs)
 
 
 def _endpoint(sim: Any) -> str:

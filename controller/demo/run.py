@@ -315,7 +315,11 @@ async def run_demo(
     try:
         kinds = ", ".join(
             f"{sum(1 for p in site.packers if p.driver == d)} {label}"
-            for d, label in (("opcua", "OPC UA"), ("serial", "serial"))
+            for d, label in (
+                ("opcua", "OPC UA"),
+                ("opcua_legacy", "OPC UA legacy"),
+                ("serial", "serial"),
+            )
             if any(p.driver == d for p in site.packers)
         )
         say(

@@ -1,4 +1,8 @@
-"""The OPC UA packer driver against the packer simulator over real loopback sockets."""
+"""The OPC UA packer driver against the packer simulator over real loopback sockets.
+
+The driver and simulator speak OPC 30050 (PackML) unless a test asks for the legacy
+model (`model="legacy"`: `LegacyOpcUaPackerDriver` against the simulator's first
+address space); the tests of the legacy address space itself run on that pair."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from drivers.base import (
     StopReason,
     UnitMode,
 )
-from drivers.opcua_packer import NAMESPACE_URI, OpcUaPackerDriver
+from drivers.opcua_packer import EXTENSION_URI, PACKML_URI, OpcUaPackerDriver
+from drivers.opcua_packer_legacy import NAMESPACE_URI, LegacyOpcUaPackerDriver
 from simulators.packer_opcua import PackerSimulator
 
 S = PackMLState
@@ -54,7 +59,10 @@ async def make_packer(address_space_cache: Path) -> AsyncIterator[Factory]:
         }
         params.update(kwargs)
         sim = PackerSimulator("P1", **params)
-        driver = OpcUaPackerDriver("P1", "opc.tcp://127.0.0.1:1/", timeout=2.0)
+        driver_class = (
+            LegacyOpcUaPackerDriver if params.get("model") == "legacy" else OpcUaPackerDriver
+        )
+        driver = driver_class("P1", "opc.tcp://127.0.0.1:1/", timeout=2.0)
         started.append((sim, driver))
         await sim.start()
         driver.address = sim.endpoint
@@ -219,7 +227,7 @@ async def test_empty_canister_holds_then_refill_and_unhold_completes(
 
 
 async def test_stop_canister_is_published_over_opc_ua(make_packer: Factory) -> None:
-    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)])
+    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)], model="legacy")
     await to_idle(driver)
     await driver.load_job(job("J-sc", [[(4, 1)]]))
     await driver.command(C.START)
@@ -391,7 +399,7 @@ async def test_refill_validation(make_packer: Factory) -> None:
 
 
 async def test_method_argument_types_are_checked(make_packer: Factory) -> None:
-    sim, _driver = await make_packer()
+    sim, _driver = await make_packer(model="legacy")
     async with Client(sim.endpoint, timeout=2.0) as client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
         command = await client.nodes.objects.get_child([f"{ns}:P1", f"{ns}:Command"])
@@ -451,8 +459,8 @@ async def test_silent_peer_times_out_within_the_timeout(free_port: int) -> None:
 
 
 async def test_wrong_machine_name_is_reported(make_packer: Factory) -> None:
-    sim, _driver = await make_packer()
-    other = OpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
+    sim, _driver = await make_packer(model="legacy")
+    other = LegacyOpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
     with pytest.raises(
         DriverError, match=r"packer line-2 .*connect: node Objects/P9/\S+ not found"
     ):
@@ -487,7 +495,7 @@ def test_driver_rejects_a_non_opc_tcp_address() -> None:
 async def test_new_nodes_and_set_unit_mode_method_in_the_address_space(
     make_packer: Factory,
 ) -> None:
-    sim, driver = await make_packer(output_capacity=3, output_empty_after_s=None)
+    sim, driver = await make_packer(output_capacity=3, output_empty_after_s=None, model="legacy")
     await driver.refill_canister(2, 7)
     async with Client(sim.endpoint, timeout=2.0) as client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
@@ -560,9 +568,10 @@ async def test_a_machine_without_the_new_nodes_still_works(address_space_cache: 
         server_clock=False,
         speed_factor=FAST["speed_factor"],
         transient_seconds=FAST["transient_seconds"],
+        model="legacy",
     )
     await sim.start()
-    driver = OpcUaPackerDriver("P1", sim.endpoint, timeout=2.0)
+    driver = LegacyOpcUaPackerDriver("P1", sim.endpoint, timeout=2.0)
     try:
         await driver.connect()
         await driver.refill_canister(4, 2)
@@ -590,3 +599,236 @@ async def test_set_unit_mode_when_not_connected_is_a_driver_error() -> None:
     driver = OpcUaPackerDriver("PN", "opc.tcp://127.0.0.1:1/", timeout=0.5)
     with pytest.raises(DriverError, match=r"packer PN .*set_unit_mode MAINTENANCE \(2\): not"):
         await driver.set_unit_mode(UnitMode.MAINTENANCE)
+
+
+# -- the OPC 30050 model ------------------------------------------------------------------
+
+PACKML_TYPES = {
+    1: "PackMLExecuteStateMachineType",
+    2: "PackMLMachineStateMachineType",
+    3: "PackMLBaseStateMachineType",
+    4: "PackMLStatusObjectType",
+    5: "PackMLAdminObjectType",
+    6: "PackMLBaseObjectType",
+    11: "ProductionMaintenanceModeEnum",
+    14: "PackMLCountDataType",
+    15: "PackMLAlarmDataType",
+    25: "HasStopReason",
+}
+
+
+async def test_the_machine_is_an_opc_30050_instance(make_packer: Factory) -> None:
+    """Types with the NodeSet's ids and names; the instance's members and methods where
+    the NodeSet puts them; doseline's nodes only in the extension namespace."""
+    sim, driver = await make_packer(canisters=[(4, "07350000010046", 3, 60)])
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(PACKML_URI)
+        ext = await client.get_namespace_index(EXTENSION_URI)
+        for ident, name in PACKML_TYPES.items():
+            bname = await client.get_node(ua.NodeId(ident, ns)).read_browse_name()
+            assert bname == ua.QualifiedName(name, ns)
+        machine = await client.nodes.objects.get_child(f"{ext}:P1")
+        assert await machine.read_type_definition() == ua.NodeId(6, ns)
+
+        def at(*names: str) -> list[str]:
+            return [n if ":" in n else f"{ns}:{n}" for n in names]
+
+        ms = await machine.get_child(at("BaseStateMachine", "MachineState"))
+        es = await ms.get_child(f"{ns}:ExecuteState")
+        bsm = await machine.get_child(f"{ns}:BaseStateMachine")
+        assert await bsm.read_type_definition() == ua.NodeId(3, ns)
+        assert await ms.read_type_definition() == ua.NodeId(2, ns)
+        assert await es.read_type_definition() == ua.NodeId(1, ns)
+        for owner, methods in (
+            (bsm, {"Abort", "Clear"}),
+            (ms, {"Stop", "Reset"}),
+            (es, {"Reset", "Start", "Hold", "Unhold", "Suspend", "Unsuspend"}),
+            (machine, {"SetUnitMode", "LoadJob", "RefillCanister"}),
+        ):
+            refs = await owner.get_children_descriptions(nodeclassmask=ua.NodeClass.Method)
+            assert {r.BrowseName.Name for r in refs} == methods
+            for ref in refs:
+                expected = ext if ref.BrowseName.Name in ("LoadJob", "RefillCanister") else ns
+                assert ref.BrowseName.NamespaceIndex == expected
+
+        # Stopped at power-on; the state's Id is the NodeSet's state object.
+        current = await ms.get_child("0:CurrentState")
+        assert (await current.read_value()).Text == "Stopped"
+        assert await (await current.get_child("0:Id")).read_value() == ua.NodeId(53, ns)
+        assert await (await current.get_child("0:Number")).read_value() == 2
+        es_current = await es.get_child("0:CurrentState")
+        assert await (await es_current.get_child("0:Id")).read_value() == ua.NodeId()
+
+        status = await machine.get_child(f"{ns}:Status")
+        assert await status.read_type_definition() == ua.NodeId(4, ns)
+        expected_status = {
+            "UnitModeCurrent": (1, ua.NodeId(11, ns)),
+            "CurMachSpeed": (0.0, ua.NodeId(ua.ObjectIds.Float)),
+            "MachSpeed": (6000.0, ua.NodeId(ua.ObjectIds.Float)),
+            "EquipmentBlocked": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+            "EquipmentStarved": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+            "StateRequested": (2, ua.NodeId(ua.ObjectIds.Int32)),
+            "StateChangeInProcess": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+            "UnitModeChangeInProcess": (False, ua.NodeId(ua.ObjectIds.Boolean)),
+        }
+        for name, (value, data_type) in expected_status.items():
+            node = await status.get_child(f"{ns}:{name}")
+            assert (await node.read_value(), await node.read_data_type()) == (value, data_type)
+
+        # StopReason hangs on Admin by HasStopReason; the counters are arrays of counts.
+        admin = await machine.get_child(f"{ns}:Admin")
+        design = await admin.get_child(f"{ns}:MachDesignSpeed")
+        assert await design.read_value() == 60.0
+        refs = await admin.get_references(refs=ua.NodeId(25, ns))
+        assert [r.BrowseName.Name for r in refs] == ["StopReason"]
+        processed = await admin.get_child(f"{ns}:ProdProcessedCount")
+        assert await processed.read_data_type() == ua.NodeId(14, ns)
+        assert await processed.read_value_rank() == 1
+
+        # Count is this job's, AccCount never goes back (not across a reset either).
+        await to_idle(driver)
+        await driver.load_job(job("J-acc", [[(4, 1)]] * 2))
+        await driver.command(C.START)
+        await wait_state(driver, S.COMPLETE)
+        (count,) = await processed.read_value()
+        assert (count.Count, count.AccCount, count.Name) == (2, 2, "pouches")
+        await to_idle(driver)
+        (count,) = await processed.read_value()
+        assert (count.Count, count.AccCount) == (0, 2)
+
+        # Doseline's own nodes are in the extension namespace, not in PackML's.
+        for path in (["Job", "JobId"], ["Canisters", "Canister_04", "RefilledTotal"]):
+            await machine.get_child([f"{ext}:{n}" for n in path])
+        with pytest.raises(ua.UaStatusCodeError):
+            await machine.get_child([f"{ns}:Job"])
+
+
+async def test_an_empty_canister_shows_in_stop_reason_and_equipment_starved(
+    make_packer: Factory,
+) -> None:
+    sim, driver = await make_packer(canisters=[(4, "07350000010046", 0, 60)])
+    await to_idle(driver)
+    await driver.load_job(job("J-sc", [[(4, 1)]]))
+    await driver.command(C.START)
+    status = await wait_state(driver, S.HELD)
+    assert (status.stop_reason, status.stop_canister) == (StopReason.CANISTER_EMPTY, 4)
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(PACKML_URI)
+        ext = await client.get_namespace_index(EXTENSION_URI)
+        machine = await client.nodes.objects.get_child(f"{ext}:P1")
+        stop = await (await machine.get_child([f"{ns}:Admin", f"{ns}:StopReason"])).read_value()
+        assert (stop.ID, stop.Value, stop.Message, stop.Trigger) == (
+            101,
+            4,
+            "canister 4 empty",
+            True,
+        )
+        starved = await machine.get_child([f"{ns}:Status", f"{ns}:EquipmentStarved"])
+        assert await starved.read_value() is True
+    await driver.refill_canister(4, 10)
+    await driver.command(C.UNHOLD)
+    status = await wait_state(driver, S.COMPLETE)
+    assert (status.stop_reason, status.stop_canister) == (StopReason.NONE, 0)
+
+
+async def test_start_parameters_and_argument_types_are_checked(make_packer: Factory) -> None:
+    sim, driver = await make_packer()
+    await to_idle(driver)
+    await driver.load_job(job("J-par", [[(1, 1)]]))
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(PACKML_URI)
+        ext = await client.get_namespace_index(EXTENSION_URI)
+        machine = await client.nodes.objects.get_child(f"{ext}:P1")
+        es = await machine.get_child(
+            [f"{ns}:BaseStateMachine", f"{ns}:MachineState", f"{ns}:ExecuteState"]
+        )
+        start = await es.get_child(f"{ns}:Start")
+        request = ua.CallMethodRequest(
+            ObjectId=es.nodeid,
+            MethodId=start.nodeid,
+            InputArguments=[ua.Variant([ua.Argument()], ua.VariantType.ExtensionObject)],
+        )
+        (result,) = await client.uaclient.call([request])
+        assert result.StatusCode.name == "BadInvalidArgument"
+        assert "Parameter: this machine takes no start parameters, got 1" in str(
+            result.InputArgumentDiagnosticInfos
+        )
+        request.InputArguments = [ua.Variant(1, ua.VariantType.Int32)]
+        (result,) = await client.uaclient.call([request])
+        assert result.InputArgumentResults[0].name == "BadTypeMismatch"
+
+        refill = await machine.get_child(f"{ext}:RefillCanister")
+        request = ua.CallMethodRequest(
+            ObjectId=machine.nodeid,
+            MethodId=refill.nodeid,
+            InputArguments=[
+                ua.Variant("1", ua.VariantType.String),
+                ua.Variant(1, ua.VariantType.Int32),
+            ],
+        )
+        (result,) = await client.uaclient.call([request])
+        assert result.InputArgumentResults[0].name == "BadTypeMismatch"
+        assert "Number: expected Int32, got String" in str(result.InputArgumentDiagnosticInfos)
+    assert sim.state is S.IDLE
+    await driver.command(C.START)  # with no parameters, as the driver sends it: runs
+    assert (await wait_state(driver, S.COMPLETE)).job_pouches_good == 1
+
+
+async def test_the_machine_is_found_by_type_whatever_its_name(
+    make_packer: Factory, address_space_cache: Path
+) -> None:
+    """One machine on the server: found under any name the site gives the packer. Asked
+    for by a name the server does not have: the error names what is there."""
+    sim, _driver = await make_packer()
+    anonymous = OpcUaPackerDriver("PK7", sim.endpoint, timeout=2.0)
+    try:
+        await anonymous.connect()
+        assert (await anonymous.read_status()).state is S.STOPPED
+    finally:
+        await anonymous.close()
+    named = OpcUaPackerDriver("line-2", sim.endpoint, timeout=2.0, object_name="P9")
+    with pytest.raises(
+        DriverError,
+        match=r"packer line-2 .*connect: no PackMLBaseObjectType instance named 'P9' on the"
+        r" server \(found: P1\)",
+    ):
+        await named.connect()
+    await named.close()
+
+
+async def test_a_machine_of_a_subtype_in_a_folder_is_found(make_packer: Factory) -> None:
+    """A vendor's subtype of PackMLBaseObjectType one folder below Objects counts as a
+    machine; with two machines on the server the name decides."""
+    sim, driver = await make_packer()
+    server = sim._server
+    assert server is not None
+    ns = await server.get_namespace_index(PACKML_URI)
+    base = server.get_node(ua.NodeId(6, ns))
+    vendor = await base.add_object_type(ua.NodeId("VendorPacker", ns + 1), "VendorPacker")
+    folder = await server.nodes.objects.add_folder(ua.NodeId("Line", ns + 1), "Line")
+    await folder.add_object(ua.NodeId("P2", ns + 1), "P2", objecttype=vendor.nodeid)
+    other = OpcUaPackerDriver("P2", sim.endpoint, timeout=2.0)
+    with pytest.raises(DriverError, match=r"connect: node Canisters of the machine not found"):
+        await other.connect()  # found by its type; it lacks doseline's extension
+    await other.close()
+    unnamed = OpcUaPackerDriver("PK7", sim.endpoint, timeout=2.0)
+    with pytest.raises(DriverError, match=r"named 'PK7' on the server \(found: P1, P2\)"):
+        await unnamed.connect()
+    await unnamed.close()
+    await driver.connect()  # P1 by its name
+    assert (await driver.read_status()).state is S.STOPPED
+
+
+async def test_an_acting_state_shows_the_state_requested(make_packer: Factory) -> None:
+    sim, driver = await make_packer(transient_seconds=0.5, speed_factor=1.0)
+    async with Client(sim.endpoint, timeout=2.0) as client:
+        ns = await client.get_namespace_index(PACKML_URI)
+        ext = await client.get_namespace_index(EXTENSION_URI)
+        status = await client.nodes.objects.get_child([f"{ext}:P1", f"{ns}:Status"])
+        requested = await status.get_child(f"{ns}:StateRequested")
+        changing = await status.get_child(f"{ns}:StateChangeInProcess")
+        await driver.command(C.RESET)
+        assert sim.state is S.RESETTING
+        assert (await requested.read_value(), await changing.read_value()) == (4, True)
+        await wait_state(driver, S.IDLE)
+        assert (await requested.read_value(), await changing.read_value()) == (4, False)
