@@ -114,6 +114,7 @@ class Faults:
 @dataclass
 class Log:
     accepted: list[str] = field(default_factory=list)  # control ids acknowledged AA
+    kinds: dict[str, str] = field(default_factory=dict)  # control id -> DISPENSE, SNAPSHOT...
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (id, code, text)
     resent: int = 0
     notices: list[tuple[int, str, int, int]] = field(default_factory=list)  # acted on
@@ -471,6 +472,7 @@ class Hl7CabinetServer:
                 continue
             if message in self.outbox:
                 self.outbox.remove(message)
+            self.log.kinds[message.control_id] = message.kind
             if code == "AA":
                 self.log.accepted.append(message.control_id)
             else:

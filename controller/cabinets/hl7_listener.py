@@ -83,6 +83,7 @@ class Hl7CabinetListener(CabinetPoller):
         self.events_accepted = 0
         self.events_refused = 0
         self.snapshots = 0
+        self.duplicates = 0  # events received again and not booked again
         self._snapshot: CabinetStatus | None = None
         # Refill notices this process sent: number -> (pocket, doses).
         self._notices: dict[int, tuple[int, int]] = {}
@@ -234,6 +235,10 @@ class Hl7CabinetListener(CabinetPoller):
         )
         ward = self.config.ward
         async with self._booking:
+            if await self.ledger.call("command_done", key):
+                # Booked before (a resend, or one this process never saw acknowledged).
+                self.duplicates += 1
+                return EventAck.accept()
             if event.kind == PocketEventKind.DISPENSE:
                 booked = await self._book_movement(
                     config, pocket, "withdrawals", event.quantity, "consume",
