@@ -103,7 +103,7 @@ class Outgoing:
 class Faults:
     """Set by tests (or --fault); each applies to the next message(s) sent."""
 
-    duplicate: int = 0  # send the next accepted message once more, same control id
+    duplicate: int = 0  # send the next accepted pocket event once more, same control id
     out_of_order: int = 0  # send the second waiting message before the first
     garble_frame: int = 0  # the next frame goes without its MLLP start byte
     malform_segment: int = 0  # the next event's ZPK-3 is not a number
@@ -477,7 +477,7 @@ class Hl7CabinetServer:
                 self.log.accepted.append(message.control_id)
             else:
                 self.log.refused.append((message.control_id, code, text))
-            if self.faults.duplicate > 0 and code == "AA":
+            if self.faults.duplicate > 0 and code == "AA" and message.kind != "SNAPSHOT":
                 self.faults.duplicate -= 1
                 self.outbox.insert(0, Outgoing(message.control_id, message.text, message.kind))
 
