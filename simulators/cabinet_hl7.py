@@ -289,6 +289,10 @@ class Hl7CabinetServer:
         pocket.count += n
         self._event(pocket, "REFILL", n)
 
+    def pause_withdrawals(self) -> None:
+        """The nurses stop (a quiet moment before counts are compared)."""
+        self.withdrawals_paused = True
+
     def lose_doses(self, number: int, n: int) -> None:
         """Doses gone with no message at all (what reconciliation must catch)."""
         self.pockets[number].count -= n

@@ -84,6 +84,7 @@ class Hl7CabinetListener(CabinetPoller):
         self.events_refused = 0
         self.snapshots = 0
         self.duplicates = 0  # events received again and not booked again
+        self._serving = False
         self._snapshot: CabinetStatus | None = None
         # Refill notices this process sent: number -> (pocket, doses).
         self._notices: dict[int, tuple[int, int]] = {}
@@ -91,16 +92,48 @@ class Hl7CabinetListener(CabinetPoller):
     # --- the session -----------------------------------------------------------------
     async def serve(self) -> None:
         backoff = self.config.poll_interval_s
+        self._serving = True
+        try:
+            while True:
+                try:
+                    await self._open()
+                    backoff = self.config.poll_interval_s
+                    await self._session()
+                except DriverError as exc:
+                    self.link.poll_failed(exc)
+                    await self.close()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.reconnect_max_s)
+        finally:
+            self._serving = False
+
+    async def poll_once(self) -> CabinetStatus:
+        """Outside `serve` (the end of a day, a command-line check): takes the messages
+        the server holds, booking and acknowledging each, up to and including the next
+        snapshot, and returns that snapshot; everything before it is then booked.
+        While `serve` runs, it only reconciles the latest snapshot again."""
+        if self._serving:
+            return await self._reconcile()
+        async with self._bus:
+            if not self.connected:
+                await self._connect()
         while True:
             try:
-                await self._open()
-                backoff = self.config.poll_interval_s
-                await self._session()
-            except DriverError as exc:
-                self.link.poll_failed(exc)
-                await self.close()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_max_s)
+                event = await asyncio.wait_for(self.driver.next_event(), self.silence_s)
+            except TimeoutError:
+                raise DriverError(
+                    f"cabinet {self.name}: no snapshot within {self.silence_s:.0f} s"
+                ) from None
+            ack = await self.handle(event)
+            await self.driver.acknowledge(event, ack)
+            if isinstance(event, CabinetSnapshot) and ack.code == AckCode.ACCEPT:
+                assert self._snapshot is not None
+                return self._snapshot
+
+    async def _reconcile(self) -> CabinetStatus:
+        """The poller's poll on the latest snapshot: link state, excursions, the
+        comparison with the ledger, the cold chain, low pockets."""
+        return await CabinetPoller.poll_once(self)
 
     async def _open(self) -> None:
         async with self._bus:
@@ -181,7 +214,7 @@ class Hl7CabinetListener(CabinetPoller):
             return wrong
         self._snapshot = event.status
         self.snapshots += 1
-        await self.poll_once()
+        await self._reconcile()
         return EventAck.accept()
 
     async def _read(self) -> CabinetStatus:
@@ -194,6 +227,43 @@ class Hl7CabinetListener(CabinetPoller):
         self, config: Pocket, pocket: PocketStatus, marks: dict[str, int]
     ) -> None:
         """A snapshot carries counts only: its events were booked one by one."""
+
+    async def adopt(self, store_bins: list[str], timeout_s: float = 60) -> None:
+        """Commissioning: the first snapshot's counts become the pockets' opening stock
+        (the poller's `adopt`). Transactions the server reports before that snapshot
+        are in its counts: for a pocket not adopted yet they are acknowledged and not
+        booked; for one adopted before (a restart) they are booked as ever."""
+        adopted = {
+            number
+            for number in self.pockets
+            if await self.ledger.call("counter_mark", self.name, f"pocket{number}.withdrawals")
+            is not None
+        }
+        if adopted == set(self.pockets):
+            return
+        async with self._bus:
+            if not self.connected:
+                await self._connect()
+        while True:
+            try:
+                event = await asyncio.wait_for(self.driver.next_event(), self.silence_s)
+            except TimeoutError:
+                raise DriverError(
+                    f"cabinet {self.name}: no snapshot within {self.silence_s:.0f} s"
+                ) from None
+            if isinstance(event, PocketEvent) and event.pocket not in adopted:
+                ack = EventAck.accept()  # counted in the opening snapshot
+            elif isinstance(event, CabinetSnapshot):
+                wrong = self._wrong_cabinet(event.cabinet, "ZCS-1")
+                ack = wrong or EventAck.accept()
+                if wrong is None:
+                    self._snapshot = event.status
+            else:
+                ack = await self.handle(event)
+            await self.driver.acknowledge(event, ack)
+            if self._snapshot is not None:
+                break
+        await super().adopt(store_bins, timeout_s)
 
     async def poll_status_only(self) -> CabinetStatus:
         """The latest snapshot; before the first one, connects and waits for it
