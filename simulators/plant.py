@@ -236,8 +236,10 @@ async def _stdin_commands(plant: Plant) -> None:
             return
         command = line.decode(errors="replace").strip()
         if command == "pause-withdrawals":
-            for sim in [*plant.cabinets, *plant.hl7_cabinets.values()]:
+            for sim in plant.cabinets:
                 sim.pause_withdrawals()
+            for server in plant.hl7_cabinets.values():
+                server.pause_withdrawals()
             print(json.dumps({"paused": True}), flush=True)
         elif command:
             print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
