@@ -199,18 +199,12 @@ def test_a_hostile_message_books_nothing_it_should_not(
     if not _bookable(body):
         assert ack.code == AckCode.ERROR
         assert moved == 0
-        REFUSED.append(body.message_id)
         assert _stock(controller) == stock_before
         return
     assert ack.code == AckCode.ACCEPT
     location = f"CAB1/P{body.pocket:02d}"
     taken = stock_before.get(location, 0) - _stock(controller).get(location, 0)
     assert 0 <= taken <= body.quantity
-    HANDLED.append(body.message_id)
-
-
-HANDLED: list[str] = []  # booked (to show that the property reached the ledger)
-REFUSED: list[str] = []
 
 
 def _stock(controller: Controller) -> dict[str, int]:
@@ -220,7 +214,21 @@ def _stock(controller: Controller) -> dict[str, int]:
     return totals
 
 
-def test_the_property_reached_both_branches() -> None:
-    """Runs after the property (file order): it must have booked some messages and
-    refused others, or it proved nothing."""
-    assert HANDLED and REFUSED
+def test_the_listener_books_a_valid_dispense_and_refuses_a_foreign_one(
+    booked: tuple[Controller, Hl7CabinetListener],
+) -> None:
+    """Both outcomes of the property above are reachable: a valid dispense books its
+    doses, the same message for another cabinet books nothing."""
+    controller, listener = booked
+    before = _stock(controller).get("CAB1/P02", 0)
+    foreign = VALID.replace(b"ZPK|CAB1|A|1|", b"ZPK|CAB2|A|2|").replace(
+        PARA.encode(), METO.encode()
+    )
+    event = parse_message(foreign.replace(b"|M1|", b"|V1|")).body
+    assert isinstance(event, PocketEvent)
+    assert asyncio.run(listener.handle(event)).code == AckCode.ERROR
+    assert _stock(controller).get("CAB1/P02", 0) == before
+    valid = parse_message(foreign.replace(b"|M1|", b"|V2|").replace(b"ZPK|CAB2", b"ZPK|CAB1")).body
+    assert isinstance(valid, PocketEvent)
+    assert asyncio.run(listener.handle(valid)).code == AckCode.ACCEPT
+    assert _stock(controller).get("CAB1/P02", 0) == before - 2

@@ -3,6 +3,8 @@ for acknowledging them (docs/cabinet-hl7.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hl7
 import pytest
 
@@ -232,3 +234,32 @@ def test_addresses() -> None:
     for bad in ("tcp://h:1", "mllp://h", "mllp://:5"):
         with pytest.raises(ValueError, match="address"):
             parse_address(bad)
+
+
+def test_the_examples_of_the_interface_document_are_read_as_it_says() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cabinet-hl7.md").read_text()
+    blocks = [b.strip() for b in doc.split("```")[1::2] if b.strip().startswith("MSH|")]
+    read = {}
+    for block in blocks:
+        data = block.replace("\n", "\r").encode()
+        if b"|MFN^M01" in data:
+            continue  # sent by doseline, built by build_item_master
+        body = parse_message(data).body
+        read[type(body).__name__ + ":" + str(getattr(body, "kind", ""))] = body
+    dispense = read["PocketEvent:DISPENSE"]
+    assert isinstance(dispense, PocketEvent)
+    assert (dispense.cabinet, dispense.pocket, dispense.quantity, dispense.count_after) == (
+        "CAB-ORT4",
+        3,
+        2,
+        29,
+    )
+    snapshot = read["CabinetSnapshot:"]
+    assert isinstance(snapshot, CabinetSnapshot)
+    assert [(p.number, p.count, p.locked) for p in snapshot.status.pockets] == [
+        (1, 9, False),
+        (2, 0, True),
+    ]
+    notice = read["PocketEvent:REFILL"]
+    assert isinstance(notice, PocketEvent) and notice.notice == 58
+    assert isinstance(read["AckMessage:"], AckMessage)
