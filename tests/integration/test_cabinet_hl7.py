@@ -55,7 +55,7 @@ async def test_adoption_and_item_master_at_connect(
     controller, server = rig
     assert on_hand(controller, 1, PARA) == 12
     assert on_hand(controller, 2, METO) == 8
-    await until(lambda: bool(server.log.item_masters), "item master sent")
+    await until(lambda: bool(listener(controller).items_sent), "item master acknowledged")
     assert server.log.item_masters[0] == ("REP", 4)
     assert server.item_master[PARA] == "Paracetamol 500"
     # A changed product goes out as an update, the unchanged ones do not.
