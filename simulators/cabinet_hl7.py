@@ -36,6 +36,8 @@ import hl7
 import yaml
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, start_hl7_server
 
+from simulators.standalone import run, serve_until_stopped
+
 log = logging.getLogger("simulators.cabinet_hl7")
 SECONDS_PER_DAY = 86400.0
 APPLICATION = "CABSRV"
@@ -591,7 +593,17 @@ def spec_from_site(site: dict[str, Any], name: str) -> Hl7CabinetSpec:
     raise SystemExit(f"--cabinet: no cabinet {name!r} in the site file")
 
 
-async def _main(args: argparse.Namespace, site: dict[str, Any]) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--site", required=True, help="site file with the cabinet")
+    parser.add_argument("--cabinet", required=True, help="name of the cabinet in the site file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=2575, help="TCP port, 0 = any free")
+    parser.add_argument("--day-seconds", type=float, default=600.0, help="real seconds per day")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--snapshot-interval", type=float, default=5.0, help="seconds")
+    args = parser.parse_args()
+    site = yaml.safe_load(Path(args.site).read_text(encoding="utf-8"))
     server = Hl7CabinetServer(
         spec_from_site(site, args.cabinet),
         host=args.host,
@@ -600,25 +612,7 @@ async def _main(args: argparse.Namespace, site: dict[str, Any]) -> None:
         seed=args.seed,
         snapshot_interval_s=args.snapshot_interval,
     )
-    async with server:
-        print(f"cabinet server {args.cabinet} at {server.address}", flush=True)
-        await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--site", required=True, help="site file with the cabinet")
-    parser.add_argument("--cabinet", required=True, help="name of the cabinet in the site file")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=2575)
-    parser.add_argument("--day-seconds", type=float, default=600.0, help="real seconds per day")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--snapshot-interval", type=float, default=5.0)
-    logging.basicConfig(level=logging.INFO)
-    with contextlib.suppress(KeyboardInterrupt):
-        args = parser.parse_args()
-        site = yaml.safe_load(Path(args.site).read_text())
-        asyncio.run(_main(args, site))
+    run(serve_until_stopped(server, lambda: f"cabinet server {args.cabinet} at {server.address}"))
 
 
 if __name__ == "__main__":
