@@ -669,19 +669,20 @@ class Site(Strict):
         line_rate: dict[str, Cabinet] = {}
         line_tls: dict[str, Cabinet] = {}
         for cab in self.cabinets:
+            if cab.driver == "hl7_mllp":
+                other = first.setdefault((cab.driver, cab.address, 0), cab)
+                if other is not cab:
+                    raise ValueError(
+                        f"cabinets.{cab.name}.address: {cab.address} is also the address of"
+                        f" cabinet {other.name}; a cabinet server link serves one cabinet"
+                    )
+                continue
             other = first.setdefault((cab.driver, cab.address, cab.unit_id), cab)
             if other is not cab:
                 raise ValueError(
                     f"cabinets.{cab.name}.unit_id: {cab.unit_id} is also the unit id of"
                     f" cabinet {other.name} on {cab.address}"
                 )
-            if cab.driver == "hl7_mllp":
-                other = first.setdefault(("hl7_mllp", cab.address, 0), cab)
-                if other is not cab:
-                    raise ValueError(
-                        f"cabinets.{cab.name}.address: {cab.address} is also the address of"
-                        f" cabinet {other.name}; a cabinet server link serves one cabinet"
-                    )
             if cab.driver == "modbus_tls":
                 other = line_tls.setdefault(cab.address, cab)
                 if other.tls != cab.tls:
