@@ -111,6 +111,7 @@ class Faults:
     malform_segment: int = 0  # the next event's ZPK-3 is not a number
     drop_after_send: int = 0  # close the connection right after sending the next message
     snapshots_paused: bool = False
+    hold: bool = False  # send nothing (messages wait in the outbox, in order)
 
 
 @dataclass
@@ -445,8 +446,11 @@ class Hl7CabinetServer:
     async def _send_loop(self, writer: HL7StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self.outbox:
+            while not self.outbox or self.faults.hold:
                 self._outbox_changed.clear()
+                if self.faults.hold:
+                    await asyncio.sleep(0.02)
+                    continue
                 await self._outbox_changed.wait()
             index = 0
             if self.faults.out_of_order > 0 and len(self.outbox) > 1:

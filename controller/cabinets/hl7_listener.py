@@ -86,8 +86,9 @@ class Hl7CabinetListener(CabinetPoller):
         self.duplicates = 0  # events received again and not booked again
         self._serving = False
         self._snapshot: CabinetStatus | None = None
-        # Refill notices this process sent: number -> (pocket, doses).
-        self._notices: dict[int, tuple[int, int]] = {}
+        # Notices this process sent: number -> (command, pocket, doses); kept until a
+        # snapshot says the server acted on them.
+        self._notices: dict[int, tuple[CabinetCommand, int, int]] = {}
 
     # --- the session -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -132,8 +133,41 @@ class Hl7CabinetListener(CabinetPoller):
 
     async def _reconcile(self) -> CabinetStatus:
         """The poller's poll on the latest snapshot: link state, excursions, the
-        comparison with the ledger, the cold chain, low pockets."""
-        return await CabinetPoller.poll_once(self)
+        comparison with the ledger, the cold chain, low pockets.
+
+        A snapshot the server took before it acted on a notice of ours (its ZCS-7 is
+        older) does not show that notice yet: its pocket is not compared, and the cold
+        chain, which decides from lock states and counts, waits for a newer one."""
+        hook = self.after_poll
+        if self._pending_notices():
+            self.after_poll = None
+        try:
+            return await CabinetPoller.poll_once(self)
+        finally:
+            self.after_poll = hook
+            self._forget_acted_notices()
+
+    def _pending_notices(self) -> dict[int, tuple[CabinetCommand, int, int]]:
+        acted = self._snapshot.last_ack_sequence if self._snapshot is not None else 0
+        return {
+            number: notice
+            for number, notice in self._notices.items()
+            if 0 < (number - acted) % 65535 < 32768
+        }
+
+    def _forget_acted_notices(self) -> None:
+        self._notices = self._pending_notices()
+
+    async def _compare(
+        self,
+        pockets: list[tuple[Pocket, PocketStatus]],
+        read_at: float,
+        held: dict[tuple[str, str], int] | None,
+    ) -> None:
+        waiting = {pocket for _command, pocket, _n in self._pending_notices().values()}
+        await super()._compare(
+            [(c, p) for c, p in pockets if p.number not in waiting], read_at, held
+        )
 
     async def _open(self) -> None:
         async with self._bus:
@@ -385,15 +419,16 @@ class Hl7CabinetListener(CabinetPoller):
             )
             return
         sent = self._notices.get(event.notice)
-        if sent is not None and sent != (event.pocket, event.quantity):
+        if sent is not None and sent != (CabinetCommand.REFILL, event.pocket, event.quantity):
+            _command, sent_pocket, sent_doses = sent
             await self._raise(
                 f"{key}:refill",
                 config,
                 pocket,
                 source="cabinet",
-                ledger_value=sent[1],
+                ledger_value=sent_doses,
                 detail=(
-                    f"refill notice {event.notice} was {sent[1]} into pocket {sent[0]},"
+                    f"refill notice {event.notice} was {sent_doses} into pocket {sent_pocket},"
                     f" the cabinet confirms {event.quantity} into pocket {event.pocket}"
                 ),
             )
@@ -432,8 +467,7 @@ class Hl7CabinetListener(CabinetPoller):
             except DriverError:
                 self.metrics.driver_errors.labels(self.name).inc()
                 raise
-            if command == CabinetCommand.REFILL:
-                self._notices[sequence] = (pocket, quantity)
+            self._notices[sequence] = (command, pocket, quantity)
             return sequence
 
 

@@ -13,7 +13,7 @@ from controller.app import Controller
 from controller.cabinets.hl7_listener import item_master
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import verify_ledger
-from drivers.base import AckCode, PocketEvent, PocketEventKind
+from drivers.base import AckCode, CabinetCommand, PocketEvent, PocketEventKind
 from simulators.cabinet_hl7 import Hl7CabinetServer
 from simulators.scanner_serial import ScannerSimulator
 from tests.hl7_rig import (
@@ -244,3 +244,29 @@ async def test_cold_cabinet_excursion_locks_pockets_through_notices(ledger_url: 
         await controller.stop()
         controller.close()
         await server.stop()
+
+
+async def test_a_snapshot_taken_before_a_notice_is_not_compared_on_that_pocket(
+    rig: tuple[Controller, Hl7CabinetServer],
+) -> None:
+    controller, server = rig
+    lis = listener(controller)
+    await settle(controller, server)
+    # A refill confirmed by scans is in the ledger before the cabinet is told.
+    controller.ledger.transfer(
+        "test-refill",
+        gtin=PARA,
+        quantity=3,
+        from_location="CENTRAL/A01",
+        to_location="CAB1/P01",
+        actor="test",
+        reason="refill confirmed by scan",
+    )
+    server.faults.hold = True
+    server.queue_snapshot()  # taken now: pocket 1 still at 12
+    await lis.send_command(CabinetCommand.REFILL, 1, 3)
+    assert server.count(1) == 15
+    server.faults.hold = False
+    await settle(controller, server)
+    assert on_hand(controller, 1, PARA) == 15
+    assert discrepancies(controller) == set()
