@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from controller.app import Controller
 from controller.cabinets.hl7_listener import item_master
+from controller.cabinets.par import daily_consumption
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import verify_ledger
 from drivers.base import AckCode, CabinetCommand, PocketEvent, PocketEventKind
@@ -80,6 +81,11 @@ async def test_withdrawals_waste_returns_and_counts_are_booked_once(
     lis = listener(controller)
     assert (lis.withdrawals_booked, lis.wasted_booked, lis.returns_booked) == (4, 1, 1)
     assert controller.ledger.moved_quantity("consume") == 4
+    # Par levels read the same movements: 4 taken, 1 put back, the waste is no demand.
+    [history] = daily_consumption(
+        controller.ledger.engine, [("CAB1/P01", PARA)], days=1, until=datetime.now(UTC).date()
+    ).values()
+    assert sum(history.daily) == 3
     assert controller.metrics.registry.get_sample_value(
         "doseline_cabinet_withdrawals_total", {"cabinet": CABINET}
     ) == 4
