@@ -169,6 +169,9 @@ class Hl7CabinetDriver(EventCabinetDriver):
         except asyncio.CancelledError:
             self._lost(DriverError(f"cabinet {self.name}: connection closed"))
             raise
+        except Exception as exc:  # a fault of ours must end the link, not hang it
+            log.exception("cabinet %s: reading stopped", self.name)
+            self._lost(DriverError(f"cabinet {self.name}: reading stopped: {exc!r}"))
 
     def _lost(self, error: DriverError) -> None:
         self._events.put_nowait(error)
