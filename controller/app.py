@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.cold_chain import ColdChain
+from controller.cabinets.hl7_listener import cabinet_poller
 from controller.cabinets.poller import CabinetPoller, pocket_location
 from controller.cabinets.replenishment import Replenishment
 from controller.config import Site
@@ -99,12 +100,13 @@ class Controller:
         )
         self.cold_chain = ColdChain(self.aledger, self.replenishment, self.metrics)
         for c in site.cabinets:
-            poller = CabinetPoller(
+            poller = cabinet_poller(
                 c,
                 self.cabinet_drivers[c.name],
                 self.aledger,
                 self.metrics,
                 on_low=self.replenishment.request,
+                catalogue=site.catalogue,
             )
             poller.refill_in_flight = self.replenishment.in_flight
             self.cold_chain.attach(poller)

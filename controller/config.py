@@ -383,7 +383,10 @@ class Cabinet(Strict):
     # line, each with its own unit_id.
     # modbus_tls: Modbus/TCP Security, Modbus TCP inside mutual TLS (tcp://host:port,
     # port 802 when left out), with `tls:`.
-    driver: Literal["modbus_tcp", "modbus_rtu", "modbus_tls"] = "modbus_tcp"
+    # hl7_mllp: a vendor's cabinet server over HL7 v2 and MLLP (docs/cabinet-hl7.md):
+    # mllp://host:port, or mllps://host:port for mutual TLS with `tls:`; one cabinet per
+    # address, and poll_interval_s is the server's snapshot interval.
+    driver: Literal["modbus_tcp", "modbus_rtu", "modbus_tls", "hl7_mllp"] = "modbus_tcp"
     address: str
     baudrate: int = Field(default=19200, gt=0)  # modbus_rtu only; the line runs 8E1
     unit_id: int = Field(default=1, ge=1, le=247)
@@ -403,6 +406,8 @@ class Cabinet(Strict):
                 f"cabinet {self.name}: address {self.address!r} must be a tcp://host:port URL"
                 f" for driver {self.driver}"
             )
+        if self.driver == "hl7_mllp":
+            return self._hl7_address()
         if self.driver == "modbus_tls" and self.tls is None:
             raise ValueError(
                 f"cabinet {self.name}: tls: driver modbus_tls needs tls (ca_file, cert_file,"
@@ -418,6 +423,27 @@ class Cabinet(Strict):
                 raise ValueError(
                     f"cabinet {self.name}: address {self.address!r} {problem} for driver modbus_rtu"
                 )
+        return self
+
+
+    def _hl7_address(self) -> Cabinet:
+        scheme, _, rest = self.address.partition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme not in ("mllp", "mllps") or not host or not port.isdigit():
+            raise ValueError(
+                f"cabinet {self.name}: address {self.address!r} must be mllp://host:port or"
+                " mllps://host:port for driver hl7_mllp"
+            )
+        if scheme == "mllps" and self.tls is None:
+            raise ValueError(
+                f"cabinet {self.name}: tls: address {self.address!r} is mllps:// and needs tls"
+                " (ca_file, cert_file, key_file)"
+            )
+        if scheme == "mllp" and self.tls is not None:
+            raise ValueError(
+                f"cabinet {self.name}: tls: given, but address {self.address!r} is mllp://"
+                " (use mllps:// for TLS)"
+            )
         return self
 
 
@@ -799,6 +825,14 @@ class Site(Strict):
         line_rate: dict[str, Cabinet] = {}
         line_tls: dict[str, Cabinet] = {}
         for cab in self.cabinets:
+            if cab.driver == "hl7_mllp":
+                other = first.setdefault((cab.driver, cab.address, 0), cab)
+                if other is not cab:
+                    raise ValueError(
+                        f"cabinets.{cab.name}.address: {cab.address} is also the address of"
+                        f" cabinet {other.name}; a cabinet server link serves one cabinet"
+                    )
+                continue
             other = first.setdefault((cab.driver, cab.address, cab.unit_id), cab)
             if other is not cab:
                 raise ValueError(

@@ -90,6 +90,8 @@ def cabinet_driver(config: Cabinet, buses: BusRegistry | None = None) -> Cabinet
     """The driver of one cabinet. Pass the controller's one `buses` registry so that
     cabinets on the same line or gateway share a bus; without it the cabinet gets a bus
     of its own (fine for one Modbus TCP cabinet, wrong for a shared RTU line)."""
+    if config.driver == "hl7_mllp":
+        return hl7_cabinet_driver(config)
     from drivers.modbus_cabinet import ModbusCabinetDriver
 
     bus = (buses if buses is not None else BusRegistry()).bus(config)
@@ -100,6 +102,24 @@ def cabinet_driver(config: Cabinet, buses: BusRegistry | None = None) -> Cabinet
         pocket_count=len(config.pockets),
         timeout=bus.timeout,
         bus=bus,
+    )
+
+
+def hl7_cabinet_driver(config: Cabinet) -> CabinetDriver:
+    """A cabinet behind a vendor's cabinet server (HL7 v2 over MLLP)."""
+    from drivers.hl7_cabinet import Hl7CabinetDriver
+    from drivers.modbus_cabinet import TlsFiles
+
+    tls = None
+    if config.tls is not None:
+        tls = TlsFiles(config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
+    return Hl7CabinetDriver(
+        config.name,
+        config.address,
+        cabinet_id=config.name,
+        pocket_gtins={p.number: p.gtin for p in config.pockets},
+        tls=tls,
+        snapshot_timeout=max(10.0, 5 * config.poll_interval_s),
     )
 
 

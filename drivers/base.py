@@ -302,3 +302,105 @@ class ScannerDriver(Device):
     @abstractmethod
     async def read_scan(self) -> str:
         """Wait for the next scan and return its data (GS1 group separators as \\x1d)."""
+
+
+# --- cabinets behind a vendor's cabinet server (pushed events) --------------------------
+class PocketEventKind(enum.StrEnum):
+    """What happened at a pocket, as a cabinet server reports it (docs/cabinet-hl7.md)."""
+
+    DISPENSE = "DISPENSE"
+    WASTE = "WASTE"
+    RETURN = "RETURN"
+    REFILL = "REFILL"
+    COUNT = "COUNT"
+
+
+@dataclass(frozen=True)
+class PocketEvent:
+    """One transaction at one pocket. `message_id` is the server's unique id of the
+    message (HL7 MSH-10): the controller books the event under it, so a resend books
+    nothing twice. `quantity` is the doses moved, or for COUNT the doses counted;
+    `count_after` what the pocket holds after it (None where not reported); `notice` the
+    refill notice a REFILL confirms (None for a refill made without one)."""
+
+    message_id: str
+    cabinet: str
+    kind: PocketEventKind
+    drawer: str
+    pocket: int
+    gtin: str
+    quantity: int
+    count_after: int | None = None
+    notice: int | None = None
+
+
+@dataclass(frozen=True)
+class CabinetSnapshot:
+    """A stock-level snapshot of every pocket of a cabinet, at one moment."""
+
+    message_id: str
+    cabinet: str
+    status: CabinetStatus
+
+
+CabinetEvent = PocketEvent | CabinetSnapshot
+
+
+class AckCode(enum.StrEnum):
+    """HL7 table 0008 (original mode)."""
+
+    ACCEPT = "AA"
+    ERROR = "AE"
+    REJECT = "AR"
+
+
+@dataclass(frozen=True)
+class EventAck:
+    """The controller's verdict on one event, sent back to the server. `error_code` is
+    from HL7 table 0357 (0 when accepted); the server resends an event only on AR with
+    code 207 (the controller could not book it now)."""
+
+    code: AckCode
+    text: str = ""
+    error_code: int = 0
+
+    @classmethod
+    def accept(cls) -> EventAck:
+        return cls(AckCode.ACCEPT)
+
+
+@dataclass(frozen=True)
+class ItemMasterEntry:
+    """One product of the item master sent to a cabinet server."""
+
+    gtin: str
+    name: str
+    atc: str = ""
+    strength: str = ""
+    article: int = 0
+
+
+class EventCabinetDriver(CabinetDriver):
+    """A cabinet reached through its vendor's cabinet server, which pushes events.
+
+    A second interface beside the polled one because the push model inverts it: the
+    server decides when something is reported, and each event must be acknowledged only
+    after the controller booked it (an event acknowledged and then lost on a crash would
+    be lost for good). So the controller takes the events one by one with `next_event`
+    and answers each with `acknowledge`. `read_status` returns the latest snapshot and
+    `send_command` sends a pocket notice (refill, lock, unlock, set count), so the
+    refill and cold-chain code that talks to a polled cabinet talks to this one too.
+    """
+
+    @abstractmethod
+    async def next_event(self) -> CabinetEvent:
+        """Waits for the next event; raises DriverError when the link is lost."""
+
+    @abstractmethod
+    async def acknowledge(self, event: CabinetEvent, ack: EventAck) -> None:
+        """Sends the controller's verdict on `event` (HL7 ACK)."""
+
+    @abstractmethod
+    async def send_item_master(self, items: Sequence[ItemMasterEntry], *, replace: bool) -> None:
+        """Sends products to the server's item master: the whole file (`replace`) or
+        additions and changes; waits for its acceptance, raises DriverError if refused."""

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from simulators.cabinet_hl7 import Hl7CabinetServer, spec_from_site
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from simulators.packer_opcua import PackerSimulator
 from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
@@ -120,8 +121,19 @@ class Plant:
         # One simulator per Modbus line: a TCP cabinet has its own, cabinets on one RTU
         # line (same address) share one, each answering to its unit id.
         lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for c in site.get("cabinets", []):
+        # A cabinet behind a vendor's cabinet server (HL7/MLLP) has a server of its own.
+        self.hl7_cabinets: dict[str, Hl7CabinetServer] = {}
+        for i, c in enumerate(site.get("cabinets", [])):
             driver = c.get("driver", "modbus_tcp")
+            if driver == "hl7_mllp":
+                self.hl7_cabinets[c["name"]] = Hl7CabinetServer(
+                    spec_from_site(site, c["name"]),
+                    port=_port(c["address"], free_ports),
+                    time_factor=DAY_SECONDS / day_seconds,
+                    seed=seed + 300 + i,
+                    snapshot_interval_s=float(c.get("poll_interval_s", 1.0)),
+                )
+                continue
             key = (driver, c["address"] if driver == "modbus_rtu" else c["name"])
             lines.setdefault(key, []).append(c)
         self.cabinets: list[CabinetSimulator] = []
@@ -163,7 +175,7 @@ class Plant:
                 register_stock(self.verification, site)
 
     def _all(self) -> list[Simulator]:
-        return [*self.packers, *self.cabinets, *self.scanners]
+        return [*self.packers, *self.cabinets, *self.hl7_cabinets.values(), *self.scanners]
 
     async def start(self) -> None:
         for sim in self._all():
@@ -203,7 +215,10 @@ class Plant:
         return {
             **extra,
             "packers": {p.name: _endpoint(p) for p in self.packers},
-            "cabinets": {name: sim.address for name, (sim, _) in self.cabinet_sims.items()},
+            "cabinets": {
+                **{name: sim.address for name, (sim, _) in self.cabinet_sims.items()},
+                **{name: sim.address for name, sim in self.hl7_cabinets.items()},
+            },
             "scanners": {
                 n: {"address": f"socket://127.0.0.1:{s.port}", "trigger_port": s.trigger_port}
                 for n, s in zip(self.scanner_names, self.scanners, strict=True)
@@ -224,6 +239,8 @@ async def _stdin_commands(plant: Plant) -> None:
         if command == "pause-withdrawals":
             for sim in plant.cabinets:
                 sim.pause_withdrawals()
+            for server in plant.hl7_cabinets.values():
+                server.pause_withdrawals()
             print(json.dumps({"paused": True}), flush=True)
         elif command:
             print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)

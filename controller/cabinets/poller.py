@@ -572,9 +572,37 @@ class CabinetPoller:
         if delta >= COUNTER_BACKWARDS:
             await self._counter_went_back(config, pocket, counter_name, mark, now)
             return 0
+        return await self._book_movement(
+            config,
+            pocket,
+            counter_name,
+            delta,
+            operation,
+            reason,
+            key=f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}",
+            mark=CounterMark(device, counter, now),
+            reason_code=reason_code,
+        )
+
+    async def _book_movement(
+        self,
+        config: Pocket,
+        pocket: PocketStatus,
+        counter_name: str,
+        delta: int,
+        operation: str,
+        reason: str,
+        *,
+        key: str,
+        mark: CounterMark | None,
+        reason_code: str | None = None,
+    ) -> int:
+        """Books `delta` doses of one movement at a pocket under `key` (with the counter
+        `mark` that reported it, if any); what the ledger cannot account for there is
+        booked as far as it can and raised as a discrepancy. Returns the doses booked.
+        Shared by the counter-based poller and the event-based HL7 listener."""
         location = pocket_location(self.name, pocket.number)
-        key = f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}"
-        new_mark = CounterMark(device, counter, now)
+        new_mark = mark
         extra = {} if reason_code is None else {"reason_code": reason_code}
         try:
             await self.ledger.call(
@@ -605,7 +633,7 @@ class CabinetPoller:
                     mark=new_mark,
                     **extra,
                 )
-            else:
+            elif new_mark is not None:
                 await self.ledger.call("set_counter_mark", new_mark)
             await self._raise(
                 f"{key}:short",

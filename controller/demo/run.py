@@ -278,6 +278,9 @@ def _cabinet_links(site: Site) -> str:
     parts = [f"{tcp} Modbus TCP"] if tcp else []
     if rtu:
         parts.append(f"{rtu} on {len(lines)} Modbus RTU line{'s' if len(lines) > 1 else ''}")
+    hl7 = sum(1 for c in site.cabinets if c.driver == "hl7_mllp")
+    if hl7:
+        parts.append(f"{hl7} behind a cabinet server (HL7 MLLP)")
     return ", ".join(parts)
 
 
@@ -610,6 +613,9 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
         "tablets_consumed": sum(sum(r.consumed.values()) for r in results),
         "tablets_wasted": sum(sum(r.wasted.values()) for r in results),
         "withdrawals": sum(p.withdrawals_booked for p in controller.pollers.values()),
+        "withdrawals_by_cabinet": {
+            name: p.withdrawals_booked for name, p in controller.pollers.items()
+        },
         "refills_done": controller.replenishment.confirmed,
         "refills_cancelled": cancelled,
         "pick_lists": technician.lists_done,
@@ -646,6 +652,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  tablets                  {s['tablets_consumed']} in pouches, {s['tablets_wasted']} "
         f"wasted in rejects",
         f"  cabinet withdrawals      {s['withdrawals']} doses booked",
+        "  withdrawals per cabinet  "
+        + ", ".join(f"{name} {n}" for name, n in s.get("withdrawals_by_cabinet", {}).items()),
         f"  cabinet waste            {s['wasted_at_cabinets']} doses discarded at the cabinets, "
         "booked as waste",
         f"  pocket refills           {s['refills_done']} confirmed by scan in {s['pick_lists']} "

@@ -76,6 +76,9 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     summary = json.loads(lines[-1])
     assert summary["pouches_packed"] > 0
     assert summary["withdrawals"] > 0
+    # The cabinet behind the HL7 cabinet server books withdrawals beside the Modbus ones.
+    assert summary["withdrawals_by_cabinet"]["CAB-ORT4"] > 0
+    assert summary["withdrawals_by_cabinet"]["CAB-MED1"] > 0
     assert summary["refills_done"] > 0
     assert summary["jobs_failed"] == 0
     assert summary["negative_balances"] == 0
