@@ -352,10 +352,15 @@ class WardDemo:
         view = await self._run(self.ws.pick_list, number)
         self.stats["pick_lists"].append(number)
         for line in view.lines:
-            lots = list(line.lots)
+            # A lot may lie in two bins: a scan confirms the lot, whichever bin it is from.
+            per_batch: dict[str, dict[str, Any]] = {}
+            for row in line.lots:
+                lot = per_batch.setdefault(row["batch"], {**row, "units": 0})
+                lot["units"] += int(row["units"])
+            lots = list(per_batch.values())
             for i, lot in enumerate(lots):
                 packs = -(-int(lot["units"]) // line.pack_size)
-                if not self.short_done and len(line.lots) == 1 and packs >= 2 and not view.urgent:
+                if not self.short_done and len(lots) == 1 and packs >= 2 and not view.urgent:
                     packs -= 1  # the last pack is not on the shelf: a short pick
                     self.short_done = True
                     self.stats["short_picks"] += 1
