@@ -31,23 +31,17 @@ from controller.gs1 import PackId, ScanError, parse_pack
 from controller.ledger import (
     InsufficientStock,
     Ledger,
-    LedgerError,
-    LotMove,
     Need,
-    ReservationClosed,
-    Use,
 )
-from controller.ledger.ledger import ADJUSTMENT, CONSUMED, WASTE
-from controller.ledger.schema import lots, products
+from controller.ledger.schema import products
 from controller.ledger.schema_wardsupply import (
-    ward_delivery_notes,
-    ward_note_lines,
     ward_pick_lists,
     ward_pick_scans,
     ward_requisition_lines,
     ward_requisitions,
 )
-from controller.wardsupply import rules, views
+from controller.wardsupply import delivery, rounds, rules, views
+from controller.wardsupply.delivery import Dispatched, ReceiptLine, Received
 from controller.wardsupply.locations import (
     drug_room_location,
     hospital_location,
@@ -60,14 +54,11 @@ from controller.wardsupply.model import (
     Booked,
     Conflict,
     Decision,
-    Deviation,
     LineIn,
     LineStatus,
-    NoteStatus,
     PickListStatus,
     Refused,
     RequisitionIn,
-    RequisitionSource,
     UnknownEntity,
     WardSupplyError,
 )
@@ -90,37 +81,6 @@ class ScanResult:
     line_id: int | None = None
     pack: PackId | None = None
     list_complete: bool = False
-
-
-@dataclass(frozen=True)
-class Dispatched:
-    pick_list: str
-    notes: tuple[str, ...]
-    lines: int
-    short_lines: int
-    back_orders: tuple[int, ...]
-    packs: tuple[tuple[PackId, str], ...]  # serialised packs and where they went
-
-
-@dataclass(frozen=True)
-class ReceiptLine:
-    """A deviation found at receipt: `units` of the note line's lot were missing,
-    damaged, or came too many."""
-
-    gtin: str
-    batch: str
-    deviation: Deviation
-    units: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Received:
-    note: str
-    booked: bool  # False: received before; nothing changed
-    units: int
-    deviations: int
-    consumed_on_delivery: int
 
 
 class WardSupply:
@@ -328,7 +288,7 @@ class WardSupply:
     ) -> int:
         """Approves routine lines together (never a flagged one): the bulk approval of a
         pharmacist. Returns how many lines were approved."""
-        _reason(reason)
+        check_reason(reason)
         with self.ledger.engine.connect() as c:
             todo = views.lines(c, statuses=(str(LineStatus.PENDING),), drug_room=drug_room, ids=ids)
         if ids is not None:
@@ -358,7 +318,7 @@ class WardSupply:
             raise WardSupplyError(
                 "decision", decision, "must be approve, reduce, substitute or reject"
             ) from exc
-        _reason(reason)
+        check_reason(reason)
         with self.ledger.engine.connect() as c:
             found = views.lines(c, ids=[line_id])
         if not found:
@@ -663,14 +623,14 @@ class WardSupply:
                 self.ledger.note(
                     "ward_line", str(line_id), {"status": "picking"}, {"status": "short"}
                 )
-                self._back_order(c, line_id, wanted // pack_size, "nothing in store")
+                self.back_order(c, line_id, wanted // pack_size, "nothing in store")
                 return
             done = c.execute(update(L).where(*unrecorded).values(reserved_units=got)).rowcount
             if done == 1 and got < wanted:
                 rest = (wanted - got + pack_size - 1) // pack_size
-                self._back_order(c, line_id, rest, f"{got} of {wanted} units in store")
+                self.back_order(c, line_id, rest, f"{got} of {wanted} units in store")
 
-    def _back_order(self, c: Connection, line_id: int, packs: int, why: str) -> int | None:
+    def back_order(self, c: Connection, line_id: int, packs: int, why: str) -> int | None:
         """The rest of a short line becomes a new approved line for the run after the
         one it missed (never the same run again), so nothing is dropped."""
         if packs <= 0:
@@ -868,186 +828,8 @@ class WardSupply:
     # ------------------------------------------------------------ dispatch
 
     def dispatch(self, number: str, *, actor: str) -> Dispatched:
-        """Books what was scanned from the store into transit (lot by lot), releases the
-        rest (its packs become a back order), and writes one delivery note per drug
-        room. Safe to repeat: a list already dispatched answers its notes again."""
-        with self.ledger.engine.connect() as c:
-            row = c.execute(
-                select(ward_pick_lists).where(ward_pick_lists.c.number == number)
-            ).first()
-            if row is None:
-                raise UnknownEntity("pick_list", number, "is not a known pick list")
-            existing = tuple(
-                c.execute(
-                    select(ward_delivery_notes.c.number).where(
-                        ward_delivery_notes.c.pick_list_id == row.id
-                    )
-                ).scalars()
-            )
-            lines_ = views.lines_of_list(c, row.id)
-            scans = c.execute(
-                select(
-                    ward_pick_scans.c.line_id,
-                    ward_pick_scans.c.batch,
-                    ward_pick_scans.c.serial,
-                    ward_pick_scans.c.units,
-                    lots.c.expiry,
-                    lots.c.id,
-                )
-                .join(
-                    lots,
-                    (lots.c.product_id == ward_pick_scans.c.product_id)
-                    & (lots.c.batch == ward_pick_scans.c.batch),
-                )
-                .where(ward_pick_scans.c.pick_list_id == row.id)
-            ).all()
-        transit = transit_location(row.hospital)
-        per_line: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        lot_ids: dict[str, int] = {}
-        packs: list[tuple[PackId, str]] = []
-        for s in scans:
-            per_line[int(s.line_id)][str(s.batch)] += int(s.units)
-            lot_ids[str(s.batch)] = int(s.id)
-        gtins = {x.id: (x.approved_gtin or x.gtin) for x in lines_}
-        for s in scans:
-            if s.serial:
-                packs.append((PackId(gtins[int(s.line_id)], s.batch, s.expiry, s.serial), transit))
-        if row.status == PickListStatus.DISPATCHED:
-            # A repeat (after a crash, say) answers the notes again, and the packs, so
-            # that their decommissioning is queued even if the first answer was lost.
-            return Dispatched(number, existing, 0, 0, (), tuple(packs))
-        # 1. the ledger: each line's reservation posted per scanned lot, or voided
-        for line in lines_:
-            if line.reservation_key is None or line.reserved_units == 0:
-                continue
-            picked = per_line.get(line.id, {})
-            uses = [
-                Use(
-                    gtins[line.id],
-                    units,
-                    transit,
-                    kind="transfer",
-                    batch=batch,
-                    reason=f"ward delivery {number}",
-                )
-                for batch, units in sorted(picked.items())
-            ]
-            try:
-                if uses:
-                    self.ledger.post(
-                        f"{line.reservation_key}:dispatch",
-                        reservation_key=line.reservation_key,
-                        uses=uses,
-                        actor=actor,
-                    )
-                else:
-                    self.ledger.void(
-                        f"{line.reservation_key}:void",
-                        reservation_key=line.reservation_key,
-                        actor=actor,
-                        reason=f"nothing picked on {number}",
-                    )
-            except ReservationClosed as exc:
-                # Our own post or void after a crash returns its stored result and never
-                # lands here: the stock was released (expired) or taken by someone else.
-                raise Conflict(
-                    "pick_list",
-                    number,
-                    f"the stock held for line {line.id} is {exc.status}: nothing of this"
-                    " list was booked; make the list again for its lines",
-                ) from exc
-        # 2. the notes, the lines' states and the back orders, in one transaction
-        now = self.clock()
-        notes: list[str] = []
-        back: list[int] = []
-        short = 0
-        with self.ledger.audited(actor, "ward dispatch", f"pick list {number}") as c:
-            done = c.execute(
-                update(ward_pick_lists)
-                .where(
-                    ward_pick_lists.c.id == row.id,
-                    ward_pick_lists.c.status == str(PickListStatus.OPEN),
-                )
-                .values(
-                    status=str(PickListStatus.DISPATCHED), dispatched_at=now, dispatched_by=actor
-                )
-            ).rowcount
-            if done != 1:
-                raise Conflict("pick_list", number, "was dispatched by someone else meanwhile")
-            per_room: dict[str, list[tuple[Any, str, int]]] = defaultdict(list)
-            for line in lines_:
-                picked_total = sum(per_line.get(line.id, {}).values())
-                if picked_total == 0:
-                    short += 1
-                    c.execute(
-                        update(L).where(L.c.id == line.id).values(status=str(LineStatus.SHORT))
-                    )
-                    packs_wanted = line.wanted_units // line.pack_size
-                    b = self._back_order(c, line.id, packs_wanted, "not picked")
-                else:
-                    c.execute(
-                        update(L).where(L.c.id == line.id).values(status=str(LineStatus.DISPATCHED))
-                    )
-                    rest = line.reserved_units - picked_total
-                    b = None
-                    if rest > 0:
-                        short += 1
-                        b = self._back_order(c, line.id, -(-rest // line.pack_size), "short pick")
-                    for batch, units in per_line[line.id].items():
-                        per_room[line.drug_room].append((line, batch, units))
-                if b is not None:
-                    back.append(b)
-            for room_code in sorted(per_room):
-                room = self.room(room_code)
-                note_id = c.execute(
-                    insert(ward_delivery_notes)
-                    .values(
-                        number=f"tmp-{row.id}-{room_code}"[:40],
-                        pick_list_id=row.id,
-                        drug_room=room_code,
-                        hospital=room.hospital,
-                        ward=room.ward,
-                        status=str(NoteStatus.IN_TRANSIT),
-                        dispatched_at=now,
-                    )
-                    .returning(ward_delivery_notes.c.id)
-                ).scalar_one()
-                note_no = f"DN-{now.astimezone(self.tz):%Y%m%d}-{note_id:06d}"
-                c.execute(
-                    update(ward_delivery_notes)
-                    .where(ward_delivery_notes.c.id == note_id)
-                    .values(number=note_no)
-                )
-                for line, batch, units in per_room[room_code]:
-                    pid = c.execute(
-                        select(products.c.id).where(
-                            products.c.gtin == (line.approved_gtin or line.gtin)
-                        )
-                    ).scalar_one()
-                    c.execute(
-                        insert(ward_note_lines).values(
-                            note_id=note_id,
-                            line_id=line.id,
-                            product_id=pid,
-                            lot_id=lot_ids[batch],
-                            units=units,
-                        )
-                    )
-                self.ledger.note(
-                    "ward_delivery_note",
-                    note_no,
-                    None,
-                    {
-                        "drug_room": room_code,
-                        "pick_list": number,
-                        "lines": [
-                            {"line": x.id, "batch": b, "units": u}
-                            for x, b, u in per_room[room_code]
-                        ],
-                    },
-                )
-                notes.append(note_no)
-        return Dispatched(number, tuple(notes), len(lines_), short, tuple(back), tuple(packs))
+        """See controller.wardsupply.delivery.dispatch."""
+        return delivery.dispatch(self, number, actor=actor)
 
     # ------------------------------------------------------------ receipt
 
@@ -1059,222 +841,12 @@ class WardSupply:
         deviations: Sequence[ReceiptLine] = (),
         auto: bool = False,
     ) -> Received:
-        """The ward confirms a delivery note: stock moves from transit into the drug
-        room, deviations are booked with their reason (missing: an adjustment out of
-        transit; damaged: waste; too many: an adjustment into the room), and an
-        uncounted room's stock counts as used at once. One transaction; once only."""
-        with self.ledger.engine.connect() as c:
-            note = views.note(c, number)
-        if note.status == NoteStatus.RECEIVED:
-            raise Conflict(
-                "note", number, f"was already received at {note.received_at:%Y-%m-%d %H:%M}"
-            )
-        room = self.room(note.drug_room)
-        per_lot: dict[tuple[str, str], int] = defaultdict(int)
-        for x in note.lines:
-            per_lot[(x.gtin, x.batch)] += x.units
-        dev: dict[tuple[str, str], list[ReceiptLine]] = defaultdict(list)
-        for i, d in enumerate(deviations):
-            try:
-                kind = Deviation(d.deviation)
-            except ValueError as exc:
-                raise WardSupplyError(
-                    f"deviations[{i}].deviation",
-                    d.deviation,
-                    "must be missing, damaged or too_many",
-                ) from exc
-            if (d.gtin, d.batch) not in per_lot:
-                raise WardSupplyError(
-                    f"deviations[{i}].batch", f"{d.gtin}/{d.batch}", f"is not on note {number}"
-                )
-            if isinstance(d.units, bool) or not isinstance(d.units, int) or d.units <= 0:
-                raise WardSupplyError(f"deviations[{i}].units", d.units, "must be at least 1")
-            _reason(d.reason, f"deviations[{i}].reason")
-            dev[(d.gtin, d.batch)].append(ReceiptLine(d.gtin, d.batch, kind, d.units, d.reason))
-        for key, items in dev.items():
-            lost = sum(x.units for x in items if x.deviation is not Deviation.TOO_MANY)
-            if lost > per_lot[key]:
-                raise WardSupplyError(
-                    "deviations.units", lost, f"more than the {per_lot[key]} units of {key[1]} sent"
-                )
-        transit = transit_location(note.hospital)
-        shelf = drug_room_location(room)
-        moves: list[LotMove] = []
-        arrived: dict[tuple[str, str], int] = {}
-        for (gtin, batch), sent in per_lot.items():
-            items = dev.get((gtin, batch), [])
-            missing = sum(x.units for x in items if x.deviation is Deviation.MISSING)
-            damaged = sum(x.units for x in items if x.deviation is Deviation.DAMAGED)
-            extra = sum(x.units for x in items if x.deviation is Deviation.TOO_MANY)
-            good = sent - missing - damaged
-            why = f"delivery note {number}"
-            if good:
-                moves.append(LotMove(gtin, batch, good, transit, shelf, reason=why))
-            if missing:
-                moves.append(
-                    LotMove(
-                        gtin,
-                        batch,
-                        missing,
-                        transit,
-                        ADJUSTMENT,
-                        kind="adjust",
-                        reason=_why(items, Deviation.MISSING, number),
-                    )
-                )
-            if damaged:
-                moves.append(
-                    LotMove(
-                        gtin,
-                        batch,
-                        damaged,
-                        transit,
-                        WASTE,
-                        kind="waste",
-                        reason_code="damaged",
-                        reason=_why(items, Deviation.DAMAGED, number),
-                    )
-                )
-            if extra:
-                moves.append(
-                    LotMove(
-                        gtin,
-                        batch,
-                        extra,
-                        ADJUSTMENT,
-                        shelf,
-                        kind="adjust",
-                        reason=_why(items, Deviation.TOO_MANY, number),
-                    )
-                )
-            arrived[(gtin, batch)] = good + extra
-        consumed = 0
-        if not room.counted:
-            for (gtin, batch), units in arrived.items():
-                if units:
-                    moves.append(
-                        LotMove(
-                            gtin,
-                            batch,
-                            units,
-                            shelf,
-                            CONSUMED,
-                            kind="consume",
-                            reason=f"ward stock used on delivery ({number})",
-                        )
-                    )
-                    consumed += units
-        now = self.clock()
-
-        def record(c: Connection) -> dict[str, Any]:
-            done = c.execute(
-                update(ward_delivery_notes)
-                .where(
-                    ward_delivery_notes.c.number == number,
-                    ward_delivery_notes.c.status == str(NoteStatus.IN_TRANSIT),
-                )
-                .values(
-                    status=str(NoteStatus.RECEIVED),
-                    received_at=now,
-                    received_by=actor,
-                    auto_received=auto,
-                )
-            ).rowcount
-            if done != 1:
-                raise Conflict("note", number, "was received by someone else meanwhile")
-            delivered: dict[int, int] = defaultdict(int)
-            left = {k: list(v) for k, v in dev.items()}
-            for x in note.lines:
-                items = left.get((x.gtin, x.batch), [])
-                lost = sum(i.units for i in items if i.deviation is not Deviation.TOO_MANY)
-                extra = sum(i.units for i in items if i.deviation is Deviation.TOO_MANY)
-                take = min(lost, x.units)
-                got = x.units - take + extra
-                if items:
-                    left[(x.gtin, x.batch)] = []  # the lot's deviation is told on its first line
-                    if take < lost:
-                        left[(x.gtin, x.batch)] = [
-                            ReceiptLine(x.gtin, x.batch, Deviation.MISSING, lost - take, "rest")
-                        ]
-                c.execute(
-                    update(ward_note_lines)
-                    .where(ward_note_lines.c.id == x.id)
-                    .values(
-                        received_units=got,
-                        deviation=str(items[0].deviation) if items else None,
-                        deviation_units=(take + extra) if items else 0,
-                        deviation_reason="; ".join(i.reason for i in items)[:300] or None,
-                    )
-                )
-                delivered[x.line_id] += got
-            for line_id, units in delivered.items():
-                c.execute(
-                    update(L)
-                    .where(L.c.id == line_id)
-                    .values(
-                        status=str(LineStatus.DELIVERED),
-                        delivered_units=L.c.delivered_units + units,
-                        received_at=now,
-                    )
-                )
-            self.ledger.note(
-                "ward_receipt",
-                number,
-                {"status": "in_transit"},
-                {
-                    "status": "received",
-                    "auto": auto,
-                    "deviations": [
-                        {
-                            "gtin": d.gtin,
-                            "batch": d.batch,
-                            "deviation": str(d.deviation),
-                            "units": d.units,
-                            "reason": d.reason,
-                        }
-                        for d in deviations
-                    ],
-                },
-            )
-            return {"note": number}
-
-        result = self.ledger.move_lots(
-            f"ward-receipt:{number}",
-            moves,
-            actor=actor,
-            reason=f"delivery note {number} received" + (" (automatically)" if auto else ""),
-            within=record,
-        )
-        return Received(
-            note=number,
-            booked=result.get("note") == number,
-            units=sum(arrived.values()),
-            deviations=len(deviations),
-            consumed_on_delivery=consumed,
-        )
+        """See controller.wardsupply.delivery.receive."""
+        return delivery.receive(self, number, actor=actor, deviations=deviations, auto=auto)
 
     def auto_receive(self, *, actor: str = ACTOR) -> list[str]:
-        """Notes in transit longer than the site allows count as received."""
-        limit = self.clock() - timedelta(hours=self.config.auto_receive_after_h)
-        with self.ledger.engine.connect() as c:
-            due = (
-                c.execute(
-                    select(ward_delivery_notes.c.number).where(
-                        ward_delivery_notes.c.status == str(NoteStatus.IN_TRANSIT),
-                        ward_delivery_notes.c.dispatched_at <= limit,
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        done = []
-        for number in due:
-            try:
-                self.receive(number, actor=actor, auto=True)
-                done.append(number)
-            except Conflict:
-                continue
-        return done
+        """See controller.wardsupply.delivery.auto_receive."""
+        return delivery.auto_receive(self, actor=actor)
 
     def note(self, number: str) -> views.NoteView:
         with self.ledger.engine.connect() as c:
@@ -1285,123 +857,19 @@ class WardSupply:
     def top_up(
         self, drug_room: str, counts: Sequence[tuple[str, int]], *, actor: str, round_id: str
     ) -> tuple[Booked | None, list[tuple[str, int]]]:
-        """A technician's top-up round: the count of each shelf (in packs). A counted
-        room books its use from the count; every room gets a requisition up to max for
-        what is at or below min. Returns the booking (None: nothing to order) and the
-        proposal."""
-        room = self.room(drug_room)
-        self.check_unit(room)
-        shelf: list[rules.ShelfCount] = []
-        seen: set[str] = set()
-        for i, (gtin, packs) in enumerate(counts):
-            level = room.level(gtin)
-            if gtin not in self.products:
-                raise UnknownEntity(f"counts[{i}].gtin", gtin, "is not in the catalogue")
-            if level is None:
-                raise WardSupplyError(
-                    f"counts[{i}].gtin", gtin, f"is not on the list of drug room {drug_room}"
-                )
-            if gtin in seen:
-                raise WardSupplyError(f"counts[{i}].gtin", gtin, "is counted twice")
-            seen.add(gtin)
-            if isinstance(packs, bool) or not isinstance(packs, int) or not 0 <= packs <= 10_000:
-                raise WardSupplyError(f"counts[{i}].packs", packs, "must be 0 or more whole packs")
-            shelf.append(rules.ShelfCount(gtin, packs, level.min, level.max))
-        if room.counted:
-            for gtin, packs in counts:
-                self._book_count(room, gtin, packs * self.products[gtin].pack_size, actor, round_id)
-        proposal = rules.top_up(shelf)
-        if not proposal:
-            return None, []
-        booked = self.submit(
-            RequisitionIn(
-                sender="topup",
-                sender_id=f"{drug_room}:{round_id}",
-                drug_room=drug_room,
-                lines=tuple(LineIn(g, p) for g, p in proposal),
-                source=RequisitionSource.TOPUP,
-                requested_by=actor,
-            ),
-            actor=actor,
-        )
-        return booked, proposal
-
-    def _book_count(self, room: DrugRoom, gtin: str, units: int, actor: str, round_id: str) -> None:
-        """In a counted room, what is gone since the last count was used. More on the
-        shelf than the ledger knows is put on the lot last there; with no lot known (stock
-        that came before the room was counted) a discrepancy asks for a stocktake by lot."""
-        shelf = drug_room_location(room)
-        on_hand = self.ledger.on_hand(shelf, gtin)
-        key = f"ward-count:{room.code}:{round_id}:{gtin}"
-        if units < on_hand:
-            self.ledger.consume(
-                key,
-                gtin=gtin,
-                quantity=on_hand - units,
-                location=shelf,
-                actor=actor,
-                reason=f"used since the last count ({round_id})",
-            )
-        elif units > on_hand:
-            try:
-                self.ledger.count_to(
-                    key,
-                    location=shelf,
-                    gtin=gtin,
-                    counted=units,
-                    actor=actor,
-                    reason=f"top-up round {round_id}: more on the shelf than booked",
-                )
-            except LedgerError as exc:
-                self.ledger.raise_discrepancy(
-                    key,
-                    shelf,
-                    gtin,
-                    source="count",
-                    device_value=units,
-                    ledger_value=on_hand,
-                    detail=f"top-up round {round_id}: {exc}",
-                    actor=actor,
-                )
+        """See controller.wardsupply.rounds.top_up."""
+        return rounds.top_up(self, drug_room, counts, actor=actor, round_id=round_id)
 
     def suggest_par(self, drug_room: str, *, days: int = 28) -> list[Any]:
-        """Suggested min and max for a room's list from its use, by the cabinets' par
-        rule (controller.cabinets.par), converted to packs."""
-        from controller.cabinets.par import PocketPlan, suggest_par
-
-        room = self.room(drug_room)
-        plans = [
-            PocketPlan(
-                cabinet=room.code,
-                pocket=i,
-                gtin=s.gtin,
-                current_min=s.min * self.products[s.gtin].pack_size,
-                current_max=s.max * self.products[s.gtin].pack_size,
-                at=drug_room_location(room),
-            )
-            for i, s in enumerate(room.assortment, start=1)
-        ]
-        return suggest_par(
-            self.ledger.engine,
-            plans,
-            days=days,
-            until=self.clock().astimezone(self.tz).date(),
-            tz=self.tz,
-            lead_time_days=1.0,
-            days_of_supply=7.0,
-        )
+        """See controller.wardsupply.rounds.suggest_par."""
+        return rounds.suggest_par(self, drug_room, days=days)
 
 
-def _reason(reason: str, name: str = "reason") -> None:
+def check_reason(reason: str, name: str = "reason") -> None:
     if not isinstance(reason, str) or len(reason.strip()) < 3:
         raise WardSupplyError(name, reason, "a decision needs a reason of at least 3 characters")
     if len(reason) > 300:
         raise WardSupplyError(name, reason[:40] + "...", "is longer than 300 characters")
-
-
-def _why(items: Sequence[ReceiptLine], kind: Deviation, number: str) -> str:
-    text = "; ".join(x.reason for x in items if x.deviation is kind)
-    return f"{kind} at receipt of {number}: {text}"[:200]
 
 
 def now_utc() -> datetime:
