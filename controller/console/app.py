@@ -10,15 +10,27 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from controller.config import ConsoleConfig
-from controller.console import screens_core, screens_floor, screens_pharmacist, screens_technician
+from controller.console import (
+    screens_core,
+    screens_floor,
+    screens_pharmacist,
+    screens_technician,
+    screens_wardsupply,
+)
 from controller.console.sessions import Sessions
 from controller.console.web import PREFIX, Console, make_env
 
 STATIC = Path(__file__).parent / "static"
 
-# Screen modules in menu order. A new screen (ward supply, exemptions) is one template
+# Screen modules in menu order. A new screen (exemptions) is one template
 # and one module like these, added here.
-SCREEN_MODULES = (screens_core, screens_technician, screens_pharmacist, screens_floor)
+SCREEN_MODULES = (
+    screens_core,
+    screens_technician,
+    screens_pharmacist,
+    screens_floor,
+    screens_wardsupply,
+)
 
 
 def install_console(app: FastAPI, config: ConsoleConfig) -> None:

@@ -57,10 +57,14 @@ def chromium_path() -> str:
 
 
 class ConsoleSite:
-    """The controller and its console in a thread of their own."""
+    """The controller and its console in a thread of their own; `make_site` builds the
+    site file (the purchasing site unless a module needs another, such as drug rooms)."""
 
-    def __init__(self, ledger_url: str) -> None:
+    def __init__(
+        self, ledger_url: str, make_site: Callable[..., dict[str, Any]] = purchasing_site
+    ) -> None:
         self.ledger_url = ledger_url
+        self.make_site = make_site
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="console-site")
         self.cabinet = CabinetSimulator(
@@ -90,7 +94,7 @@ class ConsoleSite:
 
     async def _start(self) -> None:
         await self.cabinet.start()
-        raw = purchasing_site(ledger_url=self.ledger_url)
+        raw = self.make_site(ledger_url=self.ledger_url)
         raw["cabinets"][0]["address"] = self.cabinet.address
         raw["packers"], raw["scanners"] = [], []
         for product in raw["catalogue"]:
