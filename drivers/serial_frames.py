@@ -1,8 +1,9 @@
 """Wire format of the doseline serial packer protocol, version 1.1 (docs/packer-serial-protocol.md).
 
-Pure functions and one incremental reader: no I/O, no clocks. The driver
-(drivers/serial_packer.py) and the simulator (simulators/packer_serial.py) both import
-this module as they would a written standard; neither imports the other.
+Pure functions and one incremental reader: no I/O, no clocks. This is the host side,
+used by the driver (drivers/serial_packer.py). The simulator has its own device-side
+codec written from the same document (simulators/serial_codec.py), and
+tests/unit/test_simulator_independence.py checks the two against each other.
 
 A frame on the line is ``STX stuffed(body) ETX`` with
 

@@ -34,7 +34,6 @@ from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 
-from drivers.base import PackMLCommand, PackMLState, UnitMode
 from simulators import packml_model as pm
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
@@ -45,6 +44,7 @@ from simulators.packer_physics import (
     RefusalKind,
 )
 from simulators.packer_view import PhysicsView
+from simulators.packml import PackMLCommand, PackMLState, UnitMode
 from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 #: The address space a simulator shows: OPC 30050 (PackML) with doseline's extension,

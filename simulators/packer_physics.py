@@ -29,8 +29,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
-from simulators.packml import InvalidModeChange, PackMLMachine
+from simulators.packml import (
+    InvalidModeChange,
+    PackMLCommand,
+    PackMLMachine,
+    PackMLState,
+    UnitMode,
+)
 
 #: Seconds after the tray became full until the simulated operator empties it (at speed 1).
 DEFAULT_OUTPUT_EMPTY_AFTER_S = 30.0
@@ -46,6 +51,19 @@ DEFAULT_CANISTERS: tuple[tuple[int, str, int, int], ...] = (
 )
 
 _log = logging.getLogger(__name__)
+
+
+class StopReason(enum.IntEnum):
+    """Values of Admin.StopReason (0 = none), as docs/packer-opcua.md defines them; the
+    simulators' own copy of the documented numbers."""
+
+    NONE = 0
+    OPERATOR = 1
+    CANISTER_EMPTY = 101
+    JAM = 102
+    OUTPUT_FULL = 103
+    VISION_FAULT = 104
+
 
 #: Commands after which an operator reason is recorded unless another reason is set.
 _STOPPING_COMMANDS = frozenset(
@@ -243,6 +261,7 @@ class PackerPhysics:
     # -- requests (each either changes the machine or raises Refusal) ----------------
 
     def command(self, command: PackMLCommand) -> None:
+        command = PackMLCommand(command)
         state = self._packml.state
         mode = self._packml.unit_mode
         if command is PackMLCommand.START and mode is not UnitMode.PRODUCTION:

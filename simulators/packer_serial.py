@@ -1,10 +1,12 @@
 """A dose-packing machine on a serial line, simulated over TCP.
 
 The line is a TCP socket that pyserial opens as ``socket://host:port``; on it the
-machine speaks the framed binary protocol of docs/packer-serial-protocol.md (wire
-format in drivers/serial_frames.py). The machine itself (PackML, canisters, pouches,
-rejects, jams) is `simulators.packer_physics.PackerPhysics`, the same as behind the
-OPC UA simulator, so a job behaves the same on either.
+machine speaks the framed binary protocol of docs/packer-serial-protocol.md, read and
+written by the simulator's own codec (simulators/serial_codec.py, written from that
+document; the driver has its own, and the two meet only on the line). The machine
+itself (PackML, canisters, pouches, rejects, jams) is
+`simulators.packer_physics.PackerPhysics`, the same as behind the OPC UA simulator, so a
+job behaves the same on either.
 
 Fault knobs for tests: `inject_garbage(n)` puts noise on the line, `corrupt_next_reply()`
 spoils the next reply's CRC and `drop_next_reply()` swallows it, so the host has to
@@ -25,15 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drivers import serial_frames as wire
-from drivers.base import (
-    CanisterStatus,
-    PackerStatus,
-    PackMLState,
-    Pouch,
-    UnitMode,
-)
-from drivers.serial_frames import ErrorCode, Frame, FrameError, MessageType, Nak, PayloadError
+from simulators import serial_codec as wire
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
     DEFAULT_OUTPUT_EMPTY_AFTER_S,
@@ -43,6 +37,17 @@ from simulators.packer_physics import (
     RefusalKind,
 )
 from simulators.packer_view import PhysicsView
+from simulators.packml import PackMLCommand, PackMLState, UnitMode
+from simulators.serial_codec import (
+    CanisterRecord,
+    ErrorCode,
+    Frame,
+    FrameError,
+    MessageType,
+    Nak,
+    PayloadError,
+    Pouch,
+)
 from simulators.standalone import packer_arguments, packer_settings, run, serve_until_stopped
 
 MODEL = "doseline serial packer simulator"
@@ -71,6 +76,7 @@ class _NakError(Exception):
     def __init__(self, code: ErrorCode, text: str, argument: int | None = None) -> None:
         super().__init__(text)
         self.nak = Nak(int(code), text, argument)
+        self.code = code
 
 
 @dataclass
@@ -268,9 +274,9 @@ class SerialPackerSimulator(PhysicsView):
     def _send(self, writer: asyncio.StreamWriter, item: Frame | FrameError) -> None:
         if isinstance(item, FrameError):
             # The frame could not be read, so neither could its sequence number.
-            nak = Nak(int(item.fault.nak_code), f"{item.fault.value}: {item.detail}")
-            self.naks[nak.code_name] += 1
-            writer.write(wire.encode_frame(wire.SEQ_UNKNOWN, MessageType.NAK, nak.encode()))
+            self.naks[item.code.name] += 1
+            nak = wire.encode_nak(Nak(int(item.code), item.text))
+            writer.write(wire.encode_frame(wire.SEQ_UNKNOWN, MessageType.NAK, nak))
             return
         reply = self._answer(item)
         if self._drop_next:
@@ -280,11 +286,11 @@ class SerialPackerSimulator(PhysicsView):
         if self._corrupt_next:
             self._corrupt_next = False
             self.replies_corrupted += 1
-            body = bytearray(wire.build_body(item.seq, reply[0], reply[1], self.max_payload))
+            body = bytearray(wire.frame_body(item.seq, reply[0], reply[1]))
             body[-1] ^= 0x5A
-            writer.write(wire.wrap(bytes(body)))
+            writer.write(wire.frame_bytes(bytes(body)))
             return
-        writer.write(wire.encode_frame(item.seq, reply[0], reply[1], self.max_payload))
+        writer.write(wire.encode_frame(item.seq, reply[0], reply[1]))
 
     def _answer(self, frame: Frame) -> tuple[int, bytes]:
         """The reply (type, payload) to one well-formed frame, with the duplicate rule."""
@@ -311,7 +317,7 @@ class SerialPackerSimulator(PhysicsView):
 
     def _nak(self, code: ErrorCode, text: str, argument: int | None = None) -> tuple[int, bytes]:
         self.naks[code.name] += 1
-        return MessageType.NAK, Nak(int(code), text, argument).encode()
+        return MessageType.NAK, wire.encode_nak(Nak(int(code), text, argument))
 
     def _reply(self, frame: Frame) -> tuple[int, bytes]:
         """Execute one request."""
@@ -323,7 +329,7 @@ class SerialPackerSimulator(PhysicsView):
             return self._nak(
                 ErrorCode.UNKNOWN_TYPE, f"type {wire.type_name(frame.type)} is not a request"
             )
-        needs = wire.MESSAGE_MINOR.get(msg_type, 0)
+        needs = wire.REQUEST_MINOR.get(msg_type, 0)
         if needs > self._device_minor:
             major, minor = self.protocol_version
             return self._nak(
@@ -340,8 +346,8 @@ class SerialPackerSimulator(PhysicsView):
             _log.info("packer %s refused %s: %s", self.name, msg_type.name, exc.message)
             return self._nak(_REFUSAL_CODES[exc.kind], exc.message, exc.argument)
         except _NakError as exc:
-            self.naks[ErrorCode(exc.nak.code).name] += 1
-            return MessageType.NAK, exc.nak.encode()
+            self.naks[exc.code.name] += 1
+            return MessageType.NAK, wire.encode_nak(exc.nak)
         if msg_type in _WAKING:
             self._physics.wake()
         return reply
@@ -350,24 +356,24 @@ class SerialPackerSimulator(PhysicsView):
         machine = self._physics
         ack = (MessageType.ACK, b"")
         if msg_type is MessageType.HELLO:
-            hello = wire.Hello.decode(payload)  # any version may ask; the host compares
-            self.host_minor = hello.minor if hello.major == wire.PROTOCOL_MAJOR else 0
+            host_major, host_minor = wire.decode_hello(payload)  # any version may ask
+            self.host_minor = host_minor if host_major == wire.PROTOCOL_MAJOR else 0
             major, minor = self.protocol_version
-            return MessageType.HELLO_REPLY, wire.HelloReply(
+            identity = wire.Identity(
                 major, minor, self.max_payload, len(machine.canisters), self.name, MODEL, FIRMWARE
-            ).encode()
+            )
+            return MessageType.HELLO_REPLY, wire.encode_hello_reply(identity)
         if msg_type is MessageType.READ_STATUS:
-            if payload:
-                raise PayloadError(f"ReadStatus: takes no payload, got {len(payload)} bytes")
+            wire.decode_read_status(payload)
             minor = min(self._device_minor, self.host_minor)
             return MessageType.STATUS, wire.encode_status(self._status(), minor)
         if msg_type is MessageType.READ_CANISTERS:
             return MessageType.CANISTERS, self._canister_page(wire.decode_read_canisters(payload))
         if msg_type is MessageType.READ_CANISTERS_EX:
-            first = wire.decode_read_canisters(payload)
+            first = wire.decode_read_canisters(payload, extended=True)
             return MessageType.CANISTERS_EX, self._canister_page(first, extended=True)
         if msg_type is MessageType.JOB_BEGIN:
-            header = wire.JobHeader.decode(payload, "JobBegin")
+            header = wire.decode_job_header(payload, "JobBegin")
             self._staging = None
             machine.check_load(header.job_id)
             self._staging = _Staging(header.job_id, header.pouch_count)
@@ -376,10 +382,10 @@ class SerialPackerSimulator(PhysicsView):
             self._chunk(*wire.decode_chunk(payload))
             return ack
         if msg_type is MessageType.JOB_COMMIT:
-            self._commit(wire.JobHeader.decode(payload, "JobCommit"))
+            self._commit(wire.decode_job_header(payload, "JobCommit"))
             return ack
         if msg_type is MessageType.COMMAND:
-            machine.command(wire.decode_command(payload))
+            machine.command(PackMLCommand(wire.decode_command(payload)))
             return ack
         if msg_type is MessageType.REFILL:
             machine.refill(*wire.decode_refill(payload))
@@ -395,10 +401,10 @@ class SerialPackerSimulator(PhysicsView):
         major, minor = self.protocol_version
         return min(minor, wire.PROTOCOL_MINOR) if major == wire.PROTOCOL_MAJOR else 0
 
-    def _status(self) -> PackerStatus:
+    def _status(self) -> wire.Status:
         machine = self._physics
         job = machine.job
-        status = PackerStatus(
+        status = wire.Status(
             state=machine.state,
             unit_mode=machine.unit_mode,
             machine_speed=machine.machine_speed,
@@ -418,8 +424,8 @@ class SerialPackerSimulator(PhysicsView):
 
     def _canister_page(self, first: int, *, extended: bool = False) -> bytes:
         records = [
-            CanisterStatus(
-                c.number, c.gtin, c.count, c.dispensed_total, c.capacity, c.refilled_total
+            CanisterRecord(
+                c.number, c.gtin, c.count, c.capacity, c.dispensed_total, c.refilled_total
             )
             for _, c in sorted(self._physics.canisters.items())
         ]
@@ -429,7 +435,7 @@ class SerialPackerSimulator(PhysicsView):
                 f"first: {first} is beyond the {len(records)} canisters",
                 0,
             )
-        per_page = wire.canisters_per_page(self.max_payload, extended=extended)
+        per_page = wire.page_size(self.max_payload, extended=extended)
         page = records[first : first + per_page]
         return wire.encode_canisters(len(records), first, page, extended=extended)
 
@@ -473,10 +479,7 @@ class SerialPackerSimulator(PhysicsView):
             )
         self._physics.load_job(
             staging.job_id,
-            [
-                PouchPlan(p.sequence, p.label, tuple((i.canister, i.quantity) for i in p.items))
-                for p in staging.pouches
-            ],
+            [PouchPlan(p.seq, p.label, p.items) for p in staging.pouches],
         )
 
 

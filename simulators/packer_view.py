@@ -3,8 +3,8 @@ it speaks: both packer simulators read the same `PackerPhysics`."""
 
 from __future__ import annotations
 
-from drivers.base import PackMLState, StopReason, UnitMode
-from simulators.packer_physics import PackerPhysics
+from simulators.packer_physics import PackerPhysics, StopReason
+from simulators.packml import PackMLState, UnitMode
 
 
 class PhysicsView:

@@ -8,16 +8,69 @@ The unit mode (Production, Maintenance, Manual) lives here too, with its two rul
 mode changes only in Stopped, Idle or Aborted (`MODE_CHANGE_STATES`), and Start is
 accepted only in Production (`PRODUCTION_ONLY_COMMANDS`), so outside Production the
 machine never reaches Execute and dispenses nothing.
+
+The state, command and unit mode numbers are defined here from the standard, not
+imported from the drivers: a simulator shares only the documented constants with them.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Any
 
 from transitions import Machine, MachineError
 
-from drivers.base import PackMLCommand, PackMLState, UnitMode
+# The constants below are the simulators' own copy of what OPC 30050 / PackTags define
+# (docs/packer-opcua.md quotes them). The drivers keep theirs in drivers/base.py; the two
+# are compared only through the wire, never by sharing a class. They are IntEnum and
+# StrEnum, so they compare equal to the drivers' members and to the plain numbers.
+
+
+class PackMLState(enum.IntEnum):
+    """PackML states, numbered as in ISA-TR88.00.02 / OPC 30050 (PackTags StateCurrent)."""
+
+    UNDEFINED = 0
+    CLEARING = 1
+    STOPPED = 2
+    STARTING = 3
+    IDLE = 4
+    SUSPENDED = 5
+    EXECUTE = 6
+    STOPPING = 7
+    ABORTING = 8
+    ABORTED = 9
+    HOLDING = 10
+    HELD = 11
+    UNHOLDING = 12
+    SUSPENDING = 13
+    UNSUSPENDING = 14
+    RESETTING = 15
+    COMPLETING = 16
+    COMPLETE = 17
+
+
+class PackMLCommand(enum.StrEnum):
+    """PackML commands; the value is the OPC 30050 method name."""
+
+    RESET = "Reset"
+    START = "Start"
+    STOP = "Stop"
+    HOLD = "Hold"
+    UNHOLD = "Unhold"
+    SUSPEND = "Suspend"
+    UNSUSPEND = "Unsuspend"
+    ABORT = "Abort"
+    CLEAR = "Clear"
+
+
+class UnitMode(enum.IntEnum):
+    """PackML unit modes (PackTags UnitMode / OPC 30050 UnitModeCurrent)."""
+
+    PRODUCTION = 1
+    MAINTENANCE = 2
+    MANUAL = 3
+
 
 S = PackMLState
 
@@ -130,6 +183,7 @@ class PackMLMachine:
     ) -> None:
         if initial not in STATES:
             raise ValueError(f"initial state {initial!r} is not a PackML state")
+        initial = PackMLState(initial)  # the member of this module's enum, whoever passed it
         self.unit_mode = UnitMode(unit_mode)
         self._machine = Machine(
             model=self,

@@ -42,8 +42,8 @@ def packer_arguments(
     description: str, *, default_port: int, name_help: str
 ) -> argparse.ArgumentParser:
     """The command-line options every simulated packer takes, whatever its protocol."""
-    from drivers.base import PackMLState, UnitMode
     from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
+    from simulators.packml import PackMLState, UnitMode
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--name", default="P1", help=name_help)
@@ -84,7 +84,7 @@ def packer_arguments(
 
 def packer_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of a packer simulator from `packer_arguments` options."""
-    from drivers.base import PackMLState, UnitMode
+    from simulators.packml import PackMLState, UnitMode
 
     if args.output_capacity < 0:
         raise SystemExit(f"--output-capacity: {args.output_capacity} must be >= 0")

@@ -154,7 +154,7 @@ async def test_unit_mode_changes_where_allowed_and_start_only_in_production(
 
     await driver.set_unit_mode(M.MAINTENANCE)  # in Stopped
     status = await driver.read_status()
-    assert status.unit_mode == 2 and status.state is S.STOPPED and sim.unit_mode is M.MAINTENANCE
+    assert status.unit_mode == 2 and status.state is S.STOPPED and sim.unit_mode == M.MAINTENANCE
     await driver.refill_canister(4, 5)  # canister work in Maintenance
     await to_idle(driver)
     assert (await driver.read_status()).unit_mode == 2  # Reset keeps the mode
@@ -165,14 +165,14 @@ async def test_unit_mode_changes_where_allowed_and_start_only_in_production(
     text = str(info.value)
     assert "command Start: refused: Start not allowed in unit mode MAINTENANCE (2):" in text
     assert "a job starts only in PRODUCTION (1)" in text and codes["state"] in text
-    assert sim.state is S.IDLE
+    assert sim.state == S.IDLE
 
     await driver.set_unit_mode(M.MANUAL)  # in Idle, with a job loaded
     assert (await driver.read_status()).unit_mode == 3
     with pytest.raises(DriverError, match=r"Start not allowed in unit mode MANUAL \(3\)"):
         await driver.command(C.START)
     await asyncio.sleep(0.05)
-    assert sim.state is S.IDLE and sim.dispensed_totals() == {1: 0, 2: 0, 3: 0, 4: 0}
+    assert sim.state == S.IDLE and sim.dispensed_totals() == {1: 0, 2: 0, 3: 0, 4: 0}
 
     await driver.set_unit_mode(M.PRODUCTION)
     await driver.command(C.START)
@@ -186,7 +186,7 @@ async def test_unit_mode_changes_where_allowed_and_start_only_in_production(
     assert "unit mode change to MAINTENANCE (2) is not allowed in state EXECUTE (6)" in text
     assert "changes only in STOPPED, IDLE, ABORTED" in text and codes["state"] in text
     await driver.set_unit_mode(M.PRODUCTION)  # the current mode: accepted in any state
-    assert sim.unit_mode is M.PRODUCTION and sim.state is S.EXECUTE
+    assert sim.unit_mode == M.PRODUCTION and sim.state == S.EXECUTE
 
     await driver.command(C.ABORT)
     await wait_state(driver, S.ABORTED)
@@ -198,7 +198,7 @@ async def test_unit_mode_changes_where_allowed_and_start_only_in_production(
     text = str(info.value)
     assert "set_unit_mode 9: refused: RequestedMode: 9 is not a unit mode" in text
     assert codes["argument"] in text and "RequestedMode" in text
-    assert sim.unit_mode is M.MAINTENANCE
+    assert sim.unit_mode == M.MAINTENANCE
 
 
 # -- output tray ------------------------------------------------------------------------
@@ -236,7 +236,7 @@ async def test_full_tray_suspends_and_the_controller_unsuspends_after_emptying(
     text = str(info.value)
     assert "command Unsuspend: refused: Unsuspend not allowed: output tray full" in text
     assert "(4 of 4 pouches); empty it first" in text and CODES[protocol]["state"] in text
-    assert sim.state is S.SUSPENDED
+    assert sim.state == S.SUSPENDED
 
     assert await sim.empty_output() == 4
     status = await driver.read_status()

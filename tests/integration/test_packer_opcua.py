@@ -339,7 +339,7 @@ async def test_invalid_commands_are_refused_with_the_state(make_packer: Factory)
         DriverError, match=r"command Start: refused: Start needs a job: no job loaded"
     ):
         await driver.command(C.START)
-    assert sim.state is S.IDLE
+    assert sim.state == S.IDLE
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -380,7 +380,7 @@ async def test_bad_load_job_is_refused_with_clear_text(
     assert "Pouches: BadInvalidArgument" in str(info.value)
     monkeypatch.undo()
 
-    assert sim.state is S.IDLE and (await driver.read_status()).job_id == ""
+    assert sim.state == S.IDLE and (await driver.read_status()).job_id == ""
     await driver.load_job(job("J-ok", [[(1, 1)]]))
     with pytest.raises(DriverError, match=r"job 'J-ok' is already loaded"):
         await driver.load_job(job("J-2", [[(1, 1)]]))
@@ -523,7 +523,7 @@ async def test_new_nodes_and_set_unit_mode_method_in_the_address_space(
             ("RequestedMode", ua.NodeId(ua.Int32(ua.ObjectIds.Int32)))
         ]
         await command.call_method(f"{ns}:SetUnitMode", ua.Variant(3, ua.VariantType.Int32))
-        assert sim.unit_mode is UnitMode.MANUAL
+        assert sim.unit_mode == UnitMode.MANUAL
         node = await machine.get_child([f"{ns}:Status", f"{ns}:UnitModeCurrent"])
         assert await node.read_value() == 3
     assert (await driver.read_status()).unit_mode == UnitMode.MANUAL
@@ -769,7 +769,7 @@ async def test_start_parameters_and_argument_types_are_checked(make_packer: Fact
         (result,) = await client.uaclient.call([request])
         assert result.InputArgumentResults[0].name == "BadTypeMismatch"
         assert "Number: expected Int32, got String" in str(result.InputArgumentDiagnosticInfos)
-    assert sim.state is S.IDLE
+    assert sim.state == S.IDLE
     await driver.command(C.START)  # with no parameters, as the driver sends it: runs
     assert (await wait_state(driver, S.COMPLETE)).job_pouches_good == 1
 
@@ -828,7 +828,7 @@ async def test_an_acting_state_shows_the_state_requested(make_packer: Factory) -
         requested = await status.get_child(f"{ns}:StateRequested")
         changing = await status.get_child(f"{ns}:StateChangeInProcess")
         await driver.command(C.RESET)
-        assert sim.state is S.RESETTING
+        assert sim.state == S.RESETTING
         assert (await requested.read_value(), await changing.read_value()) == (4, True)
         await wait_state(driver, S.IDLE)
         assert (await requested.read_value(), await changing.read_value()) == (4, False)

@@ -380,7 +380,7 @@ async def test_invalid_commands_are_refused_with_the_state(make_packer: Factory)
         DriverError, match=r"command Start: refused: Start needs a job: no job loaded"
     ):
         await driver.command(C.START)
-    assert sim.state is S.IDLE
+    assert sim.state == S.IDLE
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -421,7 +421,7 @@ async def test_bad_load_job_is_refused_with_clear_text(make_packer: Factory) -> 
         await driver.load_job(job("J" * 65, [[(1, 1)]]))
     assert sum(sim.executed.values()) == sent
 
-    assert sim.state is S.IDLE and (await driver.read_status()).job_id == ""
+    assert sim.state == S.IDLE and (await driver.read_status()).job_id == ""
     await driver.load_job(job("J-ok", [[(1, 1)]]))
     with pytest.raises(DriverError, match=r"job 'J-ok' is already loaded \(INVALID_STATE\)"):
         await driver.load_job(job("J-2", [[(1, 1)]]))
@@ -471,7 +471,7 @@ async def test_half_loaded_job_never_runs(make_packer: Factory) -> None:
         assert (nak.code, nak.text) == (ErrorCode.INVALID_STATE, "Start needs a job: no job loaded")
         nak = nak_of(await line.request(5, MessageType.JOB_COMMIT, header))
         assert nak.code == ErrorCode.JOB_SEQUENCE and "2 of 3 pouches received" in nak.text
-        assert sim.state is S.IDLE
+        assert sim.state == S.IDLE
 
         # A chunk out of order discards the job being loaded.
         assert (await line.request(6, MessageType.JOB_BEGIN, header)).type == MessageType.ACK
@@ -821,7 +821,7 @@ async def test_a_1_0_device_works_without_the_1_1_features(make_packer: Factory)
         r" SET_UNIT_MODE needs 1.1",
     ):
         await driver.set_unit_mode(UnitMode.MAINTENANCE)
-    assert sum(sim.executed.values()) == sent and sim.unit_mode is UnitMode.PRODUCTION
+    assert sum(sim.executed.values()) == sent and sim.unit_mode == UnitMode.PRODUCTION
 
     # A 1.0 device does not know the 1.1 requests at all.
     await driver.close()

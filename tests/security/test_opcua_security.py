@@ -179,7 +179,7 @@ async def test_secured_session_reads_state_and_sends_commands(
     assert (canister.number, canister.gtin, canister.count) == (1, GTIN, 200)
     await driver.command(PackMLCommand.RESET)
     await wait_for_state(driver, PackMLState.IDLE)
-    assert sim.state is PackMLState.IDLE  # the command reached the machine
+    assert sim.state == PackMLState.IDLE  # the command reached the machine
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.base import PackMLCommand, PackMLState, StopReason, UnitMode
-from simulators.packer_physics import PackerPhysics, PouchPlan, Refusal, RefusalKind
+from simulators.packer_physics import PackerPhysics, PouchPlan, Refusal, RefusalKind, StopReason
+from simulators.packml import PackMLCommand, PackMLState, UnitMode
 
 S = PackMLState
 C = PackMLCommand

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.base import PackMLCommand, PackMLState, UnitMode
 from simulators.packml import (
     ACTING_STATES,
     MODE_CHANGE_STATES,
@@ -13,7 +12,10 @@ from simulators.packml import (
     TRANSITIONS,
     InvalidCommand,
     InvalidModeChange,
+    PackMLCommand,
     PackMLMachine,
+    PackMLState,
+    UnitMode,
 )
 
 S = PackMLState
