@@ -39,9 +39,11 @@ chromium:
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit $(ARGS)
 
+## lint: ruff, mypy and the import contracts of pyproject.toml (docs/architecture.md)
 lint: $(STAMP)
 	$(BIN)/ruff check controller drivers simulators tests
 	$(BIN)/mypy controller drivers simulators
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -811,7 +811,7 @@ class Site(Strict):
     def cabinet_wards(self) -> dict[str, str]:
         """Each cabinet (the prefix of its pocket locations) and each drug room's
         location -> its ward code (ward debiting attributes use by these prefixes)."""
-        from controller.wardsupply.locations import drug_room_location
+        from controller.ledger.ward_locations import drug_room_location
 
         mapping = {c.name: c.ward for c in self.cabinets}
         mapping.update({drug_room_location(r): r.ward for r in self.drug_rooms})

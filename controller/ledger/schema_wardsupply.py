@@ -3,7 +3,7 @@ picking and delivery, the pick lists with every scanned pack, and the delivery n
 
 The stock itself moves in the ledger's movements (store -> in transit -> drug room);
 these tables say why, for which ward, and whether the line came on time and in full.
-States come from controller.wardsupply.model, so the CHECKs and the code agree.
+States come from controller.ledger.ward_states, so the CHECKs and the code agree.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from controller.ledger.schema import UTCDateTime, metadata
-from controller.wardsupply.model import (
+from controller.ledger.ward_states import (
     Deviation,
     LineStatus,
     NoteStatus,

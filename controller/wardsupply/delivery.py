@@ -25,8 +25,8 @@ from controller.ledger.schema_wardsupply import (
     ward_pick_scans,
     ward_requisition_lines,
 )
+from controller.ledger.ward_locations import drug_room_location, transit_location
 from controller.wardsupply import views
-from controller.wardsupply.locations import drug_room_location, transit_location
 from controller.wardsupply.model import (
     Conflict,
     Deviation,

@@ -1,8 +1,7 @@
-"""Ward supply's vocabulary: requisitions as they arrive, the states of a line, a pick
-list and a delivery note, and the errors a requisition is refused with.
-
-The states are defined here once; the tables' CHECK constraints, the API's literals and
-the services take them from these enums.
+"""Ward supply's vocabulary: requisitions as they arrive, the review's decisions and
+flags, and the errors a requisition is refused with. The states of a line, a pick list
+and a delivery note are the ledger's tables' (controller/ledger/ward_states.py), offered
+here too.
 """
 
 from __future__ import annotations
@@ -12,38 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# The states of ward supply's tables are the ledger's (controller/ledger/ward_states.py),
+# so the tables' CHECKs and the services read one definition; they are offered here too.
+from controller.ledger.ward_states import Deviation as Deviation
+from controller.ledger.ward_states import LineStatus as LineStatus
+from controller.ledger.ward_states import NoteStatus as NoteStatus
+from controller.ledger.ward_states import PickListStatus as PickListStatus
+from controller.ledger.ward_states import RequisitionSource as RequisitionSource
+
 # Whole packs per line: more than any ward orders of one product in one requisition.
 MAX_PACKS_PER_LINE = 500
 MAX_LINES_PER_REQUISITION = 400
 MAX_ID_CHARS = 64
-
-
-class RequisitionSource(enum.StrEnum):
-    FHIR = "fhir"
-    JSON = "json"
-    CLI = "cli"
-    TOPUP = "topup"  # a top-up round counted by scan in the drug room
-    BACK_ORDER = "back_order"  # the rest of a short line, waiting for the next run
-
-
-class LineStatus(enum.StrEnum):
-    """Where one requisition line is. Review: `pending` (routine) or `flagged` (a
-    pharmacist decides it alone); then `approved` (possibly reduced or substituted) or
-    `rejected`; `ordered` waits for the supplier (a product the store does not keep);
-    `picking` is on a pick list with stock reserved; `dispatched` left with a delivery
-    note; `delivered` was received on the ward; `short` could not be picked at all and
-    lives on as a back order line; `cancelled` was withdrawn before picking."""
-
-    PENDING = "pending"
-    FLAGGED = "flagged"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    ORDERED = "ordered"
-    PICKING = "picking"
-    DISPATCHED = "dispatched"
-    DELIVERED = "delivered"
-    SHORT = "short"
-    CANCELLED = "cancelled"
 
 
 OPEN_REVIEW = (LineStatus.PENDING, LineStatus.FLAGGED)
@@ -63,24 +42,6 @@ class Flag(enum.StrEnum):
     LICENCE = "licence"  # an unlicensed (licence) product
     NOT_ON_LIST = "not_on_list"  # not in the drug room's assortment
     UNUSUAL_QUANTITY = "unusual_quantity"  # far above the ward's usual quantity
-
-
-class PickListStatus(enum.StrEnum):
-    OPEN = "open"
-    DISPATCHED = "dispatched"
-
-
-class NoteStatus(enum.StrEnum):
-    IN_TRANSIT = "in_transit"
-    RECEIVED = "received"
-
-
-class Deviation(enum.StrEnum):
-    """What a ward found at receipt that the note does not say."""
-
-    MISSING = "missing"
-    DAMAGED = "damaged"
-    TOO_MANY = "too_many"
 
 
 class WardSupplyError(ValueError):

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from controller.config import DrugRoom
 from controller.ledger import LedgerError
+from controller.ledger.ward_locations import drug_room_location
 from controller.wardsupply import rules
-from controller.wardsupply.locations import drug_room_location
 from controller.wardsupply.model import (
     Booked,
     LineIn,

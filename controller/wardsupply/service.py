@@ -40,14 +40,14 @@ from controller.ledger.schema_wardsupply import (
     ward_requisition_lines,
     ward_requisitions,
 )
-from controller.wardsupply import delivery, rounds, rules, views
-from controller.wardsupply.delivery import Dispatched, ReceiptLine, Received
-from controller.wardsupply.locations import (
+from controller.ledger.ward_locations import (
     drug_room_location,
     hospital_location,
     transit_location,
     ward_location,
 )
+from controller.wardsupply import delivery, rounds, rules, views
+from controller.wardsupply.delivery import Dispatched, ReceiptLine, Received
 from controller.wardsupply.model import (
     MAX_PACKS_PER_LINE,
     OPEN_REVIEW,

@@ -16,8 +16,8 @@ import pytest
 
 from controller.api.audit_reader import read_audit
 from controller.gs1 import PackId, encode_pack
+from controller.ledger.ward_locations import transit_location
 from controller.wardsupply import views
-from controller.wardsupply.locations import transit_location
 from controller.wardsupply.model import LineIn, RequisitionIn, RequisitionSource
 from tests.console.conftest import (
     HOSTILE_WARD,

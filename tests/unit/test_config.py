@@ -23,6 +23,9 @@ def test_demo_site_is_valid() -> None:
     for lot in site.stock:
         batches_per_product.setdefault(lot.gtin, set()).add(lot.expires_in_days)
     assert all(len(expiries) >= 2 for expiries in batches_per_product.values())
+    # a product the store does not keep has no opening stock (ward lines order it)
+    not_kept = {p.gtin for p in site.catalogue if not p.stocked}
+    assert not_kept and not_kept.isdisjoint(batches_per_product)
 
 
 def test_bad_check_digit_is_named() -> None:

@@ -1,5 +1,6 @@
 """Where ward stock lives in the ledger: hospital -> ward -> drug room, and one
-in-transit location per hospital for what has left the store but not yet arrived."""
+in-transit location per hospital for what has left the store but not yet arrived.
+Pure naming, used by the site file (ward debiting), ward supply and the reports."""
 
 from __future__ import annotations
 
