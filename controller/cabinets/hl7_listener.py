@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.poller import (
@@ -111,7 +112,8 @@ class Hl7CabinetListener(CabinetPoller):
     async def poll_once(self) -> CabinetStatus:
         """Outside `serve` (the end of a day, a command-line check): takes the messages
         the server holds, booking and acknowledging each, up to and including the next
-        snapshot, and returns that snapshot; everything before it is then booked.
+        snapshot that shows every notice sent so far acted on (an older one would not
+        show a refill just told), and returns it; everything before it is then booked.
         While `serve` runs, it only reconciles the latest snapshot again."""
         if self._serving:
             return await self._reconcile()
@@ -129,6 +131,9 @@ class Hl7CabinetListener(CabinetPoller):
             await self.driver.acknowledge(event, ack)
             if isinstance(event, CabinetSnapshot) and ack.code == AckCode.ACCEPT:
                 assert self._snapshot is not None
+                if self._pending_notices():
+                    continue  # taken before the server acted on a notice: wait for the next
+                self._forget_acted_notices()
                 return self._snapshot
 
     async def _reconcile(self) -> CabinetStatus:
@@ -138,13 +143,22 @@ class Hl7CabinetListener(CabinetPoller):
         A snapshot the server took before it acted on a notice of ours (its ZCS-7 is
         older) does not show that notice yet: its pocket is not compared, and the cold
         chain, which decides from lock states and counts, waits for a newer one."""
-        hook = self.after_poll
-        if self._pending_notices():
+        hook, low_hook = self.after_poll, self.on_low
+        waiting = {pocket for _command, pocket, _n in self._pending_notices().values()}
+        if waiting:
             self.after_poll = None
+            if low_hook is not None:
+                # A pocket whose refill notice the snapshot does not show yet is not low:
+                # asking for another refill would fill it twice.
+                async def on_low(cabinet: Any, pocket: Any, count: int, read_at: float) -> None:
+                    if pocket.number not in waiting:
+                        await low_hook(cabinet, pocket, count, read_at)
+
+                self.on_low = on_low
         try:
             return await CabinetPoller.poll_once(self)
         finally:
-            self.after_poll = hook
+            self.after_poll, self.on_low = hook, low_hook
             self._forget_acted_notices()
 
     def _pending_notices(self) -> dict[int, tuple[CabinetCommand, int, int]]:
