@@ -121,6 +121,20 @@ class ReviewResult(BaseModel):
     by: str
 
 
+class AmendRequest(Closed):
+    units: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="reduce: the units per administration approved (fewer than ordered)",
+    )
+    gtin: Annotated[str, Field(pattern=r"^[0-9]{14}$")] | None = Field(
+        default=None,
+        description="substitute: the GTIN packed instead (same substitution group, active)",
+    )
+    note: str = Field(min_length=1, max_length=200, description="the reason, always required")
+
+
 # ----------------------------------------------------------------------------- jobs
 
 

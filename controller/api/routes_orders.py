@@ -9,12 +9,14 @@ import re
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Technician, role_note
 from controller.api.errors import ApiError, Problem, responses
 from controller.api.models import (
+    MAX_ORDER_ID,
+    AmendRequest,
     Order,
     OrderList,
     OrderStatus,
@@ -245,3 +247,43 @@ async def review_orders(body: ReviewRequest, ctx: Context, user: Pharmacist) -> 
     status: Literal["approved", "rejected"] = "approved" if body.approve else "rejected"
     log.info("api: %s %s %d orders", user.name, status, count)
     return ReviewResult(reviewed=count, status=status, by=user.name)
+
+
+OrderPathId = Annotated[int, Path(ge=1, le=MAX_ORDER_ID, description="the dose order's id")]
+
+
+@router.post(
+    "/orders/{id}/amend",
+    summary="Approve a pending order reduced or substituted",
+    description="Approves one pending order with fewer `units` per administration (1 to "
+    "one less than ordered) and/or another product (`gtin`, an active product of the "
+    "ordered product's substitution group), always with a `note` giving the reason. "
+    "Planning packs the amended order; the audit trail keeps the old and new values and "
+    "names the token's user as the reviewer. An unknown order gives 404, an order no "
+    "longer pending 409, a dose or product that is not allowed 422. "
+    "Role: pharmacist or above.",
+    response_model=Order,
+    responses=responses(401, 403, 404, 409, 422, 503),
+    openapi_extra=role_note(Role.PHARMACIST),
+)
+async def amend_order(id: OrderPathId, body: AmendRequest, ctx: Context, user: Pharmacist) -> Order:
+    if not body.note.strip():
+        raise ApiError(
+            422, "note: a reduction or substitution needs a reason", field="note", value=body.note
+        )
+    if body.units is None and body.gtin is None:
+        raise ApiError(
+            422, "units: none given, and no gtin: nothing to amend", field="units", value=None
+        )
+    try:
+        record = await ctx.write(
+            ctx.store.amend, id, units=body.units, gtin=body.gtin, actor=user.name, note=body.note
+        )
+    except OrderReviewError as exc:
+        about = _ORDER.match(str(exc))
+        if about is None:
+            raise ledger_problem(422, exc) from None
+        code = 404 if about.group(2) else 409
+        raise ApiError(code, str(exc), field="id", value=about.group(1)) from None
+    log.info("api: %s amended order %d", user.name, id)
+    return Order.of(record)

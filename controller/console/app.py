@@ -22,7 +22,7 @@ from controller.console.web import PREFIX, Console, make_env
 
 STATIC = Path(__file__).parent / "static"
 
-# Screen modules in menu order. A new screen (exemptions) is one template
+# Screen modules in menu order. A new screen is one template
 # and one module like these, added here.
 SCREEN_MODULES = (
     screens_core,

@@ -1,21 +1,26 @@
-"""Pharmacist screens: dose-order review, verification alerts, cold-chain holds,
-open discrepancies and the audit trail. Each action calls the same store method as
-the API route and the CLI command, with the signed-in user as the actor."""
+"""Pharmacist screens: dose-order review (approve, reject, reduce, substitute),
+verification alerts, cold-chain holds, open discrepancies, the stock-duty exemptions
+(read-only) and the audit trail. Each action calls the same store method as the API
+route and the CLI command, with the signed-in user as the actor."""
 
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from controller.api.audit_reader import read_audit
 from controller.api.auth import Role
 from controller.api.context import ApiContext
+from controller.api.models import MAX_ORDER_ID
 from controller.console.web import PREFIX, act, context, field, page, refused, render, screen
-from controller.ledger import LedgerError
+from controller.ledger import LedgerError, reports
 from controller.ledger.audit_search import search_audit
-from controller.packing.store import OrderReviewError
+from controller.packing.store import OrderRecord, OrderReviewError
 from controller.verification import VerificationStore
 
 log = logging.getLogger("doseline.console")
@@ -25,6 +30,7 @@ screen("/orders", "Dose orders", Role.PHARMACIST, "pharmacist")
 screen("/alerts", "Verification alerts", Role.PHARMACIST, "pharmacist")
 screen("/holds", "Cold-chain holds", Role.PHARMACIST, "pharmacist")
 screen("/discrepancies", "Discrepancies", Role.PHARMACIST, "pharmacist")
+screen("/exemptions", "Stock-duty exemptions", Role.PHARMACIST, "pharmacist")
 screen("/audit", "Audit trail", Role.PHARMACIST, "pharmacist")
 
 MAX_NOTE = 200
@@ -117,6 +123,84 @@ async def review(request: Request) -> Response:
     log.info("console: %s %sd %d orders", session.user.name, decision, count)
     key = "approved" if decision == "approve" else "rejected"
     return _done("/orders", session.flash, key, str(count))
+
+
+MAX_UNITS = 20  # a dose order's units per administration (DoseOrder)
+_ORDER = re.compile(r"^order \d+: (no such order)?")
+
+
+async def _pending(ctx: ApiContext, order_id: int) -> OrderRecord | None:
+    if not 1 <= order_id <= MAX_ORDER_ID:
+        return None
+    pending = await ctx.read(ctx.store.orders, status="pending")
+    return next((r for r in pending if r.id == order_id), None)
+
+
+@router.get("/orders/{order_id}/amend")
+async def amend_form(request: Request, order_id: int) -> Response:
+    """One pending order, to approve reduced (fewer units per administration) or
+    substituted (another product of its substitution group), with a reason."""
+    session, response = await page(Role.PHARMACIST)(request)
+    if response is not None:
+        return response
+    assert session is not None
+    ctx = context(request)
+    record = await _pending(ctx, order_id)
+    if record is None:
+        return refused(request, session, 404, f"order {order_id}: no pending order")
+    substitutes = await ctx.read(ctx.store.substitutes, record.order.gtin)
+    names = {p.gtin: p.name for p in ctx.site.catalogue}
+    wards = {w.code: w.name for w in ctx.site.wards}
+    return render(
+        request,
+        "orders_amend.html",
+        session,
+        r=record,
+        substitutes=substitutes,
+        names=names,
+        wards=wards,
+    )
+
+
+@router.post("/orders/{order_id}/amend")
+async def amend(request: Request, order_id: int) -> Response:
+    got = await act(request, Role.PHARMACIST)
+    if isinstance(got, Response):
+        return got
+    session, form = got
+    ctx = context(request)
+    if not 1 <= order_id <= MAX_ORDER_ID:
+        return refused(request, session, 404, f"order {order_id}: no such order")
+    decision = field(form, "decision")
+    units: int | None = None
+    gtin: str | None = None
+    try:
+        if decision not in ("reduce", "substitute"):
+            raise ValueError(f"decision: {decision[:20]!r} is not reduce/substitute")
+        text = field(form, "units").strip()
+        if text:
+            if not text.isdigit() or int(text) > MAX_UNITS:
+                raise ValueError(f"units: {text[:20]!r} is not a whole number from 1 to 20")
+            units = int(text)
+        if decision == "reduce" and units is None:
+            raise ValueError("units: a reduction needs the units per administration")
+        if decision == "substitute":
+            gtin = field(form, "substitute").strip()
+            if not gtin.isdigit() or len(gtin) != 14:
+                raise ValueError(f"substitute: {gtin[:20]!r} is not a GTIN")
+        note = _note(form, required=True)
+    except ValueError as exc:
+        return refused(request, session, 422, str(exc))
+    try:
+        await ctx.write(
+            ctx.store.amend, order_id, units=units, gtin=gtin, actor=session.user.name, note=note
+        )
+    except OrderReviewError as exc:
+        about = _ORDER.match(str(exc))
+        status = 422 if about is None else 404 if about.group(1) else 409
+        return refused(request, session, status, str(exc))
+    log.info("console: %s amended order %d (%s)", session.user.name, order_id, decision)
+    return _done("/orders", session.flash, "amended", str(order_id))
 
 
 # ----------------------------------------------------------------- verification alerts
@@ -241,6 +325,45 @@ async def resolve(request: Request, discrepancy_id: int) -> Response:
     except LedgerError as exc:
         return refused(request, session, 409, str(exc))
     return _done("/discrepancies", session.flash, "resolved", str(discrepancy_id))
+
+
+# ------------------------------------------------------------------ stock-duty exemptions
+
+
+@router.get("/exemptions")
+async def exemptions(request: Request) -> Response:
+    """The exemptions the ledger holds, read from the cover report (which marks an
+    exemption whose review date has passed), with each product's cover; when each was
+    decided comes from the audit trail, written in the same transaction."""
+    session, response = await page(Role.PHARMACIST)(request)
+    if response is not None:
+        return response
+    assert session is not None
+    ctx = context(request)
+    now = datetime.now(UTC)
+    report = await ctx.read(reports.days_of_cover, ctx.ledger, now=now, obligation_days=30)
+    # the overdue first, then by review date: what needs a decision soonest on top
+    rows = [(r, r.exemption) for r in report.rows if r.exemption is not None]
+    rows.sort(key=lambda pair: (not pair[1].review_overdue, pair[1].review_date, pair[0].name))
+    trail = await ctx.read(read_audit, ctx.ledger.engine, entity="exemption", limit=1000)
+    decided = {e.key: e.ts for e in trail}  # chain order: the latest decision wins
+    tz = ZoneInfo(ctx.site.site.timezone)
+
+    def local(moment: datetime) -> str:
+        """A ledger time (UTC) as the site's local time."""
+        aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        return aware.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    return render(
+        request,
+        "exemptions.html",
+        session,
+        rows=rows,
+        overdue=sum(1 for _row, e in rows if e.review_overdue),
+        decided=decided,
+        local=local,
+        obligation_days=report.obligation_days,
+    )
 
 
 # ------------------------------------------------------------------------ audit trail

@@ -34,7 +34,13 @@ REVIEW_NOT_REQUIRED = "site: review not required"
 
 
 class OrderReviewError(LedgerError):
-    """A review that cannot be done; the message names the order and its status."""
+    """A review that cannot be done; the message names the order and its status, or
+    the field and value refused (also as `field` and `value`, where given)."""
+
+    def __init__(self, message: str, *, field: str | None = None, value: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.value = value
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,142 @@ class PackingStore:
                     {"status": new_status, "reviewed_by": actor, "note": note},
                 )
         return len(ids)
+
+    def amend(
+        self,
+        order_id: int,
+        *,
+        units: int | None = None,
+        gtin: str | None = None,
+        actor: str,
+        note: str,
+    ) -> OrderRecord:
+        """Approves one pending order reduced (`units`: fewer per administration, at
+        least 1) and/or substituted (`gtin`: another active product of the ordered
+        product's substitution group in the ledger), always with a reason; returns the
+        amended order.
+
+        The order's product and dose are changed in place, so planning packs the
+        amended order; what was ordered stays in the audit trail (old and new values).
+        The order keeps its content key: the prescriber's message sent again is still
+        a duplicate of it, not a new order to review."""
+        if not actor.strip() or actor.strip() in ("controller", "system"):
+            raise OrderReviewError(f"reviewer: {actor!r} is not a person")
+        if not note.strip():
+            raise OrderReviewError("note: a reduction or substitution needs a reason")
+        if units is None and gtin is None:
+            raise OrderReviewError("units: none given, and no gtin: nothing to amend")
+        if units is not None and units < 1:
+            raise OrderReviewError(
+                f"units: {units} is less than 1 per administration", field="units", value=str(units)
+            )
+        with self.ledger.audited(actor, "review", note) as conn:
+            row = conn.execute(select(dose_orders).where(dose_orders.c.id == order_id)).first()
+            if row is None:
+                raise OrderReviewError(f"order {order_id}: no such order")
+            if row.status != "pending":
+                raise OrderReviewError(
+                    f"order {order_id}: status is {row.status!r}, only pending orders "
+                    "can be reviewed"
+                )
+            new_units = row.units if units is None else units
+            if units is not None and units >= row.units:
+                raise OrderReviewError(
+                    f"units: {units} is not fewer than the {row.units} per administration "
+                    f"of order {order_id} (a reduction gives 1 to {row.units - 1})",
+                    field="units",
+                    value=str(units),
+                )
+            new_gtin = row.gtin if gtin is None else gtin
+            if gtin is not None:
+                self._check_substitute(conn, order_id, row.gtin, gtin)
+            now = self.ledger.clock()
+            done = conn.execute(
+                update(dose_orders)
+                .where(dose_orders.c.id == order_id, dose_orders.c.status == "pending")
+                .values(
+                    status="approved",
+                    gtin=new_gtin,
+                    units=new_units,
+                    reviewed_by=actor,
+                    reviewed_at=now,
+                    review_note=note,
+                )
+            ).rowcount
+            if done != 1:
+                raise OrderReviewError(f"order {order_id}: reviewed meanwhile; not amended")
+            old: dict[str, Any] = {"status": "pending"}
+            new: dict[str, Any] = {"status": "approved"}
+            if new_units != row.units:
+                old["units"], new["units"] = row.units, new_units
+            if new_gtin != row.gtin:
+                old["gtin"], new["gtin"] = row.gtin, new_gtin
+            amended = [
+                kind
+                for kind, changed in (("reduced", "units" in new), ("substituted", "gtin" in new))
+                if changed
+            ]
+            new |= {"amended": "+".join(amended), "reviewed_by": actor, "note": note}
+            self.ledger.note("dose_order", str(order_id), old, new)
+            stored = conn.execute(select(dose_orders).where(dose_orders.c.id == order_id)).one()
+        return self._order_record(stored)
+
+    @staticmethod
+    def _check_substitute(conn: Any, order_id: int, ordered: str, gtin: str) -> None:
+        """Refuses a substitute that is not another active product of the ordered
+        product's substitution group (as the ledger's products table holds it)."""
+        if gtin == ordered:
+            raise OrderReviewError(
+                f"gtin: {gtin!r} is the product order {order_id} names", field="gtin", value=gtin
+            )
+        found = {
+            r.gtin: r
+            for r in conn.execute(
+                select(products.c.gtin, products.c.substitution_group, products.c.active).where(
+                    products.c.gtin.in_((ordered, gtin))
+                )
+            )
+        }
+        group = found[ordered].substitution_group if ordered in found else None
+        if not group:
+            raise OrderReviewError(
+                f"gtin: {gtin!r} cannot replace {ordered}: the ordered product has no "
+                "substitution group",
+                field="gtin",
+                value=gtin,
+            )
+        other = found.get(gtin)
+        if other is None:
+            raise OrderReviewError(f"gtin: {gtin!r} is not in the ledger", field="gtin", value=gtin)
+        if other.substitution_group != group:
+            raise OrderReviewError(
+                f"gtin: {gtin!r} is not of substitution group {group!r} of {ordered}",
+                field="gtin",
+                value=gtin,
+            )
+        if not other.active:
+            raise OrderReviewError(
+                f"gtin: {gtin!r} is not an active product", field="gtin", value=gtin
+            )
+
+    def substitutes(self, gtin: str) -> list[str]:
+        """The other active products of `gtin`'s substitution group in the ledger (what
+        `amend` accepts as a substitute), by GTIN."""
+        group = (
+            select(products.c.substitution_group).where(products.c.gtin == gtin).scalar_subquery()
+        )
+        with self.ledger.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(products.c.gtin)
+                    .where(
+                        products.c.substitution_group == group,
+                        products.c.gtin != gtin,
+                        products.c.active == 1,
+                    )
+                    .order_by(products.c.gtin)
+                ).scalars()
+            )
 
     def orders(self, *, status: str | None = None, day: date | None = None) -> list[OrderRecord]:
         query = select(dose_orders).order_by(dose_orders.c.id)

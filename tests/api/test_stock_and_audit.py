@@ -114,6 +114,7 @@ EXPECTED_ROUTES = {
     ("post", "/api/v1/orders"): "technician",
     ("get", "/api/v1/orders"): "pharmacist",
     ("post", "/api/v1/orders/review"): "pharmacist",
+    ("post", "/api/v1/orders/{id}/amend"): "pharmacist",
     ("get", "/api/v1/jobs"): "viewer",
     ("get", "/api/v1/jobs/{job_id}"): "viewer",
     ("post", "/api/v1/packers/{name}/commands"): "technician",

@@ -383,6 +383,7 @@ MAIN_SCREENS = (
     ("pharmacist", "/console/alerts"),
     ("pharmacist", "/console/holds"),
     ("pharmacist", "/console/discrepancies"),
+    ("pharmacist", "/console/exemptions"),
     ("pharmacist", "/console/audit"),
     ("technician", "/console/picking"),
     ("technician", "/console/goods-in"),

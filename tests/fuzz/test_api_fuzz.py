@@ -229,6 +229,7 @@ DOCUMENTED = {
     ("POST", "/orders"),
     ("GET", "/orders"),
     ("POST", "/orders/review"),
+    ("POST", "/orders/{id}/amend"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{job_id}"),
     ("POST", "/packers/{name}/commands"),

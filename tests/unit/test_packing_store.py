@@ -9,11 +9,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from controller.app import Controller
+from controller.config import parse_site
 from controller.ledger import LedgerError, verify_ledger
-from controller.ledger.schema import audit_log, dose_orders, packing_jobs, planned_doses
+from controller.ledger.schema import (
+    audit_log,
+    dose_orders,
+    packing_jobs,
+    planned_doses,
+    products,
+)
 from controller.packing.orders import DoseOrder
 from controller.packing.planner import (
     PlannedJob,
@@ -29,7 +36,7 @@ from controller.packing.store import (
     PackingStore,
     content_key,
 )
-from tests.sites import FURO, METO, OXY, PARA, make_site
+from tests.sites import FURO, METO, OXY, PARA, PARA2, make_site, purchasing_site
 
 DAY = date(2026, 11, 22)
 NOW = datetime(2026, 11, 22, 6, 30, tzinfo=UTC)
@@ -352,6 +359,144 @@ def test_review_batch_is_all_or_nothing(controller: Controller, store: PackingSt
     assert by_id[a].reviewed_by is None and by_id[b].reviewed_by is None
     assert audit_count(controller) == audited
     assert verify_ledger(controller.ledger.engine) == []
+
+
+# ---------------------------------------------------------------- amend (reduce, substitute)
+
+
+@pytest.fixture
+def grouped(ledger_url: str) -> Iterator[Controller]:
+    """The test site with PARA and PARA2 in one substitution group."""
+    ctl = Controller(parse_site(purchasing_site()), ledger_url=ledger_url)
+    ctl.prepare_ledger()
+    ctl.ledger.clock = lambda: NOW
+    try:
+        yield ctl
+    finally:
+        ctl.close()
+
+
+def test_amend_reduces_and_substitutes_and_planning_packs_the_amended_order(
+    grouped: Controller,
+) -> None:
+    store = grouped.store
+    a, b, c = submit_pending(
+        store,
+        order(PT_A, gtin=PARA, units=3),
+        order(PT_B, gtin=PARA, units=2),
+        order(PT_C, gtin=PARA, units=2),
+    )
+    assert store.substitutes(PARA) == [PARA2]
+    assert store.substitutes(METO) == []
+
+    reduced = store.amend(a, units=1, actor="Dr Lind", note="renal function")
+    assert (reduced.id, reduced.status, reduced.order.units, reduced.order.gtin) == (
+        a,
+        "approved",
+        1,
+        PARA,
+    )
+    assert (reduced.reviewed_by, reduced.reviewed_at, reduced.review_note) == (
+        "Dr Lind",
+        NOW,
+        "renal function",
+    )
+    swapped = store.amend(b, gtin=PARA2, actor="Dr Berg", note="PARA out of stock")
+    assert (swapped.order.gtin, swapped.order.units) == (PARA2, 2)
+    both = store.amend(c, units=1, gtin=PARA2, actor="Dr Berg", note="both")
+    assert (both.order.gtin, both.order.units) == (PARA2, 1)
+    assert [r.id for r in store.orders(status="approved")] == [a, b, c]
+
+    # the audit trail names the pharmacist and keeps what was ordered
+    [received, amended] = audit_rows(grouped, "dose_order", str(a))
+    assert json.loads(received.new_value)["units"] == "3"
+    assert (amended.actor, amended.action, amended.reason) == (
+        "Dr Lind",
+        "review",
+        "renal function",
+    )
+    assert json.loads(amended.old_value) == {"status": "pending", "units": 3}
+    assert json.loads(amended.new_value) == {
+        "status": "approved",
+        "units": 1,
+        "amended": "reduced",
+        "reviewed_by": "Dr Lind",
+        "note": "renal function",
+    }
+    last = audit_rows(grouped, "dose_order", str(c))[-1]
+    assert json.loads(last.old_value) == {"status": "pending", "units": 2, "gtin": PARA}
+    assert json.loads(last.new_value)["amended"] == "reduced+substituted"
+    assert json.loads(last.new_value)["gtin"] == PARA2
+
+    # planning reads the amended product and dose
+    [job] = store.plan(DAY)
+    assert job.pouches == (
+        PlannedPouch(1, PT_A, ((PARA, 1),)),
+        PlannedPouch(2, PT_B, ((PARA2, 2),)),
+        PlannedPouch(3, PT_C, ((PARA2, 1),)),
+    )
+    # the prescriber's message sent again is still a duplicate of the amended orders
+    again = store.submit(
+        [order(PT_A, gtin=PARA, units=3)], source="hl7", actor="intake", review_required=True
+    )
+    assert again.added == () and again.duplicates == (a,)
+    assert verify_ledger(grouped.ledger.engine) == []
+
+
+def test_amend_refuses_naming_field_and_value_and_changes_nothing(grouped: Controller) -> None:
+    store = grouped.store
+    a, m, done = submit_pending(
+        store,
+        order(PT_A, gtin=PARA, units=2),
+        order(PT_B, gtin=METO, units=2),
+        order(PT_C, gtin=PARA, units=2),
+    )
+    store.review([done], approve=True, actor="Dr Lind", note="ok")
+    audited = audit_count(grouped)
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"units": 2}, r"units: 2 is not fewer than the 2 per administration of order"),
+        ({"units": 5}, r"units: 5 is not fewer than the 2"),
+        ({"units": 0}, r"units: 0 is less than 1"),
+        ({}, r"units: none given, and no gtin"),
+        ({"gtin": PARA}, rf"gtin: '{PARA}' is the product order {a} names"),
+        ({"gtin": FURO}, rf"gtin: '{FURO}' is not of substitution group 'N02BE01 500'"),
+        ({"gtin": UNKNOWN_GTIN}, rf"gtin: '{UNKNOWN_GTIN}' is not in the ledger"),
+        ({"units": 1, "gtin": FURO}, rf"gtin: '{FURO}'"),  # all or nothing: no reduction
+        ({"units": 1, "note": "  "}, r"note: a reduction or substitution needs a reason"),
+        ({"units": 1, "actor": "system"}, r"reviewer: 'system' is not a person"),
+    ]
+    for given, message in refusals:
+        kwargs: dict[str, Any] = {"actor": "Dr Lind", "note": "reason"} | given
+        with pytest.raises(OrderReviewError, match=message):
+            store.amend(a, **kwargs)
+    with pytest.raises(OrderReviewError, match=rf"gtin: '{PARA}' cannot replace {METO}: .* no "):
+        store.amend(m, gtin=PARA, actor="Dr Lind", note="reason")
+    with pytest.raises(OrderReviewError, match=rf"order {done}: status is 'approved'"):
+        store.amend(done, units=1, actor="Dr Lind", note="reason")
+    with pytest.raises(OrderReviewError, match=rf"order {a + 1000}: no such order"):
+        store.amend(a + 1000, units=1, actor="Dr Lind", note="reason")
+
+    by_id = {r.id: r for r in store.orders()}
+    assert (by_id[a].status, by_id[a].order.units, by_id[a].order.gtin) == ("pending", 2, PARA)
+    assert by_id[m].status == "pending" and by_id[a].reviewed_by is None
+    assert audit_count(grouped) == audited
+    # an amended order is reviewed: it cannot be amended or reviewed again
+    store.amend(a, units=1, actor="Dr Lind", note="reason")
+    with pytest.raises(OrderReviewError, match=rf"order {a}: status is 'approved'"):
+        store.amend(a, gtin=PARA2, actor="Dr Berg", note="again")
+    with pytest.raises(OrderReviewError, match=rf"order {a}: status is 'approved'"):
+        store.review([a], approve=False, actor="Dr Berg", note="again")
+
+
+def test_amend_refuses_an_inactive_substitute(grouped: Controller) -> None:
+    store = grouped.store
+    (a,) = submit_pending(store, order(PT_A, gtin=PARA, units=2))
+    with grouped.ledger.engine.begin() as conn:
+        conn.execute(update(products).where(products.c.gtin == PARA2).values(active=0))
+    assert store.substitutes(PARA) == []
+    with pytest.raises(OrderReviewError, match=rf"gtin: '{PARA2}' is not an active product"):
+        store.amend(a, gtin=PARA2, actor="Dr Lind", note="reason")
+    assert store.orders()[0].order.gtin == PARA
 
 
 # ---------------------------------------------------------------- planning
