@@ -200,9 +200,10 @@ def ward_line_counts(ledger: Ledger) -> dict[str, int]:
     from controller.ledger.schema_wardsupply import ward_requisition_lines as w
 
     with ledger.engine.connect() as c:
-        rows: dict[str, int] = dict(
-            c.execute(select(w.c.status, func.count()).group_by(w.c.status)).tuples().all()
-        )
+        rows = {
+            str(status): int(n)
+            for status, n in c.execute(select(w.c.status, func.count()).group_by(w.c.status))
+        }
     return {str(s): int(rows.get(str(s), 0)) for s in LineStatus}
 
 

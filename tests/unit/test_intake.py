@@ -198,7 +198,7 @@ BAD = [
     (
         "fhir_bad_unknown_product.json",
         "entry[2].resource.medicationCodeableConcept.coding[0].code",
-        "07359990000228",
+        "07359990000990",
     ),
     (
         "fhir_bad_missing_times.json",
