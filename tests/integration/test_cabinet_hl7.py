@@ -276,3 +276,39 @@ async def test_a_snapshot_taken_before_a_notice_is_not_compared_on_that_pocket(
     await settle(controller, server)
     assert on_hand(controller, 1, PARA) == 15
     assert discrepancies(controller) == set()
+
+
+async def test_a_snapshot_taken_before_a_refill_notice_asks_for_no_second_refill(
+    rig: tuple[Controller, Hl7CabinetServer],
+) -> None:
+    controller, server = rig
+    lis = listener(controller)
+    await settle(controller, server)
+    asked: list[tuple[int, int]] = []
+
+    async def on_low(_cabinet: object, pocket: object, count: int, _read_at: float) -> None:
+        asked.append((pocket.number, count))  # type: ignore[attr-defined]
+
+    lis.on_low = on_low
+    server.withdraw(1, 9)  # 12 -> 3, below the pocket's min of 5
+    await settle(controller, server)
+    assert (1, 3) in asked
+    asked.clear()
+    # The refill is in the ledger and told; the server's next snapshot was taken before
+    # it acted on the notice, so it still shows 3: that pocket is not low, it is filling.
+    controller.ledger.transfer(
+        "test-refill-low",
+        gtin=PARA,
+        quantity=15,
+        from_location="CENTRAL/A01",
+        to_location="CAB1/P01",
+        actor="test",
+        reason="refill confirmed by scan",
+    )
+    server.faults.hold = True
+    server.queue_snapshot()  # taken now: pocket 1 at 3
+    await lis.send_command(CabinetCommand.REFILL, 1, 15)
+    server.faults.hold = False
+    await settle(controller, server)
+    assert [a for a in asked if a[0] == 1] == []
+    assert server.count(1) == 18 and on_hand(controller, 1, PARA) == 18
