@@ -86,9 +86,12 @@ async def test_withdrawals_waste_returns_and_counts_are_booked_once(
         controller.ledger.engine, [("CAB1/P01", PARA)], days=1, until=datetime.now(UTC).date()
     ).values()
     assert sum(history.daily) == 3
-    assert controller.metrics.registry.get_sample_value(
-        "doseline_cabinet_withdrawals_total", {"cabinet": CABINET}
-    ) == 4
+    assert (
+        controller.metrics.registry.get_sample_value(
+            "doseline_cabinet_withdrawals_total", {"cabinet": CABINET}
+        )
+        == 4
+    )
     # A count at the cabinet that differs from the ledger sets it and is raised.
     server.stocktake(2, 5)
     await settle(controller, server)
@@ -237,9 +240,7 @@ async def test_cold_cabinet_excursion_locks_pockets_through_notices(ledger_url: 
         await controller.start()
         await settle(controller, server)
         server.set_temperature(12.0)
-        await until(
-            lambda: all(p.locked for p in server.pockets.values()), "pockets locked", 10
-        )
+        await until(lambda: all(p.locked for p in server.pockets.values()), "pockets locked", 10)
         held = controller.ledger.holds(location=CABINET, status="held")
         assert held
         # Withdrawals stop at a locked pocket; the ledger keeps what it holds.
