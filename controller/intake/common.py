@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, time
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Any, Literal
 
 from controller.config import Product, Site, valid_gtin
 from controller.packing.orders import DoseOrder, OrderError
@@ -431,3 +431,29 @@ def make_order(
     except OrderError as exc:
         c.add(name, None, str(exc))
         return None
+
+
+# --- strict JSON text (both FHIR readers) ------------------------------------------------
+
+
+class DuplicateKey(ValueError):
+    """A JSON object named a key twice: which value counts is ambiguous, so refused."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads(object_pairs_hook=...)`: an object, refusing a key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def no_constant(name: str) -> Any:
+    """`json.loads(parse_constant=...)`: NaN and Infinity are not JSON numbers."""
+    raise ValueError(f"{name} is not a JSON number")

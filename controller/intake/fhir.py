@@ -20,6 +20,7 @@ from controller.intake.common import (
     Catalogue,
     Code,
     Collector,
+    DuplicateKey,
     IntakeError,
     Strength,
     check_period,
@@ -30,6 +31,8 @@ from controller.intake.common import (
     in_range,
     is_count_unit,
     make_order,
+    no_constant,
+    object_pairs,
     resolve_product,
 )
 from controller.packing.orders import DoseOrder, pseudonym
@@ -56,26 +59,6 @@ class _Settings:
     salt: str
     default_ward: str | None
     today: date
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> Json:
-    """A JSON object; a key given twice makes the message ambiguous, so it is refused."""
-    out: Json = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_fhir(
@@ -112,9 +95,12 @@ def _load(payload: str | bytes | bytearray, c: Collector) -> Json | None:
         payload = payload.lstrip("\ufeff")
     try:
         data = json.loads(
-            payload, parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_pairs
+            payload,
+            parse_float=Decimal,
+            parse_constant=no_constant,
+            object_pairs_hook=object_pairs,
         )
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         c.add("payload", exc.key, "a JSON object has this key twice")
         return None
     except json.JSONDecodeError as exc:

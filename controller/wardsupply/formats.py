@@ -22,7 +22,14 @@ from decimal import Decimal
 from typing import Any
 
 from controller.config import gs1_check_digit
-from controller.intake.common import Collector, IntakeError, check_size
+from controller.intake.common import (
+    Collector,
+    DuplicateKey,
+    IntakeError,
+    check_size,
+    no_constant,
+    object_pairs,
+)
 from controller.wardsupply.model import (
     MAX_ID_CHARS,
     MAX_LINES_PER_REQUISITION,
@@ -115,26 +122,6 @@ def parse_json(payload: str | bytes, assortment: Assortment, *, sender: str) -> 
 # --- JSON text --------------------------------------------------------------------------
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> Json:
-    """A JSON object; a key given twice is ambiguous (which one counts?), so refused."""
-    out: Json = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _load(payload: object, c: Collector, *, fhir: bool) -> Json | None:
     """The payload as a JSON object whose structure passed `_structure`, or None and the
     problems in `c`. Problems are recorded here and raised later by the caller, outside
@@ -157,9 +144,12 @@ def _load(payload: object, c: Collector, *, fhir: bool) -> Json | None:
     text = text.removeprefix("\ufeff")
     try:
         data = json.loads(
-            text, parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_pairs
+            text,
+            parse_float=Decimal,
+            parse_constant=no_constant,
+            object_pairs_hook=object_pairs,
         )
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         c.add("payload", exc.key, "a JSON object has this key twice")
         return None
     except json.JSONDecodeError as exc:
