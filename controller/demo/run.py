@@ -454,7 +454,8 @@ async def run_demo(
         # Give the technician a moment to finish the list in hand.
         await asyncio.sleep(min(2.0, site.replenishment.pick_delay_s + 1))
         if ward_day is not None:
-            await asyncio.wait_for(ward_day, timeout=max(30.0, day_seconds))
+            # the wards finish the day (a list still open is dispatched as it stands)
+            await asyncio.wait_for(ward_day, timeout=max(120.0, day_seconds))
         await _cancel_all(tech_tasks)
         await delivery
         summary = await _wind_down(controller, technician)
@@ -569,6 +570,9 @@ async def _wind_down(controller: Controller, technician: Technician) -> dict[str
     """Stops the services, books the last withdrawals, releases what was not picked,
     and checks the ledger against itself and against the machines."""
     await controller.stop_services()
+    # A refill booked but not yet told (its cabinet was busy or slow to answer) is told
+    # now, so that the comparison below sees the cabinet with it.
+    await controller.replenishment.tell_cabinets()
     mismatches: list[str] = []
     for poller in controller.pollers.values():
         poller.on_low = None  # the day is over: no new refills
