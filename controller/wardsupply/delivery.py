@@ -122,6 +122,15 @@ def dispatch(ws: WardSupply, number: str, *, actor: str) -> Dispatched:
         # A repeat (after a crash, say) answers the notes again, and the packs, so
         # that their decommissioning is queued even if the first answer was lost.
         return Dispatched(number, existing, 0, 0, (), tuple(packs))
+    unreserved = [x.id for x in lines_ if x.reserved_units == 0 and x.reservation_key]
+    if unreserved:
+        # A list is reserved line by line just after it is made: dispatching before
+        # would leave the late reservations open and the lines short for nothing.
+        raise Conflict(
+            "pick_list",
+            number,
+            f"the stock of line {unreserved[0]} is still being reserved: dispatch in a moment",
+        )
     # 1. the ledger: each line's reservation posted per scanned lot, or voided
     for line in lines_:
         if line.reservation_key is None or line.reserved_units == 0:

@@ -108,6 +108,11 @@ class PickListView:
     def complete(self) -> bool:
         return all(x.picked_units >= x.reserved_units for x in self.lines)
 
+    @property
+    def ready(self) -> bool:
+        """Every line's stock is reserved (a list just made is reserved line by line)."""
+        return all(x.reserved_units > 0 for x in self.lines)
+
 
 @dataclass(frozen=True)
 class NoteLine:

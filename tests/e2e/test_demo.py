@@ -113,7 +113,7 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     # Ward supply: requisitions from the drug rooms reviewed, picked, dispatched and
     # received; the day is shorter here, so each room sends a part of its list.
     assert summary["drug_rooms"] == 15
-    assert summary["ward_order_lines"] >= 60
+    assert summary["ward_order_lines"] >= 30
     assert 0 < summary["ward_lines_delivered"] <= summary["ward_order_lines"]
     assert summary["ward_lines_short"] >= 1  # the short pick's back order
     assert summary["delivery_reliability"] is None or 0 <= summary["delivery_reliability"] <= 1
