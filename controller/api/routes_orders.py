@@ -51,7 +51,8 @@ def ledger_problem(status: int, exc: LedgerError) -> ApiError:
     return ApiError(status, str(exc), field=field, value=value)
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) past the intake limit before it is all read."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_PAYLOAD_CHARS:
         raise ApiError(
@@ -144,7 +145,7 @@ async def submit_orders(
         )
     if ward is not None and not WARD_PATTERN.match(ward):
         raise ApiError(422, f"ward: {ward!r} is not a ward code", field="ward", value=ward)
-    payload = await _read_body(request)
+    payload = await read_body(request)
     site = ctx.site
     try:
         found = message_format(payload)

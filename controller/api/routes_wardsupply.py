@@ -60,8 +60,8 @@ from controller.api.models_wardsupply import (
     TopUpRequest,
     TopUpResult,
 )
-from controller.api.routes_orders import ledger_problem
-from controller.intake.common import MAX_PAYLOAD_CHARS, IntakeError
+from controller.api.routes_orders import ledger_problem, read_body
+from controller.intake.common import IntakeError
 from controller.ledger import InsufficientStock, LedgerError
 from controller.purchasing import PurchasingStore
 from controller.wardsupply import model, views
@@ -174,25 +174,6 @@ def _intake_error(exc: IntakeError) -> ApiError:
         value=first.value if first else None,
         problems=problems,
     )
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_PAYLOAD_CHARS:
-        raise ApiError(
-            413,
-            f"body of {declared} bytes is larger than {MAX_PAYLOAD_CHARS}",
-            field="Content-Length",
-            value=declared,
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_PAYLOAD_CHARS:
-            raise ApiError(413, f"body is larger than {MAX_PAYLOAD_CHARS} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # The reads that take several queries run in one worker thread each.
@@ -357,7 +338,7 @@ async def submit_requisition(
             field="Content-Type",
             value=content_type or None,
         )
-    payload = await _read_body(request)
+    payload = await read_body(request)
     assortment = _assortment(ctx)
     try:
         if content_type == FHIR_TYPE:
