@@ -30,8 +30,15 @@ from controller.packing.planner import (
 )
 from controller.packing.runner import PackerRunner, PackingSettings, canister_location
 from controller.packing.store import OPEN_STATES, PackingStore
+from controller.ports import RunningSite
 from controller.purchasing import PurchasingStore
 from controller.scanning import ScanOutcome, ScanRouter
+from controller.site_services import (
+    ReplenishmentDesk,
+    RoutedScans,
+    RunnerMachines,
+    VerifyingGoodsIn,
+)
 from controller.stock_metrics import StockMetrics
 from controller.verification import HttpVerificationSystem, VerificationService
 from controller.wardsupply.desk import WardSupplyDesk
@@ -136,6 +143,21 @@ class Controller:
         self.scan_router.desks.append(self.ward_desk)
         self.scan_log: list[ScanOutcome] = []
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def running_site(self) -> RunningSite:
+        """What the HTTP API and the console may use of this controller: narrow
+        services over its runners, pollers, scan router and desks (controller.ports)."""
+        return RunningSite(
+            machines=RunnerMachines(self.runners, self.pollers),
+            scans=RoutedScans(self.scan_router, self.metrics, self.scan_log),
+            refills=ReplenishmentDesk(self.replenishment, self.canister_desk),
+            ledger_calls=self.aledger,
+            goods_in=VerifyingGoodsIn(self.aledger, self.verification),
+            purchasing=self.purchasing,
+            wardsupply=self.wardsupply,
+            ward_desk=self.ward_desk,
+            verification=self.verification,
+        )
 
     def _order_products(self, items: list[tuple[str, int]], actor: str, note: str) -> list[str]:
         """Ward lines for products the store does not keep become supplier orders."""
@@ -363,79 +385,6 @@ class Controller:
             log.error(
                 "service %s died: %r", task.get_name(), task.exception(), exc_info=task.exception()
             )
-
-
-async def run_site(site: Site, *, ledger_url: str | None = None, adopt: bool = False) -> int:
-    """Runs a controller until SIGTERM or Ctrl-C: cabinets polled, refills planned,
-    scans checked, packers ready for jobs, metrics served, and the HTTP API when the
-    site file enables it (`api.enabled`, docs/api.md)."""
-    import signal
-
-    from controller.api import ApiServer, TokenFileError, Tokens, create_app, load_tokens
-
-    tokens: Tokens | None = None
-    if site.api.enabled:
-        try:  # before anything is started: a bad tokens file stops the start
-            tokens = load_tokens(site.api)
-        except TokenFileError as exc:
-            print(f"doseline run: {exc}", flush=True)
-            return 2
-    controller = Controller(site, ledger_url=ledger_url)
-    api_server: ApiServer | None = None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.to_thread(controller.prepare_ledger)
-        port = controller.metrics.serve(site.metrics.host, site.metrics.port)
-        print(f"metrics: http://{site.metrics.host}:{port}/metrics", flush=True)
-        if adopt:
-            await controller.adopt_cabinets()
-        await controller.start()
-        if tokens is not None:
-            app = create_app(
-                site=site,
-                ledger=controller.ledger,
-                store=controller.store,
-                controller=controller,
-                tokens=tokens,
-            )
-            api_server = ApiServer(app, site.api.host, site.api.port)
-            try:
-                url = await api_server.start()
-            except OSError as exc:
-                api_server = None
-                print(
-                    f"doseline run: api: cannot listen on {site.api.host}:{site.api.port}: "
-                    f"{exc.strerror or exc}",
-                    flush=True,
-                )
-                return 1
-            print(f"api: {url}/api/v1 ({len(tokens)} tokens)", flush=True)
-            if site.console.enabled:
-                print(f"console: {url}/console/ (docs/console.md)", flush=True)
-            if not tokens:
-                source = site.api.tokens_file or f"${site.api.tokens_env}"
-                print(
-                    f"api: no tokens in {source}: every route but /health answers 401",
-                    flush=True,
-                )
-        print(
-            f"running {site.site.name}: {len(site.packers)} packers, {len(site.cabinets)} "
-            f"cabinets, {len(site.scanners)} scanners; Ctrl-C stops",
-            flush=True,
-        )
-        await stop.wait()
-        return 0
-    except DriverError as exc:
-        print(f"doseline run: {exc}", flush=True)
-        return 1
-    finally:
-        if api_server is not None:
-            await api_server.stop()
-        await controller.stop()
-        controller.close()
 
 
 async def run_packing(

@@ -1,10 +1,10 @@
 """The HTTP API application: `create_app` wires the routes to a site's ledger, its
-stores and (optionally) a running controller. docs/api.md describes every route."""
+stores and (optionally) the services of a running controller (controller.ports).
+docs/api.md describes every route."""
 
 from __future__ import annotations
 
 import importlib.metadata
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -23,9 +23,8 @@ from controller.api.routes_wardsupply import router as wardsupply_router
 from controller.config import Site
 from controller.ledger import Ledger
 from controller.packing.store import PackingStore
-
-if TYPE_CHECKING:
-    from controller.app import Controller
+from controller.ports import LedgerQueries, RunningSite, RunsSite
+from controller.site_services import ledger_queries
 
 PREFIX = "/api/v1"
 
@@ -73,11 +72,17 @@ def create_app(
     site: Site,
     ledger: Ledger,
     store: PackingStore,
-    controller: Controller | None = None,
+    controller: RunsSite | None = None,
+    running: RunningSite | None = None,
+    queries: LedgerQueries | None = None,
     tokens: Tokens,
 ) -> FastAPI:
-    """The API for one site. Without a `controller` the ledger routes work and the
-    routes that need the machines (packer commands, scans) answer 503."""
+    """The API for one site. The routes that need the machines (packer commands,
+    scans) use `running`, a running controller's services (or `controller`'s own);
+    without them the ledger routes work and those answer 503. `queries` are the
+    ledger reads (by default over `ledger`)."""
+    if running is None and controller is not None:
+        running = controller.running_site()
     version = _version()
     app = FastAPI(
         title=f"doseline API: {site.site.name}",
@@ -92,7 +97,8 @@ def create_app(
         ledger=ledger,
         store=store,
         tokens=tokens,
-        controller=controller,
+        queries=queries or ledger_queries(ledger),
+        running=running,
         version=version,
     )
     errors.install(app)

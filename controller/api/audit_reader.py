@@ -1,28 +1,19 @@
-"""Reads the hash-chained audit trail (controller.ledger.audit writes it)."""
+"""The audit trail as the API shows it: the rows of `ports.AuditTrail` (the ledger's
+hash-chained audit_log, written by controller.ledger.audit) as API entries."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from controller.api.models import AuditEntry
-from controller.ledger.schema import audit_log
-
-
-def _value(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text  # never written by the ledger; shown as stored
+from controller.ports import AuditTrail
+from controller.site_services import LedgerAuditTrail
 
 
 def read_audit(
-    engine: Engine,
+    trail: AuditTrail | Engine,
     *,
     entity: str | None = None,
     key: str | None = None,
@@ -31,22 +22,11 @@ def read_audit(
     limit: int = 100,
 ) -> list[AuditEntry]:
     """Audit rows in chain order. With `since` (a time) or `after` (a sequence number)
-    the first `limit` rows from there; without either, the latest `limit` rows."""
-    query = select(audit_log)
-    if entity is not None:
-        query = query.where(audit_log.c.entity == entity)
-    if key is not None:
-        query = query.where(audit_log.c.entity_key == key)
-    if since is not None:
-        query = query.where(audit_log.c.ts >= since)
-    if after is not None:
-        query = query.where(audit_log.c.seq > after)
-    newest_first = since is None and after is None
-    order = audit_log.c.seq.desc() if newest_first else audit_log.c.seq
-    with engine.connect() as conn:
-        rows = list(conn.execute(query.order_by(order).limit(limit)))
-    if newest_first:
-        rows.reverse()
+    the first `limit` rows from there; without either, the latest `limit` rows. An
+    engine is read through `LedgerAuditTrail` (tests and tools hold only the engine)."""
+    if isinstance(trail, Engine):
+        trail = LedgerAuditTrail(trail)
+    rows = trail.entries(entity=entity, key=key, since=since, after=after, limit=limit)
     return [
         AuditEntry(
             seq=r.seq,
@@ -54,10 +34,10 @@ def read_audit(
             actor=r.actor,
             action=r.action,
             entity=r.entity,
-            key=r.entity_key,
+            key=r.key,
             reason=r.reason,
-            old=_value(r.old_value),
-            new=_value(r.new_value),
+            old=r.old,
+            new=r.new,
             hash=r.hash,
         )
         for r in rows

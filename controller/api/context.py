@@ -1,5 +1,6 @@
-"""What every route needs: the site, the ledger and stores, the optional running
-controller and the tokens; and the bearer-token dependency that checks roles."""
+"""What every route needs: the site, the ledger and stores, the ledger queries, the
+services of a running controller (when one runs) and the tokens; and the bearer-token
+dependency that checks roles."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Request
@@ -22,9 +23,7 @@ from controller.cabinets.refill_store import RefillStore
 from controller.config import Site
 from controller.ledger import Ledger
 from controller.packing.store import PackingStore
-
-if TYPE_CHECKING:
-    from controller.app import Controller
+from controller.ports import LedgerQueries, RunningSite
 
 log = logging.getLogger("doseline.api")
 T = TypeVar("T")
@@ -36,7 +35,8 @@ class ApiContext:
     ledger: Ledger
     store: PackingStore
     tokens: Tokens
-    controller: Controller | None = None
+    queries: LedgerQueries
+    running: RunningSite | None = None
     version: str = "0"
     refills: RefillStore = field(init=False)
     # SQLite has one writer: without a controller's ledger pool, calls queue here.
@@ -56,8 +56,8 @@ class ApiContext:
         """Runs a synchronous write off the event loop: on the running controller's
         ledger pool when there is one (it queues behind the controller's own writes,
         as SQLite has one writer), else in a worker thread, one at a time on SQLite."""
-        if self.controller is not None:
-            return await self._guard(fn, self.controller.aledger.run(fn, *args, **kwargs))
+        if self.running is not None:
+            return await self._guard(fn, self.running.ledger_calls.run(fn, *args, **kwargs))
         call = functools.partial(fn, *args, **kwargs)
         if self._sqlite_lock is None:
             return await self._guard(fn, asyncio.to_thread(call))
@@ -74,14 +74,14 @@ class ApiContext:
             log.error("api: ledger call %s failed: %s", name, type(exc.orig).__name__)
             raise ApiError(503, "the ledger database is unreachable or busy; try again") from None
 
-    def need_controller(self, what: str) -> Controller:
-        if self.controller is None:
+    def need_running(self, what: str) -> RunningSite:
+        if self.running is None:
             raise ApiError(
                 503,
                 f"{what} needs a running controller (`doseline run` with api.enabled); "
                 "this API serves the ledger only",
             )
-        return self.controller
+        return self.running
 
     def today(self) -> date:
         """The site's local date."""

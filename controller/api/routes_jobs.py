@@ -82,10 +82,10 @@ async def packer_command(
 ) -> PackerCommandResult:
     if name not in {p.name for p in ctx.site.packers}:
         raise ApiError(404, f"unknown packer: {name!r}", field="name", value=name)
-    controller = ctx.need_controller(f"a command to packer {name}")
-    runner = controller.runners[name]
+    machines = ctx.need_running(f"a command to packer {name}").machines
+    packer = machines.packer(name)
     command = PackMLCommand[body.command.upper()]
-    if not runner.link_ok:
+    if packer is None or not packer.link_ok:
         raise ApiError(
             503,
             f"packer {name} is not connected; the controller is reconnecting to it",
@@ -94,17 +94,17 @@ async def packer_command(
         )
     before: str | None = None
     try:
-        before = (await runner.read_status()).state.name
+        before = (await machines.packer_status(name)).state.name
     except DriverError as exc:
         raise ApiError(503, str(exc), field="name", value=name) from None
     try:
-        await runner.driver.command(command)
+        await machines.packer_command(name, command)
     except DriverError as exc:
         raise ApiError(409, str(exc), field="command", value=body.command) from None
     log.info("api: %s sent %s to packer %s", user.name, command.value, name)
     after = None
     try:
-        after = (await runner.read_status()).state
+        after = (await machines.packer_status(name)).state
     except DriverError as exc:
         log.warning("api: packer %s: state after %s not readable: %s", name, command.value, exc)
     audited = True

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
 
 from controller.api.audit_reader import read_audit
 from controller.api.auth import Role
@@ -65,15 +64,13 @@ async def list_refills(
     openapi_extra=role_note(Role.TECHNICIAN),
 )
 async def scan(body: ScanRequest, ctx: Context, user: Technician) -> ScanResult:
-    controller = ctx.need_controller("a scan")
+    scans = ctx.need_running("a scan").scans
     data = body.data.replace("<GS>", GROUP_SEPARATOR)
     try:
-        outcome = await controller.scan_router.route(body.station, data)
+        outcome = await scans.scan(body.station, data)
     except LedgerError as exc:
-        controller.metrics.scans.labels("error").inc()
         log.error("api: scan at %s could not be booked: %s", body.station, exc)
         raise ApiError(409, f"the scan could not be booked: {exc}", field="data") from None
-    controller.scan_log.append(outcome)
     log.info(
         "api: scan by %s at station %s: %s",
         user.name,
@@ -111,7 +108,7 @@ async def audit(
         since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
     entries = await ctx.read(
         read_audit,
-        ctx.ledger.engine,
+        ctx.queries.audit,
         entity=entity,
         key=key,
         since=since,
@@ -119,12 +116,6 @@ async def audit(
         limit=limit,
     )
     return AuditList(count=len(entries), entries=entries)
-
-
-def _ping(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-    return True
 
 
 @health_router.get(
@@ -136,22 +127,18 @@ def _ping(engine: Engine) -> bool:
 )
 async def health(ctx: Context) -> Health | JSONResponse:
     try:
-        ledger_ok = await ctx.read(_ping, ctx.ledger.engine)
+        ledger_ok = await ctx.read(ctx.queries.health.ledger_answers)
     except Exception as exc:  # any failure: not ready
         log.warning("api: health: ledger not answering: %s", type(exc).__name__)
         ledger_ok = False
-    controller = ctx.controller
-    packers = (
-        {name: runner.link_ok for name, runner in controller.runners.items()}
-        if controller is not None
-        else {}
-    )
+    running = ctx.running
+    packers = running.machines.packer_links() if running is not None else {}
     body = Health(
         status="ok" if ledger_ok else "degraded",
         site=ctx.site.site.name,
         version=ctx.version,
         ledger=ledger_ok,
-        controller=controller is not None,
+        controller=running is not None,
         packers=packers,
     )
     if not ledger_ok:

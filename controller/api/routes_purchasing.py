@@ -28,7 +28,6 @@ from controller.purchasing import (
     order_csv,
     parse_delivery_csv,
 )
-from controller.purchasing.goods_in import receive_delivery
 from controller.purchasing.store import MAX_NOTE as MAX_DELIVERY_NOTE
 
 log = logging.getLogger("doseline.api")
@@ -302,8 +301,8 @@ class ClosePurchaseOrderRequest(Closed):
 
 
 def _store(ctx: ApiContext) -> PurchasingStore:
-    if ctx.controller is not None:
-        return ctx.controller.purchasing
+    if ctx.running is not None:
+        return ctx.running.purchasing
     return PurchasingStore(ctx.ledger)
 
 
@@ -574,13 +573,11 @@ async def receive(
     location = body.location or site.receiving_location()
     shelf_life = site.ledger.min_shelf_life_days
     now = ctx.ledger.clock()
-    controller = ctx.controller
+    running = ctx.running
     try:
-        if controller is not None:
-            receipt = await receive_delivery(
-                controller.aledger,
+        if running is not None:
+            receipt = await running.goods_in.receive(
                 store,
-                controller.verification,
                 number,
                 note,
                 rows,

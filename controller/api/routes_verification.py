@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from controller.api.auth import Role
@@ -19,8 +18,7 @@ from controller.api.context import ApiContext, Context, Pharmacist, Technician, 
 from controller.api.errors import ApiError, responses
 from controller.api.models import Closed, Text
 from controller.config import valid_gtin
-from controller.ledger import Ledger, LedgerError
-from controller.ledger.schema import verification_alerts
+from controller.ledger import LedgerError
 from controller.verification import VerificationStore, VerificationUnavailable
 
 if TYPE_CHECKING:
@@ -120,7 +118,7 @@ class UndoResult(BaseModel):
 
 
 def _store(ctx: ApiContext) -> VerificationStore:
-    service = ctx.controller.verification if ctx.controller is not None else None
+    service = ctx.running.verification if ctx.running is not None else None
     return service.store if service is not None else VerificationStore(ctx.ledger)
 
 
@@ -131,17 +129,9 @@ def _gtin(value: str) -> str:
         raise ApiError(422, f"gtin: {exc}", field="gtin", value=value) from None
 
 
-def _alert_status(ledger: Ledger, alert_id: int) -> str | None:
-    with ledger.engine.connect() as c:
-        status = c.execute(
-            select(verification_alerts.c.status).where(verification_alerts.c.id == alert_id)
-        ).scalar()
-    return None if status is None else str(status)
-
-
 def _service(ctx: ApiContext, what: str) -> VerificationService:
-    controller = ctx.need_controller(what)
-    if controller.verification is None:
+    running = ctx.need_running(what)
+    if running.verification is None:
         raise ApiError(
             409,
             "pack verification is not enabled on this site "
@@ -149,7 +139,7 @@ def _service(ctx: ApiContext, what: str) -> VerificationService:
             field="verification.enabled",
             value=False,
         )
-    return controller.verification
+    return running.verification
 
 
 # ----------------------------------------------------------------------------- routes
@@ -201,7 +191,7 @@ async def close_alert(
         row = await ctx.write(store.close_alert, alert_id, actor=user.name, note=note)
     except LedgerError as exc:
         # The store's message says why; the alert's row says which status to give.
-        status = await ctx.read(_alert_status, ctx.ledger, alert_id)
+        status = await ctx.read(ctx.queries.alerts.alert_status, alert_id)
         if status is None:
             raise ApiError(
                 404, f"no such verification alert: {alert_id}", field="id", value=alert_id

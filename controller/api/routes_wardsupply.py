@@ -64,7 +64,7 @@ from controller.api.routes_orders import ledger_problem, read_body
 from controller.intake.common import IntakeError
 from controller.ledger import InsufficientStock, LedgerError
 from controller.purchasing import PurchasingStore
-from controller.wardsupply import model, views
+from controller.wardsupply import model, reads, views
 from controller.wardsupply.formats import Assortment, parse_fhir, parse_json
 from controller.wardsupply.notes import NOTE_PREFIX, render_note_html
 from controller.wardsupply.reliability import delivery_reliability
@@ -82,8 +82,8 @@ T = TypeVar("T")
 def _service(ctx: ApiContext) -> WardSupply:
     """The running controller's service, or one over the ledger alone (a line for a
     product the store does not keep is then ordered through the purchasing store)."""
-    if ctx.controller is not None:
-        return ctx.controller.wardsupply
+    if ctx.running is not None:
+        return ctx.running.wardsupply
     purchasing = PurchasingStore(ctx.ledger)
 
     def order(items: list[tuple[str, int]], actor: str, note: str) -> list[str]:
@@ -174,32 +174,6 @@ def _intake_error(exc: IntakeError) -> ApiError:
         value=first.value if first else None,
         problems=problems,
     )
-
-
-# The reads that take several queries run in one worker thread each.
-
-
-def _requisitions(ws: WardSupply, limit: int) -> list[views.RequisitionView]:
-    with ws.ledger.engine.connect() as c:
-        numbers = views.requisition_numbers(c, limit=limit)
-        return [views.requisition(c, n) for n in numbers]
-
-
-def _one_requisition(ws: WardSupply, number: str) -> views.RequisitionView:
-    with ws.ledger.engine.connect() as c:
-        return views.requisition(c, number)
-
-
-def _pick_lists(ws: WardSupply, status: str | None) -> list[views.PickListView]:
-    with ws.ledger.engine.connect() as c:
-        numbers = views.pick_list_numbers(c, status)
-    return [ws.pick_list(n) for n in numbers]
-
-
-def _notes(ws: WardSupply, status: str | None, drug_room: str | None) -> list[views.NoteView]:
-    with ws.ledger.engine.connect() as c:
-        numbers = views.note_numbers(c, status=status, drug_room=drug_room)
-        return [views.note(c, n) for n in numbers]
 
 
 def _par(ws: WardSupply, code: str, days: int) -> list[ParRow]:
@@ -380,7 +354,7 @@ async def list_requisitions(
     _user: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 50,
 ) -> RequisitionList:
-    rows = await _read(ctx, _requisitions, _service(ctx), limit)
+    rows = await _read(ctx, reads.requisitions, _service(ctx), limit)
     return RequisitionList(count=len(rows), requisitions=[_requisition(r) for r in rows])
 
 
@@ -394,7 +368,7 @@ async def list_requisitions(
     openapi_extra=role_note(Role.VIEWER),
 )
 async def get_requisition(ctx: Context, _user: Viewer, number: Number) -> Requisition:
-    return _requisition(await _read(ctx, _one_requisition, _service(ctx), number))
+    return _requisition(await _read(ctx, reads.requisition, _service(ctx), number))
 
 
 # ----------------------------------------------------------------------------- review
@@ -526,7 +500,7 @@ async def list_pick_lists(
     _user: Viewer,
     status: Annotated[PickListStatusName | None, Query(description="only this status")] = None,
 ) -> PickListList:
-    rows = await _read(ctx, _pick_lists, _service(ctx), status)
+    rows = await _read(ctx, reads.pick_lists, _service(ctx), status)
     return PickListList(count=len(rows), pick_lists=[PickList.of(p) for p in rows])
 
 
@@ -548,10 +522,10 @@ def _machine_rule(ctx: ApiContext, what: str) -> bool:
     """True: hand the call to the running controller's ward desk. Without one, the
     service is called directly when the site does not verify packs; a site that does
     needs the controller (503)."""
-    if ctx.controller is not None:
+    if ctx.running is not None:
         return True
     if ctx.site.verification.enabled:
-        ctx.need_controller(what)
+        ctx.need_running(what)
     return False
 
 
@@ -571,8 +545,8 @@ async def scan_pack(
 ) -> PickScanResult:
     data = body.data.replace("<GS>", "\x1d")
     if _machine_rule(ctx, "a scan of a pick list"):
-        assert ctx.controller is not None
-        result = await _call(ctx.controller.ward_desk.scan(number, data, actor=user.name))
+        assert ctx.running is not None
+        result = await _call(ctx.running.ward_desk.scan(number, data, actor=user.name))
     else:
         result = await _write(ctx, _service(ctx).scan, number, data, actor=user.name)
     if result.accepted:
@@ -599,8 +573,8 @@ async def scan_pack(
 )
 async def dispatch(ctx: Context, user: Technician, number: Number) -> DispatchResult:
     if _machine_rule(ctx, "a dispatch of a pick list"):
-        assert ctx.controller is not None
-        sent = await _call(ctx.controller.ward_desk.dispatch(number, actor=user.name))
+        assert ctx.running is not None
+        sent = await _call(ctx.running.ward_desk.dispatch(number, actor=user.name))
     else:
         sent = await _write(ctx, _service(ctx).dispatch, number, actor=user.name)
     log.info("api: %s dispatched %s: %d note(s)", user.name, number, len(sent.notes))
@@ -627,7 +601,7 @@ async def list_notes(
 ) -> NoteList:
     if drug_room is not None:
         _room(ctx, drug_room, "drug_room")
-    rows = await _read(ctx, _notes, _service(ctx), status, drug_room)
+    rows = await _read(ctx, reads.notes, _service(ctx), status, drug_room)
     return NoteList(count=len(rows), notes=[Note.of(n) for n in rows])
 
 

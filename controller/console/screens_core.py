@@ -132,11 +132,11 @@ async def language(request: Request) -> Response:
 async def waiting(request: Request, role: Role) -> dict[str, Any]:
     """Counts of the work that waits, for the roles the user has."""
     ctx = context(request)
-    controller = ctx.controller
+    running = ctx.running
     found: dict[str, Any] = {"lists": [], "fills": 0, "purchase_orders": 0}
-    if role >= Role.TECHNICIAN and controller is not None:
-        found["lists"] = [p for p in controller.replenishment.lists.values() if p.status == "open"]
-        found["fills"] = len(controller.canister_desk.open)
+    if role >= Role.TECHNICIAN and running is not None:
+        found["lists"] = running.refills.open_pick_lists()
+        found["fills"] = len(running.refills.open_tickets())
     if role >= Role.TECHNICIAN:
         from controller.console.screens_technician import purchasing_store
 

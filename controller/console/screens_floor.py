@@ -33,14 +33,14 @@ async def _floor(ctx: ApiContext) -> list[dict[str, Any]]:
     jobs = await ctx.read(ctx.store.jobs, states=OPEN_STATES)
     by_packer = {j.packer: j for j in jobs if j.packer}
     machines = []
-    runners = ctx.controller.runners if ctx.controller is not None else {}
+    packers = ctx.running.machines if ctx.running is not None else None
     for packer in ctx.site.packers:
-        runner = runners.get(packer.name)
-        state = runner.oee.state if runner is not None else None
+        view = packers.packer(packer.name) if packers is not None else None
+        state = view.state if view is not None else None
         job = by_packer.get(packer.name)
         total = len(job.job.pouches) if job is not None else 0
         good, rejected = (job.good, job.rejected) if job is not None else (0, 0)
-        status = runner.last_status if runner is not None else None
+        status = view.last_status if view is not None else None
         if job is not None and status is not None and status.job_id == job.job_id:
             # The machine's own job counters, live while it packs.
             good, rejected = status.job_pouches_good, status.job_pouches_rejected
@@ -48,7 +48,7 @@ async def _floor(ctx: ApiContext) -> list[dict[str, Any]]:
         machines.append(
             {
                 "name": packer.name,
-                "link": bool(runner and runner.link_ok),
+                "link": bool(view and view.link_ok),
                 "state": state.name.title() if state is not None else None,
                 "state_number": int(state) if state is not None else None,
                 "job": job,
@@ -88,14 +88,14 @@ async def _page(request: Request, template: str) -> Response:
 
 
 async def _cabinets(ctx: ApiContext) -> list[dict[str, Any]]:
-    controller = ctx.controller
+    machines = ctx.running.machines if ctx.running is not None else None
     refills = await ctx.read(ctx.refills.open_refills)
     names = {p.gtin: p.name for p in ctx.site.catalogue}
     codes = [pocket_location(c.name, p.number) for c in ctx.site.cabinets for p in c.pockets]
     on_hand = await ctx.read(ctx.ledger.on_hand_many, codes) if codes else {}
     shown = []
     for cabinet in ctx.site.cabinets:
-        poller = controller.pollers.get(cabinet.name) if controller is not None else None
+        link = machines.cabinet_link(cabinet.name) if machines is not None else None
         low = []
         for pocket in cabinet.pockets:
             where = pocket_location(cabinet.name, pocket.number)
@@ -114,7 +114,7 @@ async def _cabinets(ctx: ApiContext) -> list[dict[str, Any]]:
             {
                 "name": cabinet.name,
                 "ward": cabinet.ward,
-                "link": poller.link.state.value if poller is not None else None,
+                "link": link,
                 "low": low,
                 "refills": [r for r in refills if r.cabinet == cabinet.name],
                 "names": names,

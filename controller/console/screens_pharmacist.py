@@ -19,7 +19,6 @@ from controller.api.context import ApiContext
 from controller.api.models import MAX_ORDER_ID
 from controller.console.web import PREFIX, act, context, field, page, refused, render, screen
 from controller.ledger import LedgerError, reports
-from controller.ledger.audit_search import search_audit
 from controller.packing.store import OrderRecord, OrderReviewError
 from controller.verification import VerificationStore
 
@@ -37,7 +36,7 @@ MAX_NOTE = 200
 
 
 def verification_store(ctx: ApiContext) -> VerificationStore:
-    service = ctx.controller.verification if ctx.controller is not None else None
+    service = ctx.running.verification if ctx.running is not None else None
     return service.store if service is not None else VerificationStore(ctx.ledger)
 
 
@@ -345,7 +344,7 @@ async def exemptions(request: Request) -> Response:
     # the overdue first, then by review date: what needs a decision soonest on top
     rows = [(r, r.exemption) for r in report.rows if r.exemption is not None]
     rows.sort(key=lambda pair: (not pair[1].review_overdue, pair[1].review_date, pair[0].name))
-    trail = await ctx.read(read_audit, ctx.ledger.engine, entity="exemption", limit=1000)
+    trail = await ctx.read(read_audit, ctx.queries.audit, entity="exemption", limit=1000)
     decided = {e.key: e.ts for e in trail}  # chain order: the latest decision wins
     tz = ZoneInfo(ctx.site.site.timezone)
 
@@ -411,8 +410,7 @@ async def audit(
         named = [p.gtin for p in ctx.site.catalogue if product_term.lower() in p.name.lower()]
         product_term = named[0] if named else product_term
     rows = await ctx.read(
-        search_audit,
-        ctx.ledger.engine,
+        ctx.queries.audit.search,
         text_terms=[t for t in (product_term, filters["lot"], filters["location"]) if t],
         actor=filters["user"] or None,
         since=datetime.combine(start, datetime.min.time(), UTC) if start else None,

@@ -23,7 +23,6 @@ from controller.cabinets.replenishment import PICK_LIST_PREFIX
 from controller.console.web import PREFIX, act, context, field, page, refused, render, screen
 from controller.ledger import LedgerError
 from controller.purchasing import PurchasingStore, parse_delivery_csv
-from controller.purchasing.goods_in import receive_delivery
 from controller.scanning import ScanOutcome
 
 log = logging.getLogger("doseline.console")
@@ -62,8 +61,8 @@ def refusal_kind(message: str) -> str:
 
 
 def purchasing_store(ctx: ApiContext) -> PurchasingStore:
-    if ctx.controller is not None:
-        return ctx.controller.purchasing
+    if ctx.running is not None:
+        return ctx.running.purchasing
     return PurchasingStore(ctx.ledger)
 
 
@@ -71,15 +70,15 @@ def purchasing_store(ctx: ApiContext) -> PurchasingStore:
 
 
 def _open_lists(ctx: ApiContext) -> list[Any]:
-    if ctx.controller is None:
+    if ctx.running is None:
         return []
-    return [p for p in ctx.controller.replenishment.lists.values() if p.status == "open"]
+    return list(ctx.running.refills.open_pick_lists())
 
 
 def _tickets(ctx: ApiContext) -> list[Any]:
-    if ctx.controller is None:
+    if ctx.running is None:
         return []
-    return list(ctx.controller.canister_desk.open.values())
+    return list(ctx.running.refills.open_tickets())
 
 
 @router.get("/picking")
@@ -106,14 +105,14 @@ async def _picking(request: Request, template: str) -> Response:
         lists=sorted(_open_lists(ctx), key=lambda p: (not p.urgent, p.due_at)),
         tickets=_tickets(ctx),
         names=names,
-        controller=ctx.controller is not None,
+        controller=ctx.running is not None,
     )
 
 
 def _current(ctx: ApiContext, station: str) -> Any:
-    if ctx.controller is None:
+    if ctx.running is None:
         return None
-    here = ctx.controller.replenishment.stations.get(station)
+    here = ctx.running.refills.station(station)
     return here.pick if here is not None else None
 
 
@@ -133,10 +132,11 @@ async def _pick_list(request: Request, list_id: str, template: str) -> Response:
         return response
     assert session is not None
     ctx = context(request)
-    pick = ctx.controller.replenishment.lists.get(list_id) if ctx.controller else None
+    desk = ctx.running.refills if ctx.running is not None else None
+    pick = desk.pick_list(list_id) if desk is not None else None
     if pick is None:
         return refused(request, session, 404, f"pick list: {list_id[:60]!r} is not known")
-    here = ctx.controller.replenishment.stations.get(session.station) if ctx.controller else None
+    here = desk.station(session.station) if desk is not None else None
     names = {p.gtin: p.name for p in ctx.site.catalogue}
     return render(
         request,
@@ -151,16 +151,13 @@ async def _pick_list(request: Request, list_id: str, template: str) -> Response:
 
 async def _route(ctx: ApiContext, station: str, data: str) -> ScanOutcome:
     """The scan router, exactly as the API's scan route calls it."""
-    controller = ctx.controller
-    assert controller is not None
+    running = ctx.running
+    assert running is not None
     try:
-        outcome = await controller.scan_router.route(station, data)
+        return await running.scans.scan(station, data)
     except LedgerError as exc:
-        controller.metrics.scans.labels("error").inc()
         log.error("console: scan at %s could not be booked: %s", station, exc)
         return ScanOutcome(False, f"the scan could not be booked: {exc}")
-    controller.scan_log.append(outcome)
-    return outcome
 
 
 @router.post("/picking/{list_id}/open")
@@ -171,7 +168,7 @@ async def open_list(request: Request, list_id: str) -> Response:
         return got
     session, _form = got
     ctx = context(request)
-    if ctx.controller is None:
+    if ctx.running is None:
         return refused(request, session, 503, "pick lists need a running controller")
     outcome = await _route(ctx, session.station, f"{PICK_LIST_PREFIX}{list_id}")
     if not outcome.accepted:
@@ -194,7 +191,7 @@ async def scan(request: Request) -> Response:
         return refused(request, session, 422, "code: empty scan")
     if len(data) > MAX_SCAN:
         return refused(request, session, 422, f"code: longer than {MAX_SCAN} characters")
-    if ctx.controller is None:
+    if ctx.running is None:
         return refused(request, session, 503, "scans need a running controller")
     outcome = await _route(ctx, session.station, data)
     log.info(
@@ -282,11 +279,9 @@ async def receive(request: Request, number: str) -> Response:
         now = ctx.ledger.clock()
         location = ctx.site.receiving_location()
         shelf_life = ctx.site.ledger.min_shelf_life_days
-        if ctx.controller is not None:
-            receipt = await receive_delivery(
-                ctx.controller.aledger,
+        if ctx.running is not None:
+            receipt = await ctx.running.goods_in.receive(
                 store,
-                ctx.controller.verification,
                 order.number,
                 note,
                 rows,

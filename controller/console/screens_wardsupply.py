@@ -4,7 +4,7 @@ delivery notes in transit with their receipt on the ward, and for everyone the d
 rooms per hospital and the delivery reliability.
 
 Every action calls the same service as the API's /ward-supply routes (`WardSupply`,
-and `controller.ward_desk` for scans and dispatch when a controller runs), with the
+and the running controller's ward desk for scans and dispatch when one runs), with the
 signed-in user as the actor."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import Counter, defaultdict
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ from controller.console.sessions import Session
 from controller.console.web import PREFIX, act, context, field, page, refused, render, screen
 from controller.ledger import InsufficientStock, LedgerError
 from controller.purchasing import PurchasingStore
-from controller.wardsupply import model, views
+from controller.wardsupply import model, reads, views
 from controller.wardsupply.notes import render_note_html
 from controller.wardsupply.reliability import delivery_reliability
 from controller.wardsupply.service import ReceiptLine, ScanResult, WardSupply
@@ -70,8 +69,8 @@ def refusal_kind(message: str) -> str:
 
 def service(ctx: ApiContext) -> WardSupply:
     """The running controller's service, or one over the ledger alone, as the API's."""
-    if ctx.controller is not None:
-        return ctx.controller.wardsupply
+    if ctx.running is not None:
+        return ctx.running.wardsupply
     purchasing = PurchasingStore(ctx.ledger)
 
     def order(items: list[tuple[str, int]], actor: str, note: str) -> list[str]:
@@ -109,7 +108,7 @@ async def _call(work: Awaitable[T]) -> T:
 def _machine(ctx: ApiContext, what: str) -> bool:
     """The API's rule: the controller's ward desk when one runs; else the service,
     unless the site verifies packs (then a controller is needed)."""
-    if ctx.controller is not None:
+    if ctx.running is not None:
         return True
     if ctx.site.verification.enabled:
         raise Failed(503, f"{what} needs a running controller (the site verifies packs)")
@@ -180,7 +179,7 @@ async def ward_review(request: Request) -> Response:
     try:
         queue = await _call(ctx.read(service(ctx).review_queue))
         # the latest decisions, with who took them and why, from the audit trail
-        trail = await _call(ctx.read(read_audit, ctx.ledger.engine, entity="ward_line", limit=100))
+        trail = await _call(ctx.read(read_audit, ctx.queries.audit, entity="ward_line", limit=100))
     except Failed as exc:
         return refused(request, session, exc.status, exc.message)
     decided = [e for e in reversed(trail) if isinstance(e.new, dict) and e.new.get("decision")][:20]
@@ -270,17 +269,6 @@ async def decide(request: Request, line_id: int) -> Response:
 # -------------------------------------------------------------------- pick lists
 
 
-def _open_lists(ws: WardSupply) -> list[views.PickListView]:
-    with ws.ledger.engine.connect() as c:
-        numbers = views.pick_list_numbers(c, "open")
-    return [ws.pick_list(n) for n in numbers]
-
-
-def _notes(ws: WardSupply, status: str | None) -> list[views.NoteView]:
-    with ws.ledger.engine.connect() as c:
-        return [views.note(c, n) for n in views.note_numbers(c, status=status)]
-
-
 @router.get("/ward-picking")
 async def ward_picking(request: Request) -> Response:
     session, response = await page(Role.VIEWER)(request)
@@ -290,8 +278,8 @@ async def ward_picking(request: Request) -> Response:
     ctx = context(request)
     ws = service(ctx)
     try:
-        lists = await _call(ctx.read(_open_lists, ws))
-        notes = await _call(ctx.read(_notes, ws, "in_transit"))
+        lists = await _call(ctx.read(reads.pick_lists, ws, "open"))
+        notes = await _call(ctx.read(reads.notes, ws, "in_transit"))
     except Failed as exc:
         return refused(request, session, exc.status, exc.message)
     return render(
@@ -346,9 +334,9 @@ async def ward_scan(request: Request, number: str) -> Response:
         if len(data) > MAX_SCAN:
             raise Failed(422, f"code: longer than {MAX_SCAN} characters")
         if _machine(ctx, "a scan of a pick list"):
-            assert ctx.controller is not None
+            assert ctx.running is not None
             result: ScanResult = await _call(
-                ctx.controller.ward_desk.scan(number, data, actor=session.user.name)
+                ctx.running.ward_desk.scan(number, data, actor=session.user.name)
             )
         else:
             result = await _call(
@@ -384,8 +372,8 @@ async def ward_dispatch(request: Request, number: str) -> Response:
     try:
         number = _number(number, "pick_list")
         if _machine(ctx, "a dispatch of a pick list"):
-            assert ctx.controller is not None
-            sent = await _call(ctx.controller.ward_desk.dispatch(number, actor=session.user.name))
+            assert ctx.running is not None
+            sent = await _call(ctx.running.ward_desk.dispatch(number, actor=session.user.name))
         else:
             sent = await _call(ctx.write(service(ctx).dispatch, number, actor=session.user.name))
     except Failed as exc:
@@ -469,18 +457,6 @@ async def receive_note(request: Request, number: str) -> Response:
 # ------------------------------------------------------------------ drug rooms
 
 
-def _overview(ws: WardSupply) -> tuple[dict[str, Counter[str]], dict[str, int]]:
-    """Open lines per drug room by status, and notes in transit per drug room."""
-    by_room: dict[str, Counter[str]] = defaultdict(Counter)
-    in_transit: dict[str, int] = defaultdict(int)
-    with ws.ledger.engine.connect() as c:
-        for line in views.lines(c, statuses=OPEN_STATES):
-            by_room[line.drug_room][line.status] += 1
-        for number in views.note_numbers(c, status="in_transit"):
-            in_transit[views.note(c, number).drug_room] += 1
-    return by_room, in_transit
-
-
 @router.get("/drug-rooms")
 async def drug_rooms(request: Request) -> Response:
     session, response = await page(Role.VIEWER)(request)
@@ -491,7 +467,7 @@ async def drug_rooms(request: Request) -> Response:
     ws = service(ctx)
     now = ws.clock()
     try:
-        by_room, in_transit = await _call(ctx.read(_overview, ws))
+        by_room, in_transit = await _call(ctx.read(reads.drug_room_overview, ws, OPEN_STATES))
         report = await _call(
             ctx.read(
                 delivery_reliability,

@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
-from controller.cli_output import add_site_options, print_records
-from controller.config import Site, load_site
+from controller.cli.common import add_site_options, failed, print_records, site_ledger
+from controller.config import Site
 
 
 def _store(args: argparse.Namespace) -> tuple[Site, Any]:
-    from controller.ledger import Ledger
-    from controller.ledger.engine import make_engine
     from controller.verification import VerificationStore
 
-    site = load_site(args.site)
-    ledger = Ledger(make_engine(args.db or site.ledger.url))
+    site, ledger = site_ledger(args)
     return site, VerificationStore(ledger)
 
 
 def _fail(command: str, exc: Exception) -> int:
-    print(f"doseline verification {command}: {exc}", file=sys.stderr)
-    return 2
+    return failed(f"verification {command}", exc)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:

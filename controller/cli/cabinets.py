@@ -11,33 +11,26 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from controller.cli_output import add_site_options, print_records
-from controller.config import Site, load_site
+from controller.cli.common import (
+    add_site_options,
+    day,
+    failed,
+    print_records,
+    site_engine,
+    site_ledger,
+)
+from controller.config import Site
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from controller.cabinets.par import ParSuggestion
 
 
-def _open(args: argparse.Namespace) -> tuple[Site, Engine]:
-    """The site file and an engine on its ledger (or on --db)."""
-    from controller.ledger.engine import make_engine
-
-    site = load_site(args.site)
-    return site, make_engine(args.db or site.ledger.url)
-
-
-def _day(text: str) -> date:
-    """argparse type: a date, YYYY-MM-DD."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+def _fail(command: str, exc: Exception) -> int:
+    return failed(f"cabinets {command}", exc)
 
 
 def _fmt(value: float | None, places: int = 1) -> str:
@@ -74,7 +67,7 @@ def _cmd_par(args: argparse.Namespace) -> int:
 
     from controller.cabinets.par import ParError, site_pockets, suggest_par
 
-    site, engine = _open(args)
+    site, engine = site_engine(args)
     if args.cabinet and args.cabinet not in {c.name for c in site.cabinets}:
         print(
             f"doseline cabinets par: --cabinet: unknown cabinet {args.cabinet!r}", file=sys.stderr
@@ -127,22 +120,10 @@ def _cmd_par(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ledger(args: argparse.Namespace) -> tuple[Site, Any]:
-    from controller.ledger import Ledger
-
-    site, engine = _open(args)
-    return site, Ledger(engine, min_shelf_life_days=site.ledger.min_shelf_life_days)
-
-
-def _fail(command: str, exc: Exception) -> int:
-    print(f"doseline cabinets {command}: {exc}", file=sys.stderr)
-    return 2
-
-
 def _cmd_discrepancies(args: argparse.Namespace) -> int:
     from controller.ledger import LedgerError
 
-    _site, led = _ledger(args)
+    _site, led = site_ledger(args, shelf_life=True)
     try:
         rows = led.discrepancies(status=None if args.all else "open", location=args.cabinet)
     except LedgerError as exc:
@@ -167,7 +148,7 @@ def _cmd_discrepancies(args: argparse.Namespace) -> int:
 def _cmd_resolve(args: argparse.Namespace) -> int:
     from controller.ledger import LedgerError
 
-    _site, led = _ledger(args)
+    _site, led = site_ledger(args, shelf_life=True)
     try:
         d = led.resolve_discrepancy(args.id, actor=args.actor, note=args.note)
     except LedgerError as exc:
@@ -181,7 +162,7 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 def _cmd_holds(args: argparse.Namespace) -> int:
     from controller.ledger import LedgerError
 
-    _site, led = _ledger(args)
+    _site, led = site_ledger(args, shelf_life=True)
     try:
         rows = led.holds(location=args.cabinet, status=None if args.all else "held")
     except LedgerError as exc:
@@ -206,7 +187,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
     controller unlocks the pockets (and sets wasted pockets' counts) at its next poll."""
     from controller.ledger import LedgerError
 
-    site, led = _ledger(args)
+    site, led = site_ledger(args, shelf_life=True)
     try:
         if args.cabinet not in {c.name for c in site.cabinets}:
             return _fail(
@@ -236,7 +217,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
 def _cmd_refills(args: argparse.Namespace) -> int:
     from controller.cabinets.refill_store import OPEN_REFILL_STATES, RefillStore
 
-    _site, led = _ledger(args)
+    _site, led = site_ledger(args, shelf_life=True)
     try:
         store = RefillStore(led)
         rows = store.refills(states=None if args.all else OPEN_REFILL_STATES)
@@ -292,7 +273,7 @@ def add_cabinet_parsers(sub: Any) -> None:
         help="safety stock in standard deviations of daily use (default 1.65, about 95%%)",
     )
     par.add_argument(
-        "--until", type=_day, default=None, help="last day of history (default: yesterday)"
+        "--until", type=day, default=None, help="last day of history (default: yesterday)"
     )
     par.add_argument("--cabinet", help="only this cabinet")
     par.add_argument("--json", action="store_true", help="print JSON instead of a table")

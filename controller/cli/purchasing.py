@@ -24,25 +24,19 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.cli_output import add_site_options, print_records
-from controller.config import Site, load_site
+from controller.cli.common import add_site_options, print_records, refused, site_ledger
+from controller.config import Site
 
 
 def _open(args: argparse.Namespace) -> tuple[Site, Any]:
-    from controller.ledger import Ledger
-    from controller.ledger.engine import make_engine
     from controller.purchasing import PurchasingStore
 
-    site = load_site(args.site)
-    return site, PurchasingStore(Ledger(make_engine(args.db or site.ledger.url)))
+    site, ledger = site_ledger(args)
+    return site, PurchasingStore(ledger)
 
 
 def _fail(command: str, exc: Exception) -> int:
-    problems = getattr(exc, "problems", None) or [str(exc)]
-    print(f"doseline purchasing {command}: refused", file=sys.stderr)
-    for p in problems:
-        print(f"  {p}", file=sys.stderr)
-    return 2
+    return refused(f"purchasing {command}", exc)
 
 
 def _print_order(order: Any) -> None:

@@ -35,14 +35,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import getpass
 import json
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.cli_output import add_site_options, print_records
+from controller.cli.common import (
+    add_site_options,
+    day,
+    default_actor,
+    print_records,
+    refused,
+    site_ledger,
+    when,
+)
 from controller.config import Site, load_site
 
 if TYPE_CHECKING:
@@ -56,24 +62,11 @@ class _Bad(Exception):
     """A command-line value that is refused before the ledger is touched."""
 
 
-def _default_actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 def _open(args: argparse.Namespace) -> tuple[Site, WardSupply]:
-    from controller.ledger import Ledger
-    from controller.ledger.engine import make_engine
     from controller.purchasing import PurchasingStore
     from controller.wardsupply.service import WardSupply
 
-    site = load_site(args.site)
-    ledger = Ledger(
-        make_engine(args.db or site.ledger.url),
-        min_shelf_life_days=site.ledger.min_shelf_life_days,
-    )
+    site, ledger = site_ledger(args, shelf_life=True)
     purchasing = PurchasingStore(ledger)
 
     def order(items: list[tuple[str, int]], actor: str, note: str) -> list[str]:
@@ -84,19 +77,7 @@ def _open(args: argparse.Namespace) -> tuple[Site, WardSupply]:
 
 def _fail(command: str, exc: Exception) -> int:
     """Every problem of a refusal on stderr, each naming its field and value; exit 2."""
-    problems = getattr(exc, "problems", None)
-    print(f"{PROG} {command}: refused", file=sys.stderr)
-    if problems:
-        for p in problems:
-            text = getattr(p, "message", None)
-            if text is None:
-                print(f"  {p}", file=sys.stderr)
-            else:
-                shown = "" if p.value is None else f" {p.value!r}"
-                print(f"  {p.field}:{shown}: {text}", file=sys.stderr)
-    else:
-        print(f"  {exc}", file=sys.stderr)
-    return 2
+    return refused(f"wards {command}", exc)
 
 
 def _refusals() -> tuple[type[Exception], ...]:
@@ -133,22 +114,6 @@ def _pair(text: str, option: str, *, least: int | None = None) -> tuple[str, int
     if least is not None and number < least:
         raise _Bad(f"{option}: {text!r}: packs {number} must be at least {least}")
     return gtin.strip(), number
-
-
-def _when(text: str) -> datetime:
-    """argparse type: an ISO date (midnight UTC) or date-time (without an offset: UTC)."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or date-time: {text!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _today(site: Site) -> date:
@@ -687,7 +652,7 @@ def add_wardsupply_parsers(sub: Any) -> None:
         if actor:
             p.add_argument(
                 "--actor",
-                default=_default_actor(),
+                default=default_actor(),
                 help="who acts, recorded in the audit trail (default: cli:<login name>)",
             )
         return p
@@ -730,8 +695,8 @@ def add_wardsupply_parsers(sub: Any) -> None:
     p = lsub.add_parser("make", help="a delivery run's pick lists (URGENT: the urgent lines)")
     add_site_options(p)
     p.add_argument("--run", required=True)
-    p.add_argument("--date", type=_day, default=None, help="the run's date (default: today)")
-    p.add_argument("--actor", default=_default_actor())
+    p.add_argument("--date", type=day, default=None, help="the run's date (default: today)")
+    p.add_argument("--actor", default=default_actor())
     p.set_defaults(func=_cmd_pick_lists_make)
     p = lsub.add_parser("list", help="pick lists")
     add_site_options(p)
@@ -784,8 +749,8 @@ def add_wardsupply_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_par)
 
     p = add("reliability", "delivery reliability to the wards")
-    p.add_argument("--since", type=_when, default=None, help="default: 30 days before --until")
-    p.add_argument("--until", type=_when, default=None, help="default: now")
+    p.add_argument("--since", type=when, default=None, help="default: 30 days before --until")
+    p.add_argument("--until", type=when, default=None, help="default: now")
     p.set_defaults(func=_cmd_reliability)
 
     p = add("rooms", "the site's drug rooms and their lists")

@@ -10,18 +10,16 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.cli.common import site_ledger
 from controller.config import Site, load_site
 
 DEFAULT_SITE = "config/demo.yaml"
 
 
 def _store(args: argparse.Namespace) -> tuple[Site, Any]:
-    from controller.ledger import Ledger
-    from controller.ledger.engine import make_engine
     from controller.packing.store import PackingStore
 
-    site = load_site(args.site)
-    ledger = Ledger(make_engine(args.db or site.ledger.url))
+    site, ledger = site_ledger(args)
     return site, PackingStore(ledger)
 
 
