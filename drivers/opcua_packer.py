@@ -34,6 +34,7 @@ from asyncua import Client, Node, ua
 from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies, uacrypto
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from drivers.base import (
     CanisterStatus,
@@ -320,7 +321,7 @@ class OpcUaPackerDriver(PackerDriver):
                 f"the packer offers no {wanted} endpoint (it offers: {', '.join(names) or 'none'})"
             )
         presented = offered[0].ServerCertificate
-        if presented and _first_der(presented) != uacrypto.der_from_x509(pinned):
+        if presented and _first_der(presented) != _der(pinned):
             try:
                 other = _describe_certificate(x509.load_der_x509_certificate(_first_der(presented)))
             except ValueError:
@@ -757,11 +758,17 @@ class OpcUaPackerDriver(PackerDriver):
 
 async def _load_certificate(path: str, field_name: str) -> x509.Certificate:
     try:
-        return await uacrypto.load_certificate(path)
+        cert: x509.Certificate = await uacrypto.load_certificate(path)
+        return cert
     except (OSError, ValueError) as exc:
         raise DriverError(
             f"security.{field_name}: {path} is not a DER or PEM certificate: {exc}"
         ) from exc
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    """A certificate's DER bytes, as OPC UA compares and sends them."""
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _certificate_uris(cert: x509.Certificate) -> list[str]:
@@ -774,7 +781,7 @@ def _certificate_uris(cert: x509.Certificate) -> list[str]:
 
 def _describe_certificate(cert: x509.Certificate) -> str:
     """Subject and SHA-256 fingerprint: what an operator compares with the machine's HMI."""
-    digest = hashlib.sha256(uacrypto.der_from_x509(cert)).hexdigest()
+    digest = hashlib.sha256(_der(cert)).hexdigest()
     return f"{cert.subject.rfc4514_string() or 'no subject'}, SHA-256 {digest[:16]}..."
 
 
@@ -804,10 +811,10 @@ def _pinned_validator(
 ) -> Callable[[x509.Certificate, ua.ApplicationDescription], Awaitable[None]]:
     """asyncua's certificate validator hook for the server certificate (asyncua checks
     none unless one is set): it must be the configured one, and valid now."""
-    pinned_der = uacrypto.der_from_x509(pinned)
+    pinned_der = _der(pinned)
 
     async def validate(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
-        if uacrypto.der_from_x509(cert) != pinned_der:
+        if _der(cert) != pinned_der:
             raise DriverError(
                 f"untrusted server: the packer presents {_describe_certificate(cert)}, not the"
                 f" certificate in security.server_certificate {path}"

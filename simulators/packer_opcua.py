@@ -18,30 +18,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from asyncua import Server, ua
-from asyncua.common.utils import ServiceError
-from asyncua.crypto import uacrypto
-from asyncua.crypto.permission_rules import User, UserRole
-from cryptography import x509
 
 from simulators import packml_model as pm
+from simulators.opcua_methods import (
+    REFUSAL_STATUS,
+    MethodError,
+    MethodSpec,
+    argument_description,
+    bind_command,
+    check_arguments,
+    error_result,
+    parse_pouches,
+    without_start_parameters,
+)
+from simulators.opcua_security import SimSecurity, secure_server
 from simulators.packer_physics import (
     DEFAULT_CANISTERS,
     DEFAULT_OUTPUT_EMPTY_AFTER_S,
     PackerPhysics,
-    PouchPlan,
     Refusal,
-    RefusalKind,
 )
 from simulators.packer_view import PhysicsView
 from simulators.packml import PackMLCommand, PackMLState, UnitMode
@@ -63,23 +66,6 @@ _VT = ua.VariantType
 _STATUS = ua.StatusCodes
 
 
-class MethodError(Exception):
-    """A refused method call: the status code, a message, and the argument at fault."""
-
-    def __init__(self, code: int, message: str, argument: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.argument = argument
-
-
-#: How the machine's refusals show as OPC UA status codes.
-_REFUSAL_STATUS = {
-    RefusalKind.INVALID_STATE: _STATUS.BadInvalidState,
-    RefusalKind.INVALID_ARGUMENT: _STATUS.BadInvalidArgument,
-}
-
-
 #: The variable each `PackerStatus` field is published in (for `misreport`).
 _STATUS_NODES = {
     "state": "Status.StateCurrent",
@@ -92,88 +78,6 @@ _STATUS_NODES = {
     "job_pouches_good": "Job.PouchesGood",
     "job_pouches_rejected": "Job.PouchesRejected",
 }
-
-
-#: The endpoints a secured simulator offers unless told otherwise.
-SECURE_POLICIES: tuple[ua.SecurityPolicyType, ...] = (
-    ua.SecurityPolicyType.Basic256Sha256_Sign,
-    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-)
-
-
-@dataclass(frozen=True)
-class SimSecurity:
-    """OPC UA security of a simulated packer, as a real machine would be set up.
-
-    `certificate`/`private_key`: the machine's own application instance certificate
-    (DER or PEM) and key. `trusted_clients`: certificates of the clients it accepts
-    (its trust list); a client presenting any other certificate, or none (NoSecurity),
-    gets no session. `policies`: the endpoints offered (never NoSecurity).
-    `users`: user name -> password; when given, a session needs one of them and an
-    anonymous one is refused."""
-
-    certificate: Path
-    private_key: Path
-    trusted_clients: Sequence[Path] = ()
-    policies: Sequence[ua.SecurityPolicyType] = SECURE_POLICIES
-    users: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if ua.SecurityPolicyType.NoSecurity in self.policies:
-            raise ValueError("policies: a secured simulator never offers NoSecurity")
-        if not self.policies:
-            raise ValueError("policies: name at least one security policy")
-
-
-class _TrustList:
-    """The secured simulator's checks on a client: its certificate (time range and
-    trust list, at CreateSession) and its identity (at ActivateSession)."""
-
-    def __init__(self, trusted: Sequence[x509.Certificate], users: Mapping[str, str]) -> None:
-        self._trusted = {uacrypto.der_from_x509(c) for c in trusted}
-        self._users = dict(users)
-
-    async def validate(self, cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
-        """asyncua's certificate validator hook: raise ServiceError to refuse."""
-        now = datetime.now(UTC)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
-        if uacrypto.der_from_x509(cert) not in self._trusted:
-            subject = cert.subject.rfc4514_string()
-            _log.warning("refused client certificate %s: not trusted", subject)
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
-
-    def get_user(
-        self,
-        iserver: Any,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        """asyncua's user manager hook; None refuses the session (BadUserAccessDenied).
-
-        `certificate` is the secure channel's client certificate, None on a NoSecurity
-        channel: asyncua opens one for discovery whatever the endpoints, and would then
-        let a client that skips the endpoint check create a session on it."""
-        # A chain arrives as the certificates' DER one after the other, leaf first.
-        chain = certificate if isinstance(certificate, bytes) else b""
-        if not any(chain.startswith(der) for der in self._trusted):
-            return None
-        if not self._users:
-            return User(role=UserRole.User)
-        expected = self._users.get(username or "")
-        if expected is None or password is None:
-            return None
-        if not hmac.compare_digest(expected.encode(), password.encode()):
-            return None
-        return User(role=UserRole.User, name=username)
-
-
-@dataclass(frozen=True)
-class _MethodSpec:
-    name: str
-    arguments: tuple[tuple[str, ua.VariantType, str], ...]  # name, type, description
-    handler: Callable[..., None]
 
 
 class PackerSimulator(PhysicsView):
@@ -271,7 +175,7 @@ class PackerSimulator(PhysicsView):
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
             server.set_identity_tokens([ua.AnonymousIdentityToken])
         else:
-            await self._secure(server, self.security)
+            await secure_server(server, self.security)
         # asyncua's 1 Hz ServerStatus clock makes Server.stop() wait up to a second.
         server.disable_clock(not self.server_clock)
         await server.set_application_uri(f"urn:doseline:packer-simulator:{self.name}")
@@ -298,21 +202,6 @@ class PackerSimulator(PhysicsView):
             self._physics.run(self._publish), name=f"packer-sim-{self.name}"
         )
         _log.info("packer simulator %s listening on %s", self.name, self.endpoint)
-
-    @staticmethod
-    async def _secure(server: Server, security: SimSecurity) -> None:
-        """Own certificate, signed/encrypted endpoints only, trust list, users."""
-        await server.load_certificate(str(security.certificate))
-        await server.load_private_key(str(security.private_key))
-        server.set_security_policy(list(security.policies))
-        tokens: list[type] = (
-            [ua.UserNameIdentityToken] if security.users else [ua.AnonymousIdentityToken]
-        )
-        server.set_identity_tokens(tokens)
-        trusted = [await uacrypto.load_certificate(str(p)) for p in security.trusted_clients]
-        checks = _TrustList(trusted, security.users)
-        server.set_certificate_validator(checks.validate)
-        server.iserver.set_user_manager(checks)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
         """Stop the physics and close the server; safe to call twice."""
@@ -388,7 +277,7 @@ class PackerSimulator(PhysicsView):
 
         command = await folder(root, "Command")
         for spec in self._method_specs():
-            inputs = [_argument(arg) for arg in spec.arguments]
+            inputs = [argument_description(arg) for arg in spec.arguments]
             await command.add_method(
                 _node_id(f"{self.name}.Command.{spec.name}", idx),
                 ua.QualifiedName(spec.name, idx),
@@ -477,8 +366,8 @@ class PackerSimulator(PhysicsView):
             pm.EXECUTE_STATE_MACHINE_TYPE: "BaseStateMachine.MachineState.ExecuteState",
         }
         for (owner, method), _ in pm.STATE_MACHINE_METHODS.items():
-            spec = _MethodSpec(
-                method, (), _bind_command(self._physics.command, PackMLCommand(method))
+            spec = MethodSpec(
+                method, (), bind_command(self._physics.command, PackMLCommand(method))
             )
             inputs: list[ua.Argument] = []
             callback = self._make_method(spec)
@@ -491,7 +380,7 @@ class PackerSimulator(PhysicsView):
                         rank=1,
                     )
                 ]
-                callback = _without_start_parameters(callback)
+                callback = without_start_parameters(callback)
             path = owners[owner]
             await server.get_node(nid(path)).add_method(
                 nid(f"{path}.{method}"), ua.QualifiedName(method, ns), callback, inputs, []
@@ -546,7 +435,7 @@ class PackerSimulator(PhysicsView):
                 _node_id(f"{name}.{spec.name}", ext),
                 ua.QualifiedName(spec.name, ext),
                 self._make_method(spec),
-                [_argument(arg) for arg in spec.arguments],
+                [argument_description(arg) for arg in spec.arguments],
                 [],
             )
 
@@ -662,13 +551,13 @@ class PackerSimulator(PhysicsView):
 
     # -- methods ---------------------------------------------------------------------
 
-    def _method_specs(self) -> list[_MethodSpec]:
+    def _method_specs(self) -> list[MethodSpec]:
         specs = [
-            _MethodSpec(cmd.value, (), _bind_command(self._physics.command, cmd))
+            MethodSpec(cmd.value, (), bind_command(self._physics.command, cmd))
             for cmd in PackMLCommand
         ]
         specs.append(
-            _MethodSpec(
+            MethodSpec(
                 "LoadJob",
                 (
                     ("JobId", _VT.String, "Job identifier, non-empty"),
@@ -678,7 +567,7 @@ class PackerSimulator(PhysicsView):
             )
         )
         specs.append(
-            _MethodSpec(
+            MethodSpec(
                 "RefillCanister",
                 (
                     ("Number", _VT.Int32, "Canister number"),
@@ -688,7 +577,7 @@ class PackerSimulator(PhysicsView):
             )
         )
         specs.append(
-            _MethodSpec(
+            MethodSpec(
                 "SetUnitMode",
                 (("RequestedMode", _VT.Int32, "1 Production, 2 Maintenance, 3 Manual"),),
                 self._physics.set_unit_mode,
@@ -696,19 +585,19 @@ class PackerSimulator(PhysicsView):
         )
         return specs
 
-    def _make_method(self, spec: _MethodSpec) -> Callable[..., Any]:
+    def _make_method(self, spec: MethodSpec) -> Callable[..., Any]:
         async def call(parent: ua.NodeId, *args: ua.Variant) -> Any:
             try:
-                values = _check_arguments(spec, args)
+                values = check_arguments(spec, args)
                 try:
                     spec.handler(*values)
                 except Refusal as refusal:
                     raise MethodError(
-                        _REFUSAL_STATUS[refusal.kind], refusal.message, refusal.argument
+                        REFUSAL_STATUS[refusal.kind], refusal.message, refusal.argument
                     ) from refusal
             except MethodError as exc:
                 _log.info("packer %s refused %s: %s", self.name, spec.name, exc.message)
-                return _error_result(exc, len(args))
+                return error_result(exc, len(args))
             self._physics.wake()
             await self._publish()
             return []
@@ -717,47 +606,7 @@ class PackerSimulator(PhysicsView):
 
     def _load_job(self, job_id: str, pouches_json: str) -> None:
         self._physics.check_load(job_id)  # state and id first, as before parsing
-        self._physics.load_job(job_id, self._parse_pouches(pouches_json))
-
-    @staticmethod
-    def _parse_pouches(text: str | None) -> tuple[PouchPlan, ...]:
-        """The JSON's structure; the machine checks canisters and sequences itself."""
-
-        def bad(message: str) -> MethodError:
-            return MethodError(_STATUS.BadInvalidArgument, f"Pouches{message}", 1)
-
-        try:
-            data = json.loads(text or "")
-        except json.JSONDecodeError as exc:
-            raise bad(f": not valid JSON ({exc})") from exc
-        if not isinstance(data, list) or not data:
-            raise bad(": must be a non-empty JSON list of pouches")
-        pouches: list[PouchPlan] = []
-        for i, entry in enumerate(data):
-            where = f"[{i}]"
-            if not isinstance(entry, dict):
-                raise bad(f"{where}: must be an object with seq, label and items")
-            unknown = set(entry) - {"seq", "label", "items"}
-            if unknown:
-                raise bad(f"{where}: unknown field(s) {sorted(unknown)}")
-            seq = entry.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool):
-                raise bad(f"{where}.seq: must be an integer, got {seq!r}")
-            label = entry.get("label", "")
-            if not isinstance(label, str):
-                raise bad(f"{where}.label: must be a string")
-            items = entry.get("items")
-            if not isinstance(items, list) or not items:
-                raise bad(f"{where}.items: must be a non-empty list of [canister, quantity]")
-            parsed: list[tuple[int, int]] = []
-            for j, item in enumerate(items):
-                if not (isinstance(item, list) and len(item) == 2 and all(map(_is_int, item))):
-                    raise bad(
-                        f"{where}.items[{j}]: must be [canister, quantity] integers, got {item!r}"
-                    )
-                parsed.append((item[0], item[1]))
-            pouches.append(PouchPlan(seq, label, tuple(parsed)))
-        return tuple(pouches)
+        self._physics.load_job(job_id, parse_pouches(pouches_json))
 
 
 async def _init_server(server: Server, cache: Path | None) -> None:
@@ -819,122 +668,12 @@ def _stop_message(reason: int, canister: int) -> str:
     return _STOP_MESSAGES.get(reason, f"stop reason {reason}").format(canister=canister)
 
 
-def _argument(arg: tuple[str, ua.VariantType, str]) -> ua.Argument:
-    arg_name, vtype, desc = arg
-    return ua.Argument(
-        Name=arg_name,
-        DataType=ua.NodeId(ua.Int32(vtype.value)),
-        ValueRank=-1,
-        Description=ua.LocalizedText(desc),
-    )
-
-
-def _without_start_parameters(call: Callable[..., Any]) -> Callable[..., Any]:
-    """OPC 30050's Start takes an optional PackMLDescriptorDataType[] `Parameter`; this
-    machine has none to set, so it accepts the call without it or with an empty one."""
-
-    async def start(parent: ua.NodeId, *args: ua.Variant) -> Any:
-        if len(args) > 1:
-            exc = MethodError(
-                _STATUS.BadTooManyArguments, f"Start: takes at most 1 argument, got {len(args)}"
-            )
-            return _error_result(exc, len(args))
-        if args:
-            (parameter,) = args
-            if parameter.VariantType != _VT.ExtensionObject or not isinstance(
-                parameter.Value, list
-            ):
-                exc = MethodError(
-                    _STATUS.BadTypeMismatch,
-                    f"Parameter: expected an array of PackMLDescriptorDataType,"
-                    f" got {parameter.VariantType.name}",
-                    0,
-                )
-                return _error_result(exc, 1)
-            if parameter.Value:
-                exc = MethodError(
-                    _STATUS.BadInvalidArgument,
-                    f"Parameter: this machine takes no start parameters,"
-                    f" got {len(parameter.Value)}",
-                    0,
-                )
-                return _error_result(exc, 1)
-        return await call(parent)
-
-    return start
-
-
 def _node_id(identifier: str, idx: int) -> ua.NodeId:
     return ua.NodeId(ua.String(identifier), ua.Int16(idx))
 
 
-def _status(code: int) -> ua.StatusCode:
-    return ua.StatusCode(ua.UInt32(code))
-
-
 def _canister_name(number: int) -> str:
     return f"Canister_{number:02d}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _bind_command(
-    func: Callable[[PackMLCommand], None], command: PackMLCommand
-) -> Callable[[], None]:
-    def handler() -> None:
-        func(command)
-
-    return handler
-
-
-def _check_arguments(spec: _MethodSpec, args: Sequence[ua.Variant]) -> list[Any]:
-    """Count and types are not checked by asyncua, so the method does it."""
-    expected = len(spec.arguments)
-    if len(args) < expected:
-        missing = [a[0] for a in spec.arguments[len(args) :]]
-        raise MethodError(_STATUS.BadArgumentsMissing, f"{spec.name}: missing {missing}")
-    if len(args) > expected:
-        raise MethodError(
-            _STATUS.BadTooManyArguments,
-            f"{spec.name}: takes {expected} argument(s), got {len(args)}",
-        )
-    values = []
-    for i, ((arg_name, vtype, _), variant) in enumerate(zip(spec.arguments, args, strict=True)):
-        if variant.VariantType != vtype:
-            raise MethodError(
-                _STATUS.BadTypeMismatch,
-                f"{arg_name}: expected {vtype.name}, got {variant.VariantType.name}",
-                i,
-            )
-        values.append(variant.Value)
-    return values
-
-
-def _error_result(exc: MethodError, n_args: int) -> ua.CallMethodResult:
-    """A Bad result whose text rides in InputArgumentDiagnosticInfos[].AdditionalInfo.
-
-    OPC UA has no message field on CallMethodResult; the per-argument diagnostics are the
-    place a client can read. A method without arguments still gets one entry so the
-    client sees why a command was refused.
-    """
-    result = ua.CallMethodResult()
-    if exc.argument is not None:
-        result.StatusCode = _status(_STATUS.BadInvalidArgument)
-        result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
-        result.InputArgumentResults[exc.argument] = _status(exc.code)
-        result.InputArgumentDiagnosticInfos = [ua.DiagnosticInfo() for _ in range(n_args)]
-        result.InputArgumentDiagnosticInfos[exc.argument] = ua.DiagnosticInfo(
-            AdditionalInfo=ua.String(exc.message)
-        )
-    else:
-        result.StatusCode = _status(exc.code)
-        result.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
-        result.InputArgumentDiagnosticInfos = [
-            ua.DiagnosticInfo(AdditionalInfo=ua.String(exc.message)) for _ in range(max(n_args, 1))
-        ]
-    return result
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -15,6 +15,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from controller.async_ledger import AsyncLedger
+from controller.cabinets.cold_chain_rules import (
+    ColdChainStep,
+    PocketLock,
+    concerns_cold_chain,
+    count_after_release,
+    excursion_holds_stock,
+    pockets_to_lock,
+    reconcile_step,
+)
 from controller.cabinets.poller import CabinetPoller, pocket_location
 from controller.ledger import LedgerError
 from controller.metrics import Metrics
@@ -42,7 +51,7 @@ class ColdChain:
         self, poller: CabinetPoller, status: CabinetStatus, excursions_total: int
     ) -> None:
         cabinet = poller.config
-        if not cabinet.cold:
+        if not excursion_holds_stock(cabinet.cold):
             log.warning(
                 "cabinet %s is not a cold cabinet: excursion alarmed, stock not held", cabinet.name
             )
@@ -66,18 +75,19 @@ class ColdChain:
         if name not in self.replenishment.blocked:
             self.replenishment.block(name, QUARANTINE)
             await self.replenishment.cancel_open(f"{name}: {QUARANTINE}", cabinet=name)
-        for pocket in status.pockets:
-            if not pocket.locked and pocket.number in poller.pockets:
-                await self._command(poller, CabinetCommand.LOCK_POCKET, pocket.number, 0)
+        locks = [PocketLock(p.number, p.locked) for p in status.pockets]
+        for number in pockets_to_lock(locks, poller.pockets):
+            await self._command(poller, CabinetCommand.LOCK_POCKET, number, 0)
 
     async def reconcile(self, poller: CabinetPoller, status: CabinetStatus) -> None:
         """Keeps the cabinet in step with the ledger's holds: locked while stock is
         held; after the pharmacist's decision, counts set and pockets unlocked."""
-        if not poller.config.cold and not any(p.locked for p in status.pockets):
+        any_locked = any(p.locked for p in status.pockets)
+        if not concerns_cold_chain(cold=poller.config.cold, any_locked=any_locked):
             return
         held = await self.ledger.call("holds", location=poller.name, status="held")
         self.metrics.quarantined_lots.labels(poller.name).set(len(held))
-        if held:
+        if reconcile_step(len(held)) is ColdChainStep.QUARANTINE:
             await self._quarantine(poller, status)
             return
         for pocket in status.pockets:
@@ -88,8 +98,9 @@ class ColdChain:
             decided = await self.ledger.call("holds", location=location, status=None)
             if decided and decided[-1].status == "wasted":
                 booked = await self.ledger.call("on_hand", location, config.gtin)
-                if booked != pocket.count:
-                    await self._command(poller, CabinetCommand.SET_COUNT, pocket.number, booked)
+                count = count_after_release([h.status for h in decided], booked, pocket.count)
+                if count is not None:
+                    await self._command(poller, CabinetCommand.SET_COUNT, pocket.number, count)
             await self._command(poller, CabinetCommand.UNLOCK_POCKET, pocket.number, 0)
         if poller.name in self.replenishment.blocked:
             self.replenishment.unblock(poller.name)

@@ -13,101 +13,37 @@ belongs to the new day. Everything here only reads the ledger.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, and_, case, func, or_, select
 
-from controller.cabinets.poller import pocket_location
+from controller.cabinets.par_rules import (
+    ParError,
+    ParSuggestion,
+    PocketHistory,
+    PocketPlan,
+    check_par_arguments,
+    check_window,
+    suggest_levels,
+)
 from controller.ledger.schema import locations, lots, movements, products
 
 if TYPE_CHECKING:
     from controller.config import Site
 
-# Rounding noise such as 2.0000000000000004 must not push a level up by a whole unit.
-_EPSILON_PLACES = 9
-
-
-class ParError(ValueError):
-    """A bad argument to the par-level calculation, named with its value."""
-
-
-@dataclass(frozen=True)
-class PocketPlan:
-    """A pocket as it is configured now."""
-
-    cabinet: str
-    pocket: int
-    gtin: str
-    current_min: int
-    current_max: int
-    capacity: int | None = None
-    # the ledger location when it is not a cabinet pocket (a ward's drug room shelf)
-    at: str | None = None
-
-    @property
-    def location(self) -> str:
-        return self.at or pocket_location(self.cabinet, self.pocket)
-
-
-@dataclass(frozen=True)
-class PocketHistory:
-    """Net units used per day at one pocket, oldest day first.
-
-    `first_day` is the first day the ledger saw the product move at the pocket at all
-    (a refill counts), or None if it never did: days before it are not history.
-    """
-
-    location: str
-    gtin: str
-    until: date
-    daily: tuple[int, ...]
-    first_day: date | None
-
-    @property
-    def days_seen(self) -> int:
-        """Days of the window on which the pocket held this product (the history)."""
-        if self.first_day is None or self.first_day > self.until:
-            return 0
-        return min(len(self.daily), (self.until - self.first_day).days + 1)
-
-    @property
-    def seen(self) -> tuple[int, ...]:
-        """The daily values of the days the pocket existed; days without use are 0."""
-        days = self.days_seen
-        return self.daily[len(self.daily) - days :] if days else ()
-
-
-@dataclass(frozen=True)
-class ParSuggestion:
-    cabinet: str
-    pocket: int
-    location: str
-    gtin: str
-    name: str
-    days: int  # the window asked for
-    days_seen: int  # days of it with history at this pocket
-    total: int  # net units used over the days seen
-    mean_daily: float
-    stdev_daily: float
-    peak_daily: int
-    current_min: int
-    current_max: int
-    suggested_min: int
-    suggested_max: int
-    capacity: int | None
-    cover_days_current: float | None  # days the current max lasts at the mean
-    cover_days_suggested: float | None
-    note: str
-
-    @property
-    def changed(self) -> bool:
-        return (self.suggested_min, self.suggested_max) != (self.current_min, self.current_max)
+# The values of the calculation are imported from here by the CLI and the ward rounds.
+__all__ = [
+    "ParError",
+    "ParSuggestion",
+    "PocketHistory",
+    "PocketPlan",
+    "daily_consumption",
+    "site_pockets",
+    "suggest_par",
+]
 
 
 def _zone(tz: str | tzinfo) -> tzinfo:
@@ -117,13 +53,6 @@ def _zone(tz: str | tzinfo) -> tzinfo:
         return ZoneInfo(tz)
     except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
         raise ParError(f"tz: unknown time zone {tz!r}") from exc
-
-
-def _check_window(days: int, until: date) -> None:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ParError(f"days: must be a whole number of at least 1, got {days!r}")
-    if isinstance(until, datetime) or not isinstance(until, date):
-        raise ParError(f"until: must be a date (YYYY-MM-DD), got {until!r}")
 
 
 def daily_consumption(
@@ -141,7 +70,7 @@ def daily_consumption(
     a history of zeros without a first day. A day is net: a return books against the
     day it was put back, so a day can be negative.
     """
-    _check_window(days, until)
+    check_window(days, until)
     zone = _zone(tz)
     first = until - timedelta(days=days - 1)
     start = datetime.combine(first, time(0), tzinfo=zone)
@@ -220,30 +149,6 @@ def daily_consumption(
     }
 
 
-def _ceil(value: float) -> int:
-    return math.ceil(round(value, _EPSILON_PLACES))
-
-
-def _check_plan(plan: PocketPlan) -> None:
-    where = f"pocket {plan.location}"
-    if plan.current_min < 0:
-        raise ParError(f"{where}: current_min must be at least 0, got {plan.current_min}")
-    if plan.current_max <= plan.current_min:
-        raise ParError(
-            f"{where}: current_max must be above current_min {plan.current_min}, "
-            f"got {plan.current_max}"
-        )
-    if plan.capacity is not None and plan.capacity < 1:
-        raise ParError(f"{where}: capacity must be at least 1, got {plan.capacity}")
-
-
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ParError(f"{name}: must be above 0, got {value!r}")
-    if math.isinf(value):
-        raise ParError(f"{name}: must be finite, got {value!r}")
-
-
 def _names(engine: Engine, gtins: Sequence[str]) -> dict[str, str]:
     with engine.connect() as conn:
         rows = conn.execute(
@@ -275,24 +180,21 @@ def suggest_par(
     product within the window, zeros included. A pocket with no net use keeps its
     levels: nothing says what they should be.
     """
-    _check_window(days, until)
-    _positive("lead_time_days", lead_time_days)
-    _positive("days_of_supply", days_of_supply)
-    if (
-        isinstance(service_z, bool)
-        or not isinstance(service_z, int | float)
-        or not 0 <= service_z < math.inf
-    ):
-        raise ParError(f"service_z: must be 0 or more, got {service_z!r}")
-    for plan in pockets:
-        _check_plan(plan)
+    check_par_arguments(
+        pockets,
+        days=days,
+        until=until,
+        lead_time_days=lead_time_days,
+        days_of_supply=days_of_supply,
+        service_z=service_z,
+    )
     zone = _zone(tz)
     history = daily_consumption(
         engine, [(p.location, p.gtin) for p in pockets], days=days, until=until, tz=zone
     )
     names = _names(engine, sorted({p.gtin for p in pockets}))
     return [
-        _suggest(
+        suggest_levels(
             plan,
             history[(plan.location, plan.gtin)],
             name=names.get(plan.gtin, plan.gtin),
@@ -303,69 +205,6 @@ def suggest_par(
         )
         for plan in pockets
     ]
-
-
-def _suggest(
-    plan: PocketPlan,
-    history: PocketHistory,
-    *,
-    name: str,
-    days: int,
-    lead_time_days: float,
-    days_of_supply: float,
-    service_z: float,
-) -> ParSuggestion:
-    seen = history.seen
-    total = sum(seen)
-    common: dict[str, Any] = {
-        "cabinet": plan.cabinet,
-        "pocket": plan.pocket,
-        "location": plan.location,
-        "gtin": plan.gtin,
-        "name": name,
-        "days": days,
-        "days_seen": len(seen),
-        "total": total,
-        "current_min": plan.current_min,
-        "current_max": plan.current_max,
-        "capacity": plan.capacity,
-    }
-    if total <= 0:
-        return ParSuggestion(
-            **common,
-            mean_daily=0.0,
-            stdev_daily=0.0,
-            peak_daily=max(seen, default=0),
-            suggested_min=plan.current_min,
-            suggested_max=plan.current_max,
-            cover_days_current=None,
-            cover_days_suggested=None,
-            note=f"no consumption in {days} days: levels kept",
-        )
-    mean = total / len(seen)
-    stdev = statistics.stdev(seen) if len(seen) > 1 else 0.0
-    low = _ceil(mean * lead_time_days + service_z * stdev * math.sqrt(lead_time_days))
-    high = max(low + 1, _ceil(mean * (lead_time_days + days_of_supply)))
-    notes: list[str] = []
-    if plan.capacity is not None and high > plan.capacity:
-        notes.append(f"max capped at capacity {plan.capacity} (wanted {high})")
-        high = plan.capacity
-        if low >= high:
-            notes.append(f"min lowered to {high - 1} (wanted {low})")
-            low = high - 1
-    if len(seen) < days:
-        notes.append(f"only {len(seen)} of {days} days of history")
-    return ParSuggestion(
-        **common,
-        mean_daily=mean,
-        stdev_daily=stdev,
-        peak_daily=max(seen),
-        suggested_min=low,
-        suggested_max=high,
-        cover_days_current=plan.current_max / mean,
-        cover_days_suggested=high / mean,
-        note="; ".join(notes),
-    )
 
 
 def site_pockets(site: Site, cabinet: str | None = None) -> list[PocketPlan]:

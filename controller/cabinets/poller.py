@@ -18,7 +18,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from controller.async_ledger import AsyncLedger
+from controller.cabinets.counter_rules import (
+    COUNTER_BACKWARDS,
+    COUNTER_WRAP,
+    POCKET_COUNTERS,
+    CounterStep,
+    read_count,
+    read_counter,
+    split_shortfall,
+)
 from controller.cabinets.link import CabinetLink
+from controller.cabinets.pockets import pocket_location
 from controller.config import Cabinet, Pocket
 from controller.ledger import CounterMark, InsufficientStock, LedgerError, Need, Use
 from controller.metrics import Metrics
@@ -26,27 +36,21 @@ from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverErr
 
 log = logging.getLogger("doseline.cabinets")
 ACTOR = "cabinet-poller"
-COUNTER_WRAP = 2**32
-# A counter never goes back (docs/cabinet-register-map.md), and no real rate moves one
-# by half its range between two polls: a "growth" that large is a counter that went
-# backwards (a cabinet whose memory was reset, or that reports nonsense).
-COUNTER_BACKWARDS = COUNTER_WRAP // 2
 EXCURSIONS = "temperature_excursions"  # the cabinet's counter of temperature excursions
 
 LowPocketHandler = Callable[[Cabinet, Pocket, int, float], Awaitable[object]]
 ExcursionHandler = Callable[["CabinetPoller", CabinetStatus, int], Awaitable[object]]
-# Counters booked per pocket: (register field, ledger counter name).
-POCKET_COUNTERS = (
-    ("withdrawals_total", "withdrawals"),
-    ("waste_total", "waste"),
-    ("returns_total", "returns"),
-    ("counted_up_total", "counted_up"),
-    ("counted_down_total", "counted_down"),
-)
-
-
-def pocket_location(cabinet: str, number: int) -> str:
-    return f"{cabinet}/P{number:02d}"
+# Imported from here by the other cabinet services and the tools.
+__all__ = [
+    "ACTOR",
+    "COUNTER_BACKWARDS",
+    "COUNTER_WRAP",
+    "POCKET_COUNTERS",
+    "CabinetPoller",
+    "ExcursionHandler",
+    "LowPocketHandler",
+    "pocket_location",
+]
 
 
 class CabinetPoller:
@@ -198,12 +202,14 @@ class CabinetPoller:
         began and ended between two polls. `mark`: its booked value."""
         counter = EXCURSIONS
         now = status.temp_excursions_total
-        if mark is None or now == mark:
-            if mark is None:
-                await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+        reading = read_counter(mark, now)
+        if reading.step is CounterStep.UNCHANGED:
             return
-        new = (now - mark) % COUNTER_WRAP
-        if new >= COUNTER_BACKWARDS:
+        if reading.step is CounterStep.FIRST_SEEN:
+            await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+            return
+        new = reading.delta
+        if reading.step is CounterStep.BACKWARDS:
             log.error(
                 "cabinet %s: temperature excursion counter went backwards from %d to %d:"
                 " counting on from %d",
@@ -386,18 +392,19 @@ class CabinetPoller:
         ):
             now = getattr(pocket, field_name)
             marks[counter] = (booked.get(f"pocket{pocket.number}.{counter}"), now)
-        if any(mark is None for mark, _ in marks.values()):
+        (up_mark, up_now), (down_mark, down_now) = marks["counted_up"], marks["counted_down"]
+        reading = read_count(up_mark, up_now, down_mark, down_now)
+        if reading.step is CounterStep.FIRST_SEEN:
             for counter, (_mark, now) in marks.items():
                 await self.ledger.call(
                     "set_counter_mark",
                     CounterMark(self.name, f"pocket{pocket.number}.{counter}", now),
                 )
             return
-        if all(mark == now for mark, now in marks.values()):
+        if reading.step is CounterStep.UNCHANGED:
             return
         location = pocket_location(self.name, pocket.number)
-        up = (marks["counted_up"][1] - marks["counted_up"][0]) % COUNTER_WRAP
-        down = (marks["counted_down"][1] - marks["counted_down"][0]) % COUNTER_WRAP
+        up, down = reading.up, reading.down
         key = (
             f"count:{self.name}:{pocket.number}:"
             f"{marks['counted_up'][0]}-{marks['counted_up'][1]}:"
@@ -556,7 +563,8 @@ class CabinetPoller:
         """Books the growth of one pocket counter since the last booked value."""
         device, counter = self.name, f"pocket{pocket.number}.{counter_name}"
         mark = marks.get(counter)
-        if mark is None:
+        reading = read_counter(mark, now)
+        if reading.step is CounterStep.FIRST_SEEN:
             log.warning(
                 "cabinet %s pocket %d: no booked %s counter yet; counting from %d on",
                 self.name,
@@ -566,17 +574,17 @@ class CabinetPoller:
             )
             await self.ledger.call("set_counter_mark", CounterMark(device, counter, now))
             return 0
-        delta = (now - mark) % COUNTER_WRAP
-        if delta == 0:
+        if reading.step is CounterStep.UNCHANGED:
             return 0
-        if delta >= COUNTER_BACKWARDS:
+        assert mark is not None
+        if reading.step is CounterStep.BACKWARDS:
             await self._counter_went_back(config, pocket, counter_name, mark, now)
             return 0
         return await self._book_movement(
             config,
             pocket,
             counter_name,
-            delta,
+            reading.delta,
             operation,
             reason,
             key=f"{counter_name}:{self.name}:{pocket.number}:{mark}-{now}",
@@ -621,15 +629,16 @@ class CabinetPoller:
             # The cabinet reports more than the ledger can account for at this pocket:
             # book what it can, make the rest visible as a discrepancy.
             log.error("cabinet %s pocket %d: %s", self.name, pocket.number, exc)
-            if exc.available:
+            split = split_shortfall(delta, exc.available)
+            if split.booked:
                 await self.ledger.call(
                     operation,
                     key,
                     gtin=config.gtin,
-                    quantity=exc.available,
+                    quantity=split.booked,
                     location=location,
                     actor=ACTOR,
-                    reason=f"{reason} (short by {delta - exc.available})",
+                    reason=f"{reason} (short by {split.short})",
                     mark=new_mark,
                     **extra,
                 )
@@ -646,4 +655,4 @@ class CabinetPoller:
                     f"{exc.available} at {location}"
                 ),
             )
-            return exc.available
+            return split.booked

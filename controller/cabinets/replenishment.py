@@ -16,13 +16,12 @@ Every refill and pick list is kept in the database (controller.cabinets.refill_s
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 import time as monotonic_clock
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -30,6 +29,14 @@ from transitions.extensions.asyncio import AsyncMachine
 
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.poller import CabinetPoller, pocket_location
+from controller.cabinets.refill_rules import (
+    RefillState,
+    next_round,
+    plan_pick_lists,
+    plan_refill,
+    refill_in_flight,
+    refill_wanted,
+)
 from controller.cabinets.refill_store import RefillRow, RefillStore
 from controller.config import Cabinet, Pocket
 from controller.config import Replenishment as ReplenishmentConfig
@@ -50,25 +57,6 @@ T = TypeVar("T")
 def pocket_label(cabinet: str, number: int) -> str:
     """The barcode on a pocket's label: `PK:<cabinet>:<pocket number>`."""
     return f"{POCKET_LABEL_PREFIX}{cabinet}:{number:02d}"
-
-
-def next_round(after: datetime, rounds: Sequence[time], tz: ZoneInfo) -> datetime:
-    """The first scheduled round strictly after `after` (UTC in, UTC out)."""
-    local = after.astimezone(tz)
-    for day in (local.date(), local.date() + timedelta(days=1)):
-        for at in sorted(rounds):
-            candidate = datetime.combine(day, at, tzinfo=tz)
-            if candidate > local:
-                return candidate.astimezone(UTC)
-    raise ValueError("rounds: no round time given")
-
-
-class RefillState(enum.Enum):
-    RESERVED = "reserved"  # stock held in the store, waiting for a round
-    PICKING = "picking"  # on a pick list
-    BOOKED = "booked"  # scanned into the pocket and posted; the cabinet not told yet
-    CONFIRMED = "confirmed"  # the cabinet acknowledged the new count
-    CANCELLED = "cancelled"
 
 
 R = RefillState
@@ -223,18 +211,26 @@ class Replenishment:
     async def _request(
         self, cabinet: Cabinet, pocket: Pocket, count: int, read_at: float | None
     ) -> Refill | None:
-        if cabinet.name in self.blocked:
+        earlier = [
+            r
+            for r in self.refills
+            if r.cabinet == cabinet.name and r.pocket.number == pocket.number
+        ]
+        if not refill_wanted(
+            blocked=cabinet.name in self.blocked, earlier=earlier, read_at=read_at
+        ):
             return None
-        for r in self.refills:
-            if r.cabinet != cabinet.name or r.pocket.number != pocket.number:
-                continue
-            if r.state in (R.RESERVED, R.PICKING, R.BOOKED) or (
-                read_at is not None and r.settled_at is not None and r.settled_at >= read_at
-            ):
-                return None
         now = self.clock()
-        urgent = count == 0
-        quantity = pocket.max - count
+        plan = plan_refill(
+            count=count,
+            pocket_max=pocket.max,
+            now=now,
+            rounds=self.settings.rounds,
+            tz=self.tz,
+            urgent_due_minutes=self.settings.urgent_due_minutes,
+            round_due_minutes=self.settings.round_due_minutes,
+        )
+        urgent, quantity = plan.urgent, plan.quantity
         refill = Refill(
             f"{cabinet.name}-P{pocket.number:02d}-{now:%Y%m%dT%H%M%S}-{next(self._ids)}",
             cabinet.name,
@@ -242,7 +238,7 @@ class Replenishment:
             quantity,
             urgent,
             created=now,
-            due_at=self._due(now, urgent),
+            due_at=plan.due_at,
         )
         # The row comes first: a controller that stops before the reservation is made
         # finds the row, no reservation under its key, and cancels it.
@@ -285,12 +281,6 @@ class Replenishment:
         if urgent:
             self._urgent.set()
         return refill
-
-    def _due(self, now: datetime, urgent: bool) -> datetime:
-        if urgent:
-            return now + timedelta(minutes=self.settings.urgent_due_minutes)
-        at = next_round(now, self.settings.rounds, self.tz)
-        return at + timedelta(minutes=self.settings.round_due_minutes)
 
     async def _reserve(self, refill: Refill, quantity: int) -> tuple[Allocation, ...]:
         """Reserves what the store has, up to `quantity`; a short refill is still a
@@ -351,19 +341,17 @@ class Replenishment:
         only cabinets with an empty pocket for an urgent list (the cabinet's other
         reserved refills go along, the technician is there anyway)."""
         made = []
-        by_cabinet: dict[str, list[Refill]] = {}
-        for refill in self.refills:
-            if refill.state == R.RESERVED and refill.cabinet not in self.blocked:
-                by_cabinet.setdefault(refill.cabinet, []).append(refill)
         now = self.clock()
-        for cabinet, refills in sorted(by_cabinet.items()):
-            urgent = any(r.urgent for r in refills)
-            if urgent_only and not urgent:
-                continue
-            if urgent:
-                due = min(r.due_at for r in refills if r.urgent)
-            else:
-                due = (round_at or now) + timedelta(minutes=self.settings.round_due_minutes)
+        plans = plan_pick_lists(
+            self.refills,
+            blocked=self.blocked,
+            urgent_only=urgent_only,
+            now=now,
+            round_at=round_at,
+            round_due_minutes=self.settings.round_due_minutes,
+        )
+        for plan in plans:
+            cabinet, urgent, due, refills = plan.cabinet, plan.urgent, plan.due_at, plan.refills
             pick = PickList(f"{cabinet}-{next(self._ids)}", cabinet, urgent, due, refills)
             await self.ledger.run(
                 self.store.add_list,
@@ -673,10 +661,12 @@ class Replenishment:
         return any(
             r.cabinet == cabinet
             and r.pocket.number == pocket
-            and (
-                r.state == R.BOOKED
-                or (r.state == R.PICKING and bool(r.lines) and len(r.scanned) == len(r.lines))
-                or (r.settled_at is not None and r.settled_at >= read_at)
+            and refill_in_flight(
+                state=r.state,
+                lines=len(r.lines),
+                scanned=len(r.scanned),
+                settled_at=r.settled_at,
+                read_at=read_at,
             )
             for r in self.refills
         )

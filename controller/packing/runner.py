@@ -11,11 +11,8 @@ was reserved but not used is released.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,12 +21,20 @@ from controller.config import Packer
 from controller.ledger import InsufficientStock, LedgerError, Need, UnknownEntity, Use
 from controller.ledger.ledger import CONSUMED, WASTE
 from controller.metrics import Metrics, PackerOEE
-from controller.packing.canister_desk import CanisterDesk, CanisterTicket, RefillNotConfirmed
+from controller.packing.canister_desk import CanisterDesk, RefillNotConfirmed
+from controller.packing.canister_fills import CanisterFills, canister_location
 from controller.packing.job import Job, JobState
 from controller.packing.planner import PlannedJob
-from controller.packing.store import CanisterFill, JobRecord, PackingStore
+from controller.packing.rules import (
+    counters_explain,
+    dispensed_by_gtin,
+    lost_job_deltas,
+    lost_job_waste,
+    split_job,
+    with_reject_allowance,
+)
+from controller.packing.store import JobRecord, PackingStore
 from drivers.base import (
-    CanisterStatus,
     DriverError,
     PackerDriver,
     PackerJobSpec,
@@ -44,10 +49,6 @@ from drivers.base import (
 
 log = logging.getLogger("doseline.packing")
 ACTOR = "controller"
-
-
-def canister_location(packer: str, number: int) -> str:
-    return f"{packer}/C{number:02d}"
 
 
 @dataclass
@@ -103,6 +104,9 @@ class PackerRunner:
         self.metrics = metrics
         self.settings = settings
         self.canister_of = {c.gtin: c for c in config.canisters if c.calibrated}
+        self.fills = CanisterFills(
+            self.name, self.canister_of, driver, ledger, store, metrics, settings, desk
+        )
         self.results: list[JobResult] = []
         self.inbox: asyncio.Queue[JobRecord] = asyncio.Queue()
         self.busy = False
@@ -340,7 +344,7 @@ class PackerRunner:
         """Settles what an earlier run (or a lost link) left open on this packer:
         canister refills in flight, jobs the machine had, jobs reserved but never
         loaded, and jobs assigned but not started."""
-        await self._settle_fills()
+        await self.fills.settle_open()
         for record in await self.ledger.run(self.store.unfinished):
             if record.packer != self.name:
                 continue
@@ -402,11 +406,8 @@ class PackerRunner:
         Its pouches cannot be verified: what left the canisters is booked as waste, and
         the pouches are counted and destroyed at the machine."""
         canisters = await self.driver.read_canisters()
-        now: dict[str, int] = {}
-        for canister in canisters:
-            now[canister.gtin] = now.get(canister.gtin, 0) + canister.dispensed_total
         counts = {canister.number: canister.count for canister in canisters}
-        delta = {g: now.get(g, 0) - baseline.get(g, 0) for g in plan.units_by_gtin()}
+        delta = lost_job_deltas(plan.units_by_gtin(), baseline, dispensed_by_gtin(canisters))
         self.metrics.discrepancies.labels("canister").inc()
         # The counters explain the canisters only if what the ledger holds in each is
         # what the machine still has plus what it dispensed since the baseline. A
@@ -415,9 +416,10 @@ class PackerRunner:
         for gtin, dispensed in delta.items():
             number = self.canister_of[gtin].number
             held = await self.ledger.call("on_hand", canister_location(self.name, number), gtin)
-            if held != counts.get(number, 0) + dispensed:
+            if not counters_explain(held, counts.get(number, 0), dispensed):
                 unexplained.append(gtin)
-        if not baseline or unexplained or any(d < 0 for d in delta.values()):
+        wasted = lost_job_waste(delta, bool(baseline), unexplained)
+        if wasted is None:
             job.reason = (
                 f"packer {self.name} lost the job and its counters: canisters must be counted"
             )
@@ -426,10 +428,9 @@ class PackerRunner:
             job.reason = f"packer {self.name} lost the job: unverified pouches destroyed"
             uses = [
                 Use(g, d, WASTE, "waste", "unverified pouches of a lost job", reason_code="other")
-                for g, d in delta.items()
-                if d > 0
+                for g, d in wasted.items()
             ]
-            result.wasted = {g: d for g, d in delta.items() if d > 0}
+            result.wasted = wasted
             if uses:
                 await self._post(reservation, uses, job)
                 await self._void(f"{reservation}:manual", job, with_manual=False)
@@ -439,124 +440,11 @@ class PackerRunner:
         await self._move(job, "failed")
         self.metrics.jobs.labels("failed").inc()
 
-    async def _settle_fills(self) -> None:
-        """A refill the machine was told about but the ledger did not book: the
-        canister's refilled total says whether it happened."""
-        fills = await self.ledger.run(self.store.open_fills, self.name)
-        if not fills:
-            return
-        canisters = {c.number: c for c in await self.driver.read_canisters()}
-        for fill in fills:
-            arrived = self._fill_arrived(fill, canisters.get(fill.canister))
-            location = canister_location(self.name, fill.canister)
-            try:
-                view = await self.ledger.call("reservation", fill.key)
-            except UnknownEntity:
-                status = "voided"  # died before reserving: the machine was never told
-            else:
-                status = await self._settle_fill(fill, view.status, arrived, location)
-            await self.ledger.run(
-                self.store.close_fill,
-                fill.key,
-                status,
-                actor=ACTOR,
-                reason=f"refill settled after restart: machine {'has' if arrived else 'lacks'} it",
-            )
-            log.warning("canister refill %s settled as %s", fill.key, status)
-
-    def _fill_arrived(self, fill: CanisterFill, now: CanisterStatus | None) -> bool:
-        """Whether the machine got a refill: from its refilled total where it reports
-        one, else from its count and dispensed total (count + dispensed grows by
-        exactly what was poured in)."""
-        if now is None or fill.confirmed_by is None:
-            return False  # no scan, so the machine was never told
-        if self.driver.reports_refilled_total:
-            return now.refilled_total >= fill.refilled_before + fill.quantity
-        if fill.count_before is None or fill.dispensed_before is None:
-            log.error(
-                "canister refill %s: %s reports no refilled total and the refill has no "
-                "counts to compare: count canister %d",
-                fill.key,
-                self.name,
-                fill.canister,
-            )
-            self.metrics.discrepancies.labels("canister").inc()
-            return False
-        poured = now.count - fill.count_before + now.dispensed_total - fill.dispensed_before
-        return poured >= fill.quantity
-
-    async def _settle_fill(
-        self, fill: CanisterFill, reservation_status: str, arrived: bool, location: str
-    ) -> str:
-        if reservation_status == "posted":
-            return "posted"
-        if reservation_status == "open":
-            if arrived:
-                await self._post_fill(fill, location)
-                return "posted"
-            await self.ledger.call(
-                "void",
-                f"{fill.key}:void",
-                reservation_key=fill.key,
-                actor=ACTOR,
-                reason="canister refill never reached the machine",
-            )
-            return "voided"
-        if not arrived:
-            return "voided"
-        # The reservation ran out while the controller was down, but the tablets are in
-        # the canister: book the same lot again from the store (reserve and post under
-        # keys of their own, so a second restart books nothing twice).
-        late = f"{fill.key}:late"
-        try:
-            view = await self.ledger.call(
-                "reserve",
-                late,
-                purpose=f"canister {fill.canister} of {self.name}, refill booked after restart",
-                needs=[Need(fill.gtin, fill.quantity, batch=fill.batch)],
-                from_locations=list(self.settings.store_bins),
-                timeout_s=self.settings.reservation_timeout_s,
-                actor=ACTOR,
-                partial=True,
-            )
-        except LedgerError as exc:
-            view = None
-            log.error("canister refill %s: %s", fill.key, exc)
-        got = sum(line.quantity for line in view.lines) if view is not None else 0
-        if got:
-            await self.ledger.call(
-                "post",
-                f"{late}:post",
-                reservation_key=late,
-                uses=[Use(fill.gtin, got, location, "transfer", "canister refill after restart")],
-                actor=ACTOR,
-            )
-        if got < fill.quantity:
-            self.metrics.discrepancies.labels("canister").inc()
-            log.error(
-                "canister refill %s: %d units not found in the store",
-                fill.key,
-                fill.quantity - got,
-            )
-        return "posted"
-
-    async def _post_fill(self, fill: CanisterFill, location: str) -> None:
-        await self.ledger.call(
-            "post",
-            f"{fill.key}:post",
-            reservation_key=fill.key,
-            uses=[Use(fill.gtin, fill.quantity, location, "transfer", "canister refill")],
-            actor=ACTOR,
-        )
-
     # ---------------------------------------------------------------- steps
 
     def _needs(self, planned: PlannedJob) -> dict[str, int]:
         """Units to reserve: the pouches' contents plus an allowance for rejects."""
-        return {
-            gtin: units + math.ceil(units * self.settings.reject_allowance)
-            for gtin, units in planned.units_by_gtin().items()
-        }
+        return with_reject_allowance(planned.units_by_gtin(), self.settings.reject_allowance)
 
     def _spec(self, planned: PlannedJob) -> PackerJobSpec:
         return PackerJobSpec(
@@ -593,127 +481,12 @@ class PackerRunner:
         raise PackingError(f"packer {self.name} did not reach Idle (last state {state.name})")
 
     async def _ensure_canister(self, gtin: str, units: int) -> int:
-        """Tops a canister up from the central store when it holds less than `units`;
-        returns what it then holds free in the ledger.
-
-        A canister holds one lot. One that still holds tablets is topped up from its
-        own lot only; when the store has no more of it, the canister runs dry first
-        (the machine holds for an empty canister) and then takes the next lot, first
-        expiry first. The refill is filed (with the canister's counters) before the
-        technician is asked for it, and the machine is told only after the pack was
-        scanned, so a crash at any step leaves something `recover` can settle."""
-        canister = self.canister_of[gtin]
-        location = canister_location(self.name, canister.number)
-        free = await self._free_in_canister(gtin)
-        if free >= units:
-            return free
-        # Room is what the machine says: during a job the ledger still counts tablets
-        # that are already in pouches (they are booked when the job ends).
-        physical = {c.number: c for c in await self.driver.read_canisters()}
-        now = physical.get(canister.number)
-        count = now.count if now else 0
-        room = canister.capacity - count
-        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
-        if count > 0:
-            lot = await self._lot_in(canister.number, location, gtin)
-            lots = [entry for entry in lots if entry[0] == lot]
-            if not lots or room <= 0:
-                log.info(
-                    "canister %s of %s: no more of batch %s in the store; it runs dry "
-                    "before it takes the next lot",
-                    canister.number,
-                    self.name,
-                    lot,
-                )
-                return free
-        elif not lots:
-            raise InsufficientStock(gtin, "central store", units - free, 0)
-        batch, _expiry, central = lots[0]
-        quantity = min(room, central)
-        fill = CanisterFill(
-            key=f"canfill:{self.name}:{canister.number}:{uuid.uuid4().hex[:12]}",
-            packer=self.name,
-            canister=canister.number,
-            gtin=gtin,
-            quantity=quantity,
-            refilled_before=now.refilled_total if now else 0,
-            status="open",
-            batch=batch,
-            count_before=count,
-            dispensed_before=now.dispensed_total if now else 0,
-        )
-        await self.ledger.run(self.store.open_fill, fill, actor=ACTOR)
+        """Tops a canister up for `units` (see `CanisterFills.ensure`); a refill the
+        technician never scanned fails the job."""
         try:
-            view = await self.ledger.call(
-                "reserve",
-                fill.key,
-                purpose=f"canister {canister.number} of {self.name}",
-                needs=[Need(gtin, quantity, batch=batch)],
-                from_locations=list(self.settings.store_bins),
-                timeout_s=self.settings.reservation_timeout_s + self.settings.refill_scan_timeout_s,
-                actor=ACTOR,
-            )
-        except LedgerError:
-            await self.ledger.run(
-                self.store.close_fill, fill.key, "voided", actor=ACTOR, reason="not reserved"
-            )
-            raise
-        ticket = CanisterTicket(
-            ticket_id=fill.key.removeprefix("canfill:"),
-            packer=self.name,
-            canister=canister.number,
-            gtin=gtin,
-            batch=batch,
-            expiry=_expiry,
-            quantity=quantity,
-            bins=tuple(sorted({line.location for line in view.lines})),
-        )
-        try:
-            station = await self.desk.wait_for_scan(ticket, self.settings.refill_scan_timeout_s)
+            return await self.fills.ensure(gtin, units)
         except RefillNotConfirmed as exc:
-            await self._give_up_fill(fill, str(exc))
             raise PackingError(str(exc)) from None
-        except asyncio.CancelledError:
-            # Stopped while waiting for the technician: nothing reached the machine.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._give_up_fill(fill, "stopped before the scan"))
-            raise
-        await self.ledger.run(self.store.confirm_fill, fill.key, by=station, actor=ACTOR)
-        await self.driver.refill_canister(canister.number, quantity)  # lost link: recover
-        await self._post_fill(fill, location)
-        await self.ledger.run(
-            self.store.close_fill, fill.key, "posted", actor=ACTOR, reason="canister refilled"
-        )
-        log.info(
-            "canister %s of %s refilled with %d of %s batch %s (scanned at %s)",
-            canister.number,
-            self.name,
-            quantity,
-            gtin,
-            batch,
-            station,
-        )
-        return free + quantity
-
-    async def _give_up_fill(self, fill: CanisterFill, reason: str) -> None:
-        """A refill that was never scanned: its reservation is released, the record
-        closed as voided."""
-        await self.ledger.call(
-            "void", f"{fill.key}:void", reservation_key=fill.key, actor=ACTOR, reason=reason[:200]
-        )
-        await self.ledger.run(
-            self.store.close_fill, fill.key, "voided", actor=ACTOR, reason=reason[:200]
-        )
-
-    async def _lot_in(self, number: int, location: str, gtin: str) -> str | None:
-        """The lot a canister holds: that of its last refill, or (for a canister
-        filled before refills were recorded) the first-expiring lot the ledger has
-        in it."""
-        lot = await self.ledger.run(self.store.current_lot, self.name, number)
-        if lot is not None:
-            return str(lot)
-        held = await self.ledger.call("stock", location=location, gtin=gtin)
-        return held[0].batch if held else None
 
     async def _check_reachable(
         self, needs: dict[str, int], in_canisters: dict[str, int] | None = None
@@ -740,13 +513,11 @@ class PackerRunner:
         return await self._free_in_canister(gtin) + await self.central_available(gtin)
 
     async def _free_in_canister(self, gtin: str) -> int:
-        location = canister_location(self.name, self.canister_of[gtin].number)
-        return int(await self.ledger.call("available", location, gtin))
+        return await self.fills.free_in_canister(gtin)
 
     async def central_available(self, gtin: str) -> int:
         """Free units of a product in the store's bins, all usable lots."""
-        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
-        return sum(entry[2] for entry in lots)
+        return await self.fills.central_available(gtin)
 
     async def _follow(self, planned: PlannedJob, job: Job) -> PackerStatus:
         """Polls the machine until the job ends; clears holds the controller can clear."""
@@ -819,10 +590,7 @@ class PackerRunner:
         raise DriverError(f"packer {self.name} did not reach {wanted.name}")
 
     async def _dispensed_by_gtin(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for canister in await self.driver.read_canisters():
-            totals[canister.gtin] = totals.get(canister.gtin, 0) + canister.dispensed_total
-        return totals
+        return dispensed_by_gtin(await self.driver.read_canisters())
 
     async def _book(
         self,
@@ -835,29 +603,28 @@ class PackerRunner:
     ) -> None:
         good = planned.units_by_gtin(planned.machine_pouches()[: job.pouches_good])
         uses: list[Use] = []
-        for gtin in planned.units_by_gtin():
-            dispensed = after.get(gtin, 0) - before.get(gtin, 0)
-            used = good.get(gtin, 0)
-            if dispensed < used:
+        for gtin, split in split_job(planned.units_by_gtin(), good, before, after).items():
+            if split.short:
                 log.error(
                     "job %s: machine dispensed %d of %s but good pouches hold %d",
                     job.job_id,
-                    dispensed,
+                    split.reported,
                     gtin,
-                    used,
+                    split.consumed,
                 )
                 self.metrics.discrepancies.labels("canister").inc()
-                dispensed = used
-            result.dispensed[gtin] = dispensed
-            result.consumed[gtin] = used
-            result.wasted[gtin] = dispensed - used
-            if used:
-                uses.append(Use(gtin, used, CONSUMED, "consume", f"dose pouches {job.job_id}"))
-            if dispensed > used:
+            result.dispensed[gtin] = split.dispensed
+            result.consumed[gtin] = split.consumed
+            result.wasted[gtin] = split.wasted
+            if split.consumed:
+                uses.append(
+                    Use(gtin, split.consumed, CONSUMED, "consume", f"dose pouches {job.job_id}")
+                )
+            if split.wasted:
                 uses.append(
                     Use(
                         gtin,
-                        dispensed - used,
+                        split.wasted,
                         WASTE,
                         "waste",
                         "packing reject",
