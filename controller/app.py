@@ -19,6 +19,7 @@ from controller.config import Site
 from controller.devices import cabinet_drivers, packer_driver, scanner_driver
 from controller.ledger import Ledger, LedgerError
 from controller.ledger.engine import make_engine
+from controller.ledger.group_commit import BatchSettings
 from controller.metrics import Metrics
 from controller.packing.canister_desk import CanisterDesk
 from controller.packing.dispatcher import Dispatcher
@@ -66,7 +67,11 @@ class Controller:
             make_engine(ledger_url or site.ledger.url),
             min_shelf_life_days=site.ledger.min_shelf_life_days,
         )
-        self.aledger = AsyncLedger(self.ledger, self.metrics)
+        self.aledger = AsyncLedger(
+            self.ledger,
+            self.metrics,
+            BatchSettings(site.ledger.batch_max_commands, site.ledger.batch_wait_ms / 1000),
+        )
         self.stock_metrics = StockMetrics(self.metrics, self.aledger, tz=self.tz)
         self.store = PackingStore(self.ledger)
         settings = PackingSettings(
@@ -349,12 +354,12 @@ class Controller:
     async def sweep(self) -> None:
         """Releases reservations past their timeout and refreshes the gauges; the stock
         gauges only every `stock_metrics.interval_s` (they run the ledger reports)."""
-        expired = await self.aledger.call("expire_overdue")
+        expired = await self.aledger.expire_overdue()
         for key in expired:
             log.warning("reservation %s expired and was released", key)
             await self.replenishment.reservation_expired(key)
-        self.metrics.open_discrepancies.set(await self.aledger.call("open_discrepancy_count"))
-        self.metrics.open_reservations.set(await self.aledger.call("open_reservation_count"))
+        self.metrics.open_discrepancies.set(await self.aledger.open_discrepancy_count())
+        self.metrics.open_reservations.set(await self.aledger.open_reservation_count())
         await self.stock_metrics.tick()  # never raises: a failure is logged and counted
 
     async def _housekeeping(self) -> None:

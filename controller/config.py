@@ -63,6 +63,10 @@ class LedgerConfig(Strict):
     url: str = "sqlite:///var/ledger.db"
     reservation_timeout_s: float = Field(default=900, gt=0)
     min_shelf_life_days: int = Field(default=30, ge=0)
+    # group commit: most commands one transaction takes, and how long the writer waits
+    # for more after the first (0: what is queued at that moment)
+    batch_max_commands: int = Field(default=64, ge=1, le=10_000)
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
 class MetricsConfig(Strict):
@@ -424,7 +428,6 @@ class Cabinet(Strict):
                     f"cabinet {self.name}: address {self.address!r} {problem} for driver modbus_rtu"
                 )
         return self
-
 
     def _hl7_address(self) -> Cabinet:
         scheme, _, rest = self.address.partition("://")

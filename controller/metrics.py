@@ -313,6 +313,12 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        self.ledger_batch_commands = Histogram(
+            "doseline_ledger_batch_commands",
+            "Ledger commands committed together in one transaction by the group-commit writer",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.driver_errors = Counter(
             "doseline_driver_errors_total", "Failed device operations", ["device"], registry=r
         )

@@ -9,6 +9,12 @@ exactly the stock, no balance is negative, `verify_ledger` finds nothing, no
 reservation is left open, and every refused reservation was refused for lack of stock
 (`InsufficientStock`). The throughput of all workers together and of each is reported.
 
+Each worker is a controller as it runs in production: `CALLERS` callers at once (its
+packers and cabinets) through `AsyncLedger`, whose writer group-commits the commands
+that wait together. The same stock is used up once by one such process and once by
+`--processes` of them, each on a fresh ledger, and the ratio of their throughputs shows
+whether the processes hold each other up (the target: four processes at least twice one).
+
 The workers start together: each connects, says "ready" and waits for "go" on its
 standard input. `tests/integration/test_contention.py` runs the same workers.
 """
@@ -16,6 +22,7 @@ standard input. `tests/integration/test_contention.py` runs the same workers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import sys
@@ -26,16 +33,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller.bench.common import median, peak_rss_mib
+from sqlalchemy import make_url
+
+from controller.async_ledger import AsyncLedger
+from controller.bench.common import median, peak_rss_mib, scratch_database
 from controller.ledger import InsufficientStock, Ledger, LedgerError, Need, Use, verify_ledger
 from controller.ledger.engine import make_engine
 from controller.ledger.ledger import CONSUMED, DeliveryLine
 from controller.ledger.verify import count_negative_balances
+from controller.metrics import Metrics
 
 PRODUCTS = ("07359990000013", "07359990000020", "07359990000037")
 BINS = ("STORE/A01", "STORE/A02")
 LOTS_PER_BIN = 1  # one lot of each product in each bin: two lots a product
 MAX_POUCH_UNITS = 4
+CALLERS = 8
+TARGET_SCALING = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,35 +103,38 @@ def seed(url: str, stock: Stock) -> None:
         ledger.engine.dispose()
 
 
-def worker(url: str, worker_id: int, run_id: str, seconds: float) -> dict[str, Any]:
+def worker(
+    url: str, worker_id: int, run_id: str, seconds: float, callers: int = CALLERS
+) -> dict[str, Any]:
     """One contending controller: reserve and post until every product is gone (or
     the time is up). Runs in its own process (`controller.bench.child contend`)."""
+    return asyncio.run(_worker(url, worker_id, run_id, seconds, callers))
+
+
+async def _worker(
+    url: str, worker_id: int, run_id: str, seconds: float, callers: int
+) -> dict[str, Any]:
     ledger = Ledger(make_engine(url))
+    aledger = AsyncLedger(ledger, Metrics())
     rng = random.Random(f"{run_id}/{worker_id}")
     actor = f"bench-worker-{worker_id}"
     posted: Counter[str] = Counter()
-    refused = 0
+    counts = Counter[str]()
     refused_other: list[str] = []
     exhausted: set[str] = set()
     next_quantity: dict[str, int] = {}
-    pairs = 0
-    try:
-        with ledger.engine.connect():
-            pass  # connected before the start
-        print("ready", flush=True)
-        sys.stdin.readline()  # "go"
-        started = time.perf_counter()
-        deadline = started + seconds
-        attempt = 0
+    attempts = itertools.count()
+
+    async def caller(deadline: float) -> None:
         while len(exhausted) < len(PRODUCTS) and time.perf_counter() < deadline:
+            attempt = next(attempts)
             gtin = PRODUCTS[attempt % len(PRODUCTS)]
-            attempt += 1
             if gtin in exhausted:
                 continue
             quantity = next_quantity.pop(gtin, 0) or rng.randint(1, MAX_POUCH_UNITS)
             key = f"contend:{run_id}:{worker_id}:{attempt}"
             try:
-                ledger.reserve(
+                await aledger.reserve(
                     key,
                     purpose="contended pouch",
                     needs=[Need(gtin, quantity)],
@@ -127,7 +143,7 @@ def worker(url: str, worker_id: int, run_id: str, seconds: float) -> dict[str, A
                     actor=actor,
                 )
             except InsufficientStock as exc:
-                refused += 1
+                counts["refused"] += 1
                 if exc.available <= 0:
                     exhausted.add(gtin)  # stock only ever goes down here
                 else:
@@ -137,7 +153,7 @@ def worker(url: str, worker_id: int, run_id: str, seconds: float) -> dict[str, A
                 refused_other.append(f"reserve {key}: {exc}")
                 continue
             try:
-                ledger.post(
+                await aledger.post(
                     f"{key}:post",
                     reservation_key=key,
                     uses=[Use(gtin, quantity, CONSUMED, "consume", "contended pouch")],
@@ -147,21 +163,37 @@ def worker(url: str, worker_id: int, run_id: str, seconds: float) -> dict[str, A
                 refused_other.append(f"post {key}: {exc}")
                 continue
             posted[gtin] += quantity
-            pairs += 1
+            counts["pairs"] += 1
+
+    try:
+        await asyncio.to_thread(_connect, ledger)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # "go"
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(caller(deadline) for _ in range(callers)))
         elapsed = time.perf_counter() - started
     finally:
+        await asyncio.to_thread(aledger.close)
         ledger.engine.dispose()
+    pairs = counts["pairs"]
     return {
         "worker": worker_id,
+        "callers": callers,
         "reserve_and_post": pairs,
         "posted": dict(posted),
-        "refused_insufficient_stock": refused,
+        "refused_insufficient_stock": counts["refused"],
         "refused_otherwise": refused_other,
         "ran_out": len(exhausted) == len(PRODUCTS),
         "elapsed_s": round(elapsed, 3),
         "per_s": round(pairs / elapsed, 1) if elapsed > 0 else 0.0,
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+def _connect(ledger: Ledger) -> None:
+    with ledger.engine.connect():
+        pass  # connected before the start
 
 
 async def _start_workers(url: str, processes: int, seconds: float) -> list[dict[str, Any]]:
@@ -244,13 +276,24 @@ async def contend(
     return results, await asyncio.to_thread(check, url, stock, results), wall
 
 
+def _rate(results: list[dict[str, Any]]) -> float:
+    pairs = sum(r["reserve_and_post"] for r in results)
+    longest = max(r["elapsed_s"] for r in results)
+    return pairs / longest if longest else 0.0
+
+
 def run(url: str, processes: int, seconds: float) -> dict[str, Any]:
     # Stock for about `seconds` of work on a small machine; the workers may take three
     # times as long to use it all up.
-    stock = Stock(units_per_lot=max(50, int(40 * seconds)))
+    stock = Stock(units_per_lot=max(200, int(150 * seconds)))
+    base = make_url(url).difference_update_query(["options"]).render_as_string(False)
+    with scratch_database(base) as alone_url:
+        alone, _facts, _wall = asyncio.run(contend(alone_url, 1, 3 * seconds, stock))
     results, facts, _wall = asyncio.run(contend(url, processes, 3 * seconds, stock))
     pairs = sum(r["reserve_and_post"] for r in results)
     longest = max(r["elapsed_s"] for r in results)
+    one_rate, all_rate = _rate(alone), _rate(results)
+    scaling = all_rate / one_rate if one_rate else 0.0
     sound = (
         not facts["oversold"]
         and facts["posted_units_in_ledger"] == facts["posted_units_by_workers"]
@@ -262,7 +305,10 @@ def run(url: str, processes: int, seconds: float) -> dict[str, Any]:
     return {
         "figures": {
             "processes": processes,
-            "reserve_and_post_per_s_total": round(pairs / longest, 1) if longest else 0.0,
+            "callers_per_process": CALLERS,
+            "reserve_and_post_per_s_total": round(all_rate, 1),
+            "reserve_and_post_per_s_one_process": round(one_rate, 1),
+            "scaling": round(scaling, 2),
             "reserve_and_post_per_s_per_process": [r["per_s"] for r in results],
             "median_per_process": round(median([r["per_s"] for r in results]) or 0.0, 1),
             "reserve_and_post": pairs,
@@ -275,7 +321,9 @@ def run(url: str, processes: int, seconds: float) -> dict[str, Any]:
         "target": (
             f"{processes} controller processes on one ledger: never oversold (posted <= "
             "stock), no negative balance, the ledger verifies, no reservation left open, "
-            "every refusal for lack of stock; throughput reported"
+            f"every refusal for lack of stock; and {processes} processes at least "
+            f"{TARGET_SCALING} x the throughput of one"
         ),
-        "met": sound,
+        "ratio": round(scaling, 2),
+        "met": sound and scaling >= TARGET_SCALING,
     }

@@ -159,16 +159,16 @@ def _meter(controller: Controller, recorder: Recorder) -> None:
         metered = MeteredPacker(controller.packer_drivers[name], recorder)
         controller.packer_drivers[name] = metered
         runner.driver = metered
-    call = controller.aledger.call
+    post = controller.aledger.post
 
-    async def timed_call(operation: str, *args: Any, **kwargs: Any) -> Any:
-        result = await call(operation, *args, **kwargs)
+    async def timed_post(key: str, **kwargs: Any) -> Any:
+        result = await post(key, **kwargs)
         reservation = str(kwargs.get("reservation_key", ""))
-        if operation == "post" and reservation.startswith("job:") and reservation.count(":") == 2:
+        if reservation.startswith("job:") and reservation.count(":") == 2:
             recorder.booked(reservation.split(":")[1])
         return result
 
-    setattr(controller.aledger, "call", timed_call)  # noqa: B010 (a method, replaced)
+    setattr(controller.aledger, "post", timed_post)  # noqa: B010 (a method, replaced)
 
 
 def _seed(controller: Controller, n: int) -> None:

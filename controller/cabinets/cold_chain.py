@@ -60,8 +60,7 @@ class ColdChain:
             f"temperature excursion on {cabinet.name} (band {status.temp_low_c}-"
             f"{status.temp_high_c} °C, {status.temperature_c:.1f} °C when seen)"
         )
-        holds = await self.ledger.call(
-            "hold_location",
+        holds = await self.ledger.hold_location(
             f"excursion:{cabinet.name}:{excursions_total}",
             cabinet.name,
             reason=reason,
@@ -85,7 +84,7 @@ class ColdChain:
         any_locked = any(p.locked for p in status.pockets)
         if not concerns_cold_chain(cold=poller.config.cold, any_locked=any_locked):
             return
-        held = await self.ledger.call("holds", location=poller.name, status="held")
+        held = await self.ledger.holds(location=poller.name, status="held")
         self.metrics.quarantined_lots.labels(poller.name).set(len(held))
         if reconcile_step(len(held)) is ColdChainStep.QUARANTINE:
             await self._quarantine(poller, status)
@@ -95,9 +94,9 @@ class ColdChain:
             if not pocket.locked or config is None:
                 continue
             location = pocket_location(poller.name, pocket.number)
-            decided = await self.ledger.call("holds", location=location, status=None)
+            decided = await self.ledger.holds(location=location, status=None)
             if decided and decided[-1].status == "wasted":
-                booked = await self.ledger.call("on_hand", location, config.gtin)
+                booked = await self.ledger.on_hand(location, config.gtin)
                 count = count_after_release([h.status for h in decided], booked, pocket.count)
                 if count is not None:
                     await self._command(poller, CabinetCommand.SET_COUNT, pocket.number, count)

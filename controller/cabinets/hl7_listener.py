@@ -284,8 +284,7 @@ class Hl7CabinetListener(CabinetPoller):
         adopted = {
             number
             for number in self.pockets
-            if await self.ledger.call("counter_mark", self.name, f"pocket{number}.withdrawals")
-            is not None
+            if await self.ledger.counter_mark(self.name, f"pocket{number}.withdrawals") is not None
         }
         if adopted == set(self.pockets):
             return
@@ -353,7 +352,7 @@ class Hl7CabinetListener(CabinetPoller):
         )
         ward = self.config.ward
         async with self._booking:
-            if await self.ledger.call("command_done", key):
+            if await self.ledger.command_done(key):
                 # Booked before (a resend, or one this process never saw acknowledged).
                 self.duplicates += 1
                 return EventAck.accept()
@@ -392,9 +391,8 @@ class Hl7CabinetListener(CabinetPoller):
     ) -> None:
         """A count at the cabinet: the ledger is set to it and a difference raised."""
         location = pocket_location(self.name, event.pocket)
-        before = await self.ledger.call("on_hand", location, config.gtin)
-        change = await self.ledger.call(
-            "count_to",
+        before = await self.ledger.on_hand(location, config.gtin)
+        change = await self.ledger.count_to(
             key,
             location=location,
             gtin=config.gtin,

@@ -144,8 +144,7 @@ class CabinetPoller:
                 (self.pockets[p.number], p) for p in status.pockets if p.number in self.pockets
             ]
             self._check_pocket_numbers(status)
-            marks, held = await self.ledger.call(
-                "marks_and_on_hand",
+            marks, held = await self.ledger.marks_and_on_hand(
                 self.name,
                 [pocket_location(self.name, p.number) for _, p in known],
             )
@@ -206,7 +205,7 @@ class CabinetPoller:
         if reading.step is CounterStep.UNCHANGED:
             return
         if reading.step is CounterStep.FIRST_SEEN:
-            await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+            await self.ledger.set_counter_mark(CounterMark(self.name, counter, now))
             return
         new = reading.delta
         if reading.step is CounterStep.BACKWARDS:
@@ -218,7 +217,7 @@ class CabinetPoller:
                 now,
                 now,
             )
-            await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+            await self.ledger.set_counter_mark(CounterMark(self.name, counter, now))
             return
         self.metrics.temperature_excursions.labels(self.name).inc(new)
         log.error(
@@ -231,7 +230,7 @@ class CabinetPoller:
         )
         if self.on_excursion is not None:
             await self.on_excursion(self, status, now)
-        await self.ledger.call("set_counter_mark", CounterMark(self.name, counter, now))
+        await self.ledger.set_counter_mark(CounterMark(self.name, counter, now))
 
     async def close(self) -> None:
         async with self._bus:
@@ -305,13 +304,12 @@ class CabinetPoller:
             if config is None:
                 continue
             device, counter = self.name, f"pocket{pocket.number}.withdrawals"
-            if await self.ledger.call("counter_mark", device, counter) is not None:
+            if await self.ledger.counter_mark(device, counter) is not None:
                 continue
             if pocket.count:
                 key = f"adopt:{self.name}:{pocket.number}"
                 location = pocket_location(self.name, pocket.number)
-                await self.ledger.call(
-                    "reserve",
+                await self.ledger.reserve(
                     key,
                     purpose=f"opening stock of {location}",
                     needs=[Need(config.gtin, pocket.count)],
@@ -319,16 +317,14 @@ class CabinetPoller:
                     timeout_s=timeout_s,
                     actor=ACTOR,
                 )
-                await self.ledger.call(
-                    "post",
+                await self.ledger.post(
                     f"{key}:post",
                     reservation_key=key,
                     uses=[Use(config.gtin, pocket.count, location, "transfer", "opening stock")],
                     actor=ACTOR,
                 )
             for field_name, name in POCKET_COUNTERS:
-                await self.ledger.call(
-                    "set_counter_mark",
+                await self.ledger.set_counter_mark(
                     CounterMark(
                         device, f"pocket{pocket.number}.{name}", getattr(pocket, field_name)
                     ),
@@ -396,8 +392,7 @@ class CabinetPoller:
         reading = read_count(up_mark, up_now, down_mark, down_now)
         if reading.step is CounterStep.FIRST_SEEN:
             for counter, (_mark, now) in marks.items():
-                await self.ledger.call(
-                    "set_counter_mark",
+                await self.ledger.set_counter_mark(
                     CounterMark(self.name, f"pocket{pocket.number}.{counter}", now),
                 )
             return
@@ -410,9 +405,8 @@ class CabinetPoller:
             f"{marks['counted_up'][0]}-{marks['counted_up'][1]}:"
             f"{marks['counted_down'][0]}-{marks['counted_down'][1]}"
         )
-        before = await self.ledger.call("on_hand", location, config.gtin)
-        change = await self.ledger.call(
-            "count_to",
+        before = await self.ledger.on_hand(location, config.gtin)
+        change = await self.ledger.count_to(
             key,
             location=location,
             gtin=config.gtin,
@@ -453,8 +447,8 @@ class CabinetPoller:
         if not checked:
             return
         if held is None:
-            held = await self.ledger.call(
-                "on_hand_many", [pocket_location(self.name, p.number) for _, p in checked]
+            held = await self.ledger.on_hand_many(
+                [pocket_location(self.name, p.number) for _, p in checked]
             )
         for config, pocket in checked:
             booked = held.get((pocket_location(self.name, pocket.number), config.gtin), 0)
@@ -484,8 +478,7 @@ class CabinetPoller:
         self._raised.add(key)
         location = pocket_location(self.name, pocket.number)
         try:
-            await self.ledger.call(
-                "raise_discrepancy",
+            await self.ledger.raise_discrepancy(
                 key,
                 location,
                 config.gtin,
@@ -535,8 +528,7 @@ class CabinetPoller:
             now,
             now,
         )
-        await self.ledger.call(
-            "set_counter_mark",
+        await self.ledger.set_counter_mark(
             CounterMark(self.name, f"pocket{pocket.number}.{counter_name}", now),
         )
         await self._raise(
@@ -572,7 +564,7 @@ class CabinetPoller:
                 counter_name,
                 now,
             )
-            await self.ledger.call("set_counter_mark", CounterMark(device, counter, now))
+            await self.ledger.set_counter_mark(CounterMark(device, counter, now))
             return 0
         if reading.step is CounterStep.UNCHANGED:
             return 0
@@ -591,6 +583,42 @@ class CabinetPoller:
             mark=CounterMark(device, counter, now),
             reason_code=reason_code,
         )
+
+    async def _take(
+        self,
+        operation: str,
+        key: str,
+        gtin: str,
+        quantity: int,
+        location: str,
+        reason: str,
+        mark: CounterMark | None,
+        reason_code: str | None,
+    ) -> None:
+        """Doses out of a pocket: used (`consume`) or thrown away (`waste`)."""
+        if operation == "waste":
+            await self.ledger.waste(
+                key,
+                gtin=gtin,
+                quantity=quantity,
+                location=location,
+                actor=ACTOR,
+                reason=reason,
+                reason_code=reason_code or "other",
+                mark=mark,
+            )
+        elif operation == "consume":
+            await self.ledger.consume(
+                key,
+                gtin=gtin,
+                quantity=quantity,
+                location=location,
+                actor=ACTOR,
+                reason=reason,
+                mark=mark,
+            )
+        else:
+            raise ValueError(f"operation: {operation!r} is neither consume nor waste")
 
     async def _book_movement(
         self,
@@ -611,18 +639,9 @@ class CabinetPoller:
         Shared by the counter-based poller and the event-based HL7 listener."""
         location = pocket_location(self.name, pocket.number)
         new_mark = mark
-        extra = {} if reason_code is None else {"reason_code": reason_code}
         try:
-            await self.ledger.call(
-                operation,
-                key,
-                gtin=config.gtin,
-                quantity=delta,
-                location=location,
-                actor=ACTOR,
-                reason=reason,
-                mark=new_mark,
-                **extra,
+            await self._take(
+                operation, key, config.gtin, delta, location, reason, new_mark, reason_code
             )
             return delta
         except InsufficientStock as exc:
@@ -631,19 +650,18 @@ class CabinetPoller:
             log.error("cabinet %s pocket %d: %s", self.name, pocket.number, exc)
             split = split_shortfall(delta, exc.available)
             if split.booked:
-                await self.ledger.call(
+                await self._take(
                     operation,
                     key,
-                    gtin=config.gtin,
-                    quantity=split.booked,
-                    location=location,
-                    actor=ACTOR,
-                    reason=f"{reason} (short by {split.short})",
-                    mark=new_mark,
-                    **extra,
+                    config.gtin,
+                    split.booked,
+                    location,
+                    f"{reason} (short by {split.short})",
+                    new_mark,
+                    reason_code,
                 )
             elif new_mark is not None:
-                await self.ledger.call("set_counter_mark", new_mark)
+                await self.ledger.set_counter_mark(new_mark)
             await self._raise(
                 f"{key}:short",
                 config,

@@ -285,8 +285,7 @@ class Replenishment:
     async def _reserve(self, refill: Refill, quantity: int) -> tuple[Allocation, ...]:
         """Reserves what the store has, up to `quantity`; a short refill is still a
         refill, and the order line records that it was not filled in full."""
-        view = await self.ledger.call(
-            "reserve",
+        view = await self.ledger.reserve(
             refill.reservation,
             purpose=f"refill {refill.refill_id}",
             needs=[Need(refill.pocket.gtin, quantity)],
@@ -508,8 +507,7 @@ class Replenishment:
 
     async def _confirm(self, refill: Refill, station: str) -> ScanOutcome:
         location = pocket_location(refill.cabinet, refill.pocket.number)
-        await self.ledger.call(
-            "post",
+        await self.ledger.post(
             f"{refill.reservation}:post",
             reservation_key=refill.reservation,
             uses=[Use(refill.pocket.gtin, refill.quantity, location, "transfer", "pocket refill")],
@@ -624,8 +622,7 @@ class Replenishment:
             if not refill.open or (cabinet is not None and refill.cabinet != cabinet):
                 continue
             try:
-                await self.ledger.call(
-                    "void",
+                await self.ledger.void(
                     f"{refill.reservation}:void",
                     reservation_key=refill.reservation,
                     actor=ACTOR,
@@ -733,8 +730,7 @@ class Replenishment:
         if pocket is None:
             if row.state != "booked":
                 try:
-                    await self.ledger.call(
-                        "void",
+                    await self.ledger.void(
                         f"{row.reservation_key}:void",
                         reservation_key=row.reservation_key,
                         actor=ACTOR,
@@ -744,7 +740,7 @@ class Replenishment:
                     log.warning("refill %s: %s", row.refill_id, exc)
             return await cancel(f"{row.cabinet} pocket {row.pocket} is no longer configured")
         try:
-            view = await self.ledger.call("reservation", row.reservation_key)
+            view = await self.ledger.reservation(row.reservation_key)
         except LedgerError:
             return await cancel("stopped before its stock was reserved")
         if view.status in ("expired", "voided"):

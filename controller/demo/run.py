@@ -200,22 +200,19 @@ class Pharmacist:
     async def work(self) -> None:
         led = self.controller.aledger
         while True:
-            held = await led.call("holds", status="held")
+            held = await led.holds(status="held")
             if held:
                 await asyncio.sleep(self.decide_after_s)
-                for hold in await led.call("holds", status="held"):
+                for hold in await led.holds(status="held"):
                     if hold.on_hand_now:
-                        await led.call(
-                            "waste_hold",
+                        await led.waste_hold(
                             f"demo-waste:{hold.id}",
                             hold.id,
                             actor=DEMO_PHARMACIST,
                             note="above 8 °C for 40 minutes: not usable",
                         )
                     else:
-                        await led.call(
-                            "release_hold", hold.id, actor=DEMO_PHARMACIST, note="nothing left"
-                        )
+                        await led.release_hold(hold.id, actor=DEMO_PHARMACIST, note="nothing left")
                     self.decisions.append(
                         f"{hold.location} batch {hold.batch}: {hold.on_hand_now} wasted by "
                         f"{DEMO_PHARMACIST}"

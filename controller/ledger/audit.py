@@ -3,8 +3,10 @@
 Every change the ledger makes is written as an audit row in the same transaction: who,
 what, when, why, the old and the new value. Each row's hash covers its content and the
 previous row's hash, so altering, inserting or deleting any row breaks the chain from
-that row on. Writers take the single `audit_head` row for update, which puts every change
-of every controller sharing the database in one order.
+that row on. A writer takes the single `audit_head` row for update once per
+transaction, at its very end: a group-committed batch of many commands appends all their
+rows under one lock, held only for the insert and the commit, which puts every change of
+every controller sharing the database in one order without a lock per command.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def row_hash(
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """The changes of one command, with who made them, why and when."""
+
+    ts: datetime
+    actor: str
+    action: str
+    reason: str
+    changes: tuple[Change, ...]
+
+
 def write_audit(
     conn: Connection,
     *,
@@ -68,8 +81,14 @@ def write_audit(
     reason: str,
     changes: list[Change],
 ) -> None:
-    """Appends the changes to the chain (inside the caller's transaction)."""
-    if not changes:
+    """Appends one command's changes to the chain (inside the caller's transaction)."""
+    write_audit_entries(conn, [AuditEntry(ts, actor, action, reason, tuple(changes))])
+
+
+def write_audit_entries(conn: Connection, entries: list[AuditEntry]) -> None:
+    """Appends the changes of several commands to the chain in one go: one head lock,
+    one multi-row INSERT and one head update for the whole batch."""
+    if not any(entry.changes for entry in entries):
         return
     query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
     if conn.dialect.name == "postgresql":
@@ -80,24 +99,24 @@ def write_audit(
         seq, prev = 0, GENESIS
     else:
         seq, prev = int(head.seq), str(head.hash)
-    ts = ts.replace(microsecond=ts.microsecond)  # stored with microseconds on both engines
     rows = []
-    for change in changes:
-        seq += 1
-        values: dict[str, Any] = {
-            "seq": seq,
-            "ts": ts,
-            "actor": actor[:100],
-            "action": action[:30],
-            "entity": change.entity[:30],
-            "entity_key": change.key[:200],
-            "reason": reason[:200],
-            "old_value": _canonical(change.old),
-            "new_value": _canonical(change.new),
-            "prev_hash": prev,
-        }
-        prev = row_hash(**values)
-        rows.append({**values, "hash": prev})
+    for entry in entries:
+        for change in entry.changes:
+            seq += 1
+            values: dict[str, Any] = {
+                "seq": seq,
+                "ts": entry.ts,
+                "actor": entry.actor[:100],
+                "action": entry.action[:30],
+                "entity": change.entity[:30],
+                "entity_key": change.key[:200],
+                "reason": entry.reason[:200],
+                "old_value": _canonical(change.old),
+                "new_value": _canonical(change.new),
+                "prev_hash": prev,
+            }
+            prev = row_hash(**values)
+            rows.append({**values, "hash": prev})
     conn.execute(insert(audit_log), rows)
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
 

@@ -23,7 +23,6 @@ from controller.ledger.errors import LedgerError
 from controller.ledger.schema import (
     INTERNAL_KINDS,
     balances,
-    locations,
     lots,
     movements,
     stock_holds,
@@ -193,10 +192,7 @@ class Booking(LedgerCore):
                 substituted_for=substituted_for,
             ),
         )
-        kind_of_dest = conn.execute(
-            select(locations.c.kind).where(locations.c.id == to_id)
-        ).scalar_one()
-        if kind_of_dest in INTERNAL_KINDS:
+        if self._location_kind(conn, to_id) in INTERNAL_KINDS:
             stmt = dialect_insert(conn)(balances).values(
                 location_id=to_id, lot_id=lot_id, on_hand=quantity, reserved=0
             )

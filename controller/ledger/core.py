@@ -3,7 +3,13 @@
 Every command runs through `_run`: one transaction, keyed by an idempotency key whose
 first result is stored, so a retry with the same key returns that result and books
 nothing. `_tx` writes what the transaction noted to the hash-chained audit trail before
-it commits. The id and name lookups every part of the ledger shares live here too.
+it commits. Under `batch()` (group commit) the commands share one transaction and each
+runs in a savepoint of its own: a refused command rolls back alone, with its audit
+entries, and the chain is appended once for the whole batch at its end. Reads go through
+`_reading`: inside a batch they see the batch's own uncommitted work, outside it they
+use a read-only connection that takes no write lock. The id and name lookups every part
+of the ledger shares live here too; ids never change once created, so they are cached
+once the transaction that read them has committed.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection, Engine, bindparam, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from controller.ledger.audit import Change, write_audit
+from controller.ledger.audit import AuditEntry, Change, write_audit_entries
+from controller.ledger.engine import is_disconnect, read_only
 from controller.ledger.errors import LedgerError, UnknownEntity
 from controller.ledger.schema import (
     INTERNAL_KINDS,
@@ -37,10 +44,32 @@ LOT_STATUSES = ("released", "quarantined", "recalled")
 # PostgreSQL: deadlock detected, serialization failure. Both are safe to run again.
 RETRYABLE_SQLSTATES = ("40P01", "40001")
 MAX_ACTOR = 100  # characters of who did something, as the audit trail stores it
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Batch:
+    """The transaction a batch of commands shares, and the audit entries of those of
+    its commands that succeeded."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.entries: list[AuditEntry] = []
+        self.cache: dict[tuple[str, str], Any] = {}
+
+
+# The lookups of every command, built once (bind parameters instead of a new statement
+# object per call).
+_PRODUCT_BY_GTIN = select(products.c.id).where(products.c.gtin == bindparam("gtin"))
+_LOCATION_BY_CODE = select(locations.c.id, locations.c.kind).where(
+    locations.c.code == bindparam("code")
+)
+_STORED_COMMAND = select(commands.c.kind, commands.c.result).where(
+    commands.c.key == bindparam("key")
+)
 
 
 class LedgerCore:
@@ -55,10 +84,12 @@ class LedgerCore:
         min_shelf_life_days: int = 0,
     ) -> None:
         self.engine = engine
+        self.reader = read_only(engine)
         self.clock = clock
         self.min_shelf_life_days = min_shelf_life_days
         self._local = threading.local()
         self._names: dict[tuple[str, int], str] = {}
+        self._ids: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -80,32 +111,84 @@ class LedgerCore:
 
     def command_done(self, key: str) -> bool:
         """Whether a command with this idempotency key has been booked."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             found = conn.execute(select(commands.c.key).where(commands.c.key == key)).first()
         return found is not None
 
     # ------------------------------------------------------------------ transactions
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Group commit: the commands called inside share one transaction, each in a
+        savepoint of its own, and their audit rows are chained once, at the end.
+
+        A command refused inside (LedgerError) rolls back to its savepoint and its caller
+        gets the error; the others commit. An error that leaves the transaction unusable
+        (a lost connection, a deadlock) propagates out, and nothing of the batch commits.
+        Inside a batch already, this joins it."""
+        return self._batch_scope()
+
+    @contextmanager
+    def _batch_scope(self) -> Iterator[None]:
+        if self._current_batch() is not None:
+            yield
+            return
+        batch = None
+        with self.engine.begin() as conn:
+            batch = _Batch(conn)
+            self._local.batch = batch
+            try:
+                yield
+                write_audit_entries(conn, batch.entries)
+            finally:
+                self._local.batch = None
+        self._ids.update(batch.cache)
+
+    def _current_batch(self) -> _Batch | None:
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        return batch
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection to read from: the batch's own inside a batch (it sees what the
+        batch has done so far), else a read-only one (no write lock on SQLite)."""
+        batch = self._current_batch()
+        if batch is not None:
+            yield batch.conn
+            return
+        with self.reader.connect() as conn:
+            yield conn
+
     @contextmanager
     def _tx(self, actor: str, action: str, reason: str) -> Iterator[Connection]:
-        """One transaction whose changes are written to the audit trail before commit."""
+        """One transaction whose changes are written to the audit trail before commit;
+        inside a batch, a savepoint whose changes join the batch's audit entries."""
         if len(actor) > MAX_ACTOR:
             raise LedgerError(f"actor: {actor[:40]!r}... is longer than {MAX_ACTOR} characters")
+        batch = self._current_batch()
+        if batch is not None:
+            with batch.conn.begin_nested():
+                self._local.changes, self._local.seen = [], {}
+                self._local.actor, self._local.reason = actor, reason
+                try:
+                    yield batch.conn
+                    batch.entries.append(
+                        AuditEntry(self.clock(), actor, action, reason, tuple(self._local.changes))
+                    )
+                    batch.cache.update(self._local.seen)
+                finally:
+                    self._local.changes = self._local.seen = None
+            return
+        seen: dict[tuple[str, str], Any] = {}
         with self.engine.begin() as conn:
-            self._local.changes = []
+            self._local.changes, self._local.seen = [], seen
             self._local.actor, self._local.reason = actor, reason
             try:
                 yield conn
-                write_audit(
-                    conn,
-                    ts=self.clock(),
-                    actor=actor,
-                    action=action,
-                    reason=reason,
-                    changes=self._local.changes,
-                )
+                entry = AuditEntry(self.clock(), actor, action, reason, tuple(self._local.changes))
+                write_audit_entries(conn, [entry])
             finally:
-                self._local.changes = None
+                self._local.changes = self._local.seen = None
+        self._ids.update(seen)
 
     def audited(self, actor: str, action: str, reason: str) -> AbstractContextManager[Connection]:
         """A transaction for tables beside the ledger (dose orders, packing jobs): what
@@ -133,17 +216,31 @@ class LedgerCore:
         actor: str,
         reason: str,
     ) -> dict[str, Any]:
+        return self._run_then(key, kind, fn, actor, reason, None)[0]
+
+    def _run_then(
+        self,
+        key: str,
+        kind: str,
+        fn: Callable[[Connection], dict[str, Any]],
+        actor: str,
+        reason: str,
+        then: Callable[[Connection], T] | None,
+    ) -> tuple[dict[str, Any], T | None]:
+        """Runs a command once under its key; `then` reads what the caller returns in
+        the same transaction (nothing is read back after the commit)."""
         if not key or len(key) > 200:
             raise LedgerError(f"invalid idempotency key: {key!r}")
         if not actor:
             raise LedgerError(f"{kind} {key!r}: actor is missing")
+        in_batch = self._current_batch() is not None
         for attempt in range(6):
             try:
                 with self._tx(actor, kind, reason) as conn:
                     stored = self._stored(conn, key, kind)
                     if stored is not None:
                         self._local.changes.clear()
-                        return stored
+                        return stored, then(conn) if then else None
                     result = fn(conn)
                     conn.execute(
                         insert(commands).values(
@@ -151,36 +248,45 @@ class LedgerCore:
                         )
                     )
                     self._note("command", key, None, {"kind": kind, **result})
-                    return result
+                    return result, then(conn) if then else None
             except IntegrityError as exc:
                 # A concurrent twin with the same key won the race: its result stands.
-                stored = self._twin_result(key, kind)
-                if stored is not None:
-                    return stored
+                twin = self._twin_result(key, kind, then)
+                if twin is not None:
+                    return twin
                 raise LedgerError(f"{kind} {key!r} refused by the database: {exc.orig}") from exc
             except LedgerError:
                 # Refused because a twin with the same key committed first while this one
                 # waited for its row locks (it found the reservation resolved, or the stock
                 # gone): the twin's result is this command's result.
-                stored = self._twin_result(key, kind)
-                if stored is not None:
-                    return stored
+                twin = self._twin_result(key, kind, then)
+                if twin is not None:
+                    return twin
                 raise
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempt == 5:
+            except DBAPIError as exc:
+                # A deadlock, a serialization failure or a lost connection: nothing
+                # committed (or, for a connection lost at commit, the key tells). Alone,
+                # the command runs again; in a batch, the batch as a whole does.
+                retryable = is_disconnect(exc) or (
+                    getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+                )
+                if in_batch or not retryable or attempt == 5:
                     raise
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _twin_result(self, key: str, kind: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            return self._stored(conn, key, kind)
+    def _twin_result(
+        self, key: str, kind: str, then: Callable[[Connection], T] | None
+    ) -> tuple[dict[str, Any], T | None] | None:
+        with self._reading() as conn:
+            stored = self._stored(conn, key, kind)
+            if stored is None:
+                return None
+            return stored, then(conn) if then else None
 
     @staticmethod
     def _stored(conn: Connection, key: str, kind: str) -> dict[str, Any] | None:
-        row = conn.execute(
-            select(commands.c.kind, commands.c.result).where(commands.c.key == key)
-        ).first()
+        row = conn.execute(_STORED_COMMAND, {"key": key}).first()
         if row is None:
             return None
         if row.kind != kind:
@@ -195,31 +301,67 @@ class LedgerCore:
     def _reason(self) -> str:
         return str(getattr(self._local, "reason", "") or "")[:200]
 
-    @staticmethod
-    def _product_id(conn: Connection, gtin: str | None) -> int:
-        row = conn.execute(select(products.c.id).where(products.c.gtin == gtin)).first()
+    def _cached(self, kind: str, key: str) -> Any:
+        return self._ids.get((kind, key))
+
+    def _remember(self, kind: str, key: str, value: Any) -> None:
+        """Caches an id once the transaction that read it commits (a row created by a
+        transaction that then rolls back must not be remembered)."""
+        seen = getattr(self._local, "seen", None)
+        if seen is None:
+            self._ids[(kind, key)] = value
+        else:
+            seen[(kind, key)] = value
+
+    def _product_id(self, conn: Connection, gtin: str | None) -> int:
+        if gtin is not None:
+            cached = self._cached("product", gtin)
+            if cached is not None:
+                return int(cached)
+        row = conn.execute(_PRODUCT_BY_GTIN, {"gtin": gtin}).first()
         if row is None:
             raise UnknownEntity("gtin", gtin)
+        self._remember("product", str(gtin), int(row.id))
         return int(row.id)
 
-    @staticmethod
-    def _location_id(conn: Connection, code: str | None, *, required: bool = True) -> Any:
-        row = conn.execute(select(locations.c.id).where(locations.c.code == code)).first()
+    def _location_row(self, conn: Connection, code: str | None) -> tuple[int, str] | None:
+        if code is not None:
+            cached = self._cached("location", code)
+            if cached is not None:
+                return cached  # type: ignore[no-any-return]
+        row = conn.execute(_LOCATION_BY_CODE, {"code": code}).first()
+        if row is None:
+            return None
+        found = (int(row.id), str(row.kind))
+        self._remember("location", str(code), found)
+        return found
+
+    def _location_id(self, conn: Connection, code: str | None, *, required: bool = True) -> Any:
+        row = self._location_row(conn, code)
         if row is None:
             if required:
                 raise UnknownEntity("location", code)
             return None
-        return int(row.id)
+        return row[0]
 
     def _internal_location_id(self, conn: Connection, code: str) -> int:
-        row = conn.execute(
-            select(locations.c.id, locations.c.kind).where(locations.c.code == code)
-        ).first()
+        row = self._location_row(conn, code)
         if row is None:
             raise UnknownEntity("location", code)
-        if row.kind not in INTERNAL_KINDS:
-            raise LedgerError(f"location {code!r} is a {row.kind}: it holds no stock")
-        return int(row.id)
+        if row[1] not in INTERNAL_KINDS:
+            raise LedgerError(f"location {code!r} is a {row[1]}: it holds no stock")
+        return row[0]
+
+    def _location_kind(self, conn: Connection, loc_id: int) -> str:
+        """A location's kind by id (a movement's destination: does it keep a balance?)."""
+        cached = self._cached("location-kind", str(loc_id))
+        if cached is not None:
+            return str(cached)
+        kind = str(
+            conn.execute(select(locations.c.kind).where(locations.c.id == loc_id)).scalar_one()
+        )
+        self._remember("location-kind", str(loc_id), kind)
+        return kind
 
     def _lot_id_in(self, conn: Connection, gtin: str, batch: str) -> int:
         product_id = self._product_id(conn, gtin)

@@ -176,7 +176,7 @@ class Holds(Reservations):
         `status` of None lists every hold."""
         if status is not None and status not in HOLD_STATUSES:
             raise LedgerError(f"invalid status: {status!r} (one of {HOLD_STATUSES} or None)")
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             query = self._hold_query()
             if status is not None:
                 query = query.where(stock_holds.c.status == status)
@@ -187,7 +187,7 @@ class Holds(Reservations):
     def _hold_views(self, ids: Sequence[int]) -> list[HoldView]:
         if not ids:
             return []
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(self._hold_query().where(stock_holds.c.id.in_(list(ids))))
             views = {view.id: view for view in (HoldView(*row) for row in rows)}
         missing = [i for i in ids if i not in views]
@@ -392,7 +392,7 @@ class Holds(Reservations):
         a `status` of None lists every one."""
         if status is not None and status not in DISCREPANCY_STATUSES:
             raise LedgerError(f"invalid status: {status!r} (one of {DISCREPANCY_STATUSES} or None)")
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             query = self._discrepancy_query()
             if status is not None:
                 query = query.where(stock_discrepancies.c.status == status)
@@ -403,7 +403,7 @@ class Holds(Reservations):
             return [DiscrepancyView(*row) for row in conn.execute(query)]
 
     def open_discrepancy_count(self) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     select(func.count())
@@ -413,7 +413,7 @@ class Holds(Reservations):
             )
 
     def _discrepancy_views(self, ids: Sequence[int]) -> list[DiscrepancyView]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(
                 self._discrepancy_query().where(stock_discrepancies.c.id.in_(list(ids)))
             )

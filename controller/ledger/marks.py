@@ -41,7 +41,7 @@ class CounterMarks(LedgerCore):
             self._set_mark(conn, mark)
 
     def counter_mark(self, device: str, counter: str) -> int | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(
                 select(counter_marks.c.value).where(
                     counter_marks.c.device == device, counter_marks.c.counter == counter
@@ -54,7 +54,7 @@ class CounterMarks(LedgerCore):
     ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Every booked counter value of a device (by counter name) and `on_hand_many`
         of some locations, in one call: what a cabinet poll needs from the ledger."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return self._counter_marks(conn, device), self._on_hand_many(conn, locations_)
 
     @staticmethod
@@ -65,7 +65,7 @@ class CounterMarks(LedgerCore):
     def on_hand_many(self, locations_: Sequence[str]) -> dict[tuple[str, str], int]:
         """On hand per (location, GTIN) at some locations, in one query: `on_hand` for
         many locations at once. A pair with nothing on hand is left out."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return self._on_hand_many(conn, locations_)
 
     @staticmethod

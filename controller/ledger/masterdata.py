@@ -166,20 +166,20 @@ class MasterData(LedgerCore):
             self._note(entity, key, old, new)
 
     def products(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [
                 dict(r._mapping) for r in conn.execute(select(products).order_by(products.c.id))
             ]
 
     def product_by_article(self, article: int) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(select(products).where(products.c.article == article)).first()
         if row is None:
             raise UnknownEntity("article", article)
         return dict(row._mapping)
 
     def lot(self, gtin: str, batch: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             lot_id = self._lot_id_in(conn, gtin, batch)
             row = conn.execute(select(lots).where(lots.c.id == lot_id)).one()
         return dict(row._mapping)

@@ -39,7 +39,7 @@ class Queries(Booking):
             query = query.where(locations.c.code == location)
         if gtin is not None:
             query = query.where(products.c.gtin == gtin)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [
                 LotStock(
                     location=r.code,
@@ -56,7 +56,7 @@ class Queries(Booking):
 
     def available(self, location: str, gtin: str) -> int:
         """Free stock of a product at a location (usable lots only)."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             loc_id = self._internal_location_id(conn, location)
             product_id = self._product_id(conn, gtin)
             return sum(a for _, _, a in self._fefo_candidates(conn, product_id, [loc_id]))
@@ -64,7 +64,7 @@ class Queries(Booking):
     def free_lots(self, gtin: str, locations_: Sequence[str]) -> list[tuple[str, date, int]]:
         """(batch, expiry, free quantity) of the usable lots of a product over some
         locations, first expiry first: what a single-lot reservation can choose from."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             loc_ids = [self._internal_location_id(conn, code) for code in locations_]
             product_id = self._product_id(conn, gtin)
             free: dict[int, int] = {}
@@ -88,11 +88,11 @@ class Queries(Booking):
         query = select(func.count()).select_from(movements)
         if kind is not None:
             query = query.where(movements.c.kind == kind)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     def moved_quantity(self, kind: str) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     select(func.coalesce(func.sum(movements.c.quantity), 0)).where(

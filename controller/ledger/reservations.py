@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controller.ledger.booking import Booking
@@ -169,12 +169,15 @@ class Reservations(Booking):
             return {"reservation": key}
 
         try:
-            self._run(key, "reserve", run, actor, purpose)
+            _result, view = self._run_then(
+                key, "reserve", run, actor, purpose, lambda conn: _view(conn, key)
+            )
         except InsufficientStock:
             if order_source:
                 self._record_refused(key, needs, order_source)
             raise
-        return self.reservation(key)
+        assert view is not None
+        return view
 
     def post(
         self,
@@ -277,8 +280,11 @@ class Reservations(Booking):
             self._close(conn, res, "posted")
             return {"reservation": reservation_key}
 
-        self._run(key, "post", run, actor, f"post {reservation_key}")
-        return self.reservation(reservation_key)
+        _result, view = self._run_then(
+            key, "post", run, actor, f"post {reservation_key}", lambda c: _view(c, reservation_key)
+        )
+        assert view is not None
+        return view
 
     def move_lots(
         self,
@@ -308,9 +314,7 @@ class Reservations(Booking):
                 lot_id = self._lot_id_in(conn, move.gtin, move.batch)
                 src = self._location_id(conn, move.from_location)
                 dest = self._location_id(conn, move.to_location)
-                src_kind = conn.execute(
-                    select(locations.c.kind).where(locations.c.id == src)
-                ).scalar_one()
+                src_kind = self._location_kind(conn, src)
                 if src_kind in INTERNAL_KINDS:
                     took = self._take(conn, src, lot_id, move.quantity)
                     if took < move.quantity:
@@ -352,13 +356,16 @@ class Reservations(Booking):
             self._close(conn, res, "voided")
             return {"reservation": reservation_key}
 
-        self._run(key, "void", run, actor, reason)
-        return self.reservation(reservation_key)
+        _result, view = self._run_then(
+            key, "void", run, actor, reason, lambda conn: _view(conn, reservation_key)
+        )
+        assert view is not None
+        return view
 
     def expire_overdue(self) -> list[str]:
         """Releases every open reservation past its timeout; returns their keys."""
         now = self.clock()
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             keys = list(
                 conn.execute(
                     select(reservations.c.key).where(
@@ -381,38 +388,11 @@ class Reservations(Booking):
     # ------------------------------------------------------------------ queries
 
     def reservation(self, key: str) -> ReservationView:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(reservations).where(reservations.c.key == key)).first()
-            if row is None:
-                raise UnknownEntity("reservation", key)
-            ordered = products.alias("ordered")
-            rows = conn.execute(
-                select(
-                    products.c.gtin,
-                    lots.c.batch,
-                    lots.c.expiry,
-                    locations.c.code,
-                    reservation_lines.c.quantity,
-                    reservation_lines.c.posted,
-                    ordered.c.gtin,
-                )
-                .join(products, products.c.id == reservation_lines.c.product_id)
-                .join(lots, lots.c.id == reservation_lines.c.lot_id)
-                .join(locations, locations.c.id == reservation_lines.c.location_id)
-                .outerjoin(ordered, ordered.c.id == reservation_lines.c.substituted_for)
-                .where(reservation_lines.c.reservation_id == row.id)
-                .order_by(reservation_lines.c.id)
-            ).all()
-        return ReservationView(
-            key=row.key,
-            purpose=row.purpose,
-            status=row.status,
-            expires_at=row.expires_at,
-            lines=tuple(Allocation(*r) for r in rows),
-        )
+        with self._reading() as conn:
+            return _view(conn, key)
 
     def open_reservation_count(self) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     select(func.count())
@@ -423,7 +403,7 @@ class Reservations(Booking):
 
     def open_reservations(self) -> list[tuple[str, str]]:
         """(key, purpose) of every open reservation, oldest first: what is still held."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(
                 select(reservations.c.key, reservations.c.purpose)
                 .where(reservations.c.status == "open")
@@ -634,3 +614,40 @@ class Reservations(Booking):
             .order_by(lots.c.expiry, reservation_lines.c.id)
         ).all()
         return [_Line(*row) for row in rows]
+
+
+_ORDERED = products.alias("ordered")
+_RESERVATION_BY_KEY = select(reservations).where(reservations.c.key == bindparam("key"))
+_RESERVATION_LINES = (
+    select(
+        products.c.gtin,
+        lots.c.batch,
+        lots.c.expiry,
+        locations.c.code,
+        reservation_lines.c.quantity,
+        reservation_lines.c.posted,
+        _ORDERED.c.gtin,
+    )
+    .join(products, products.c.id == reservation_lines.c.product_id)
+    .join(lots, lots.c.id == reservation_lines.c.lot_id)
+    .join(locations, locations.c.id == reservation_lines.c.location_id)
+    .outerjoin(_ORDERED, _ORDERED.c.id == reservation_lines.c.substituted_for)
+    .where(reservation_lines.c.reservation_id == bindparam("reservation_id"))
+    .order_by(reservation_lines.c.id)
+)
+
+
+def _view(conn: Connection, key: str) -> ReservationView:
+    """A reservation as its caller sees it, read on the connection given (inside the
+    command's own transaction, so nothing is read back after the commit)."""
+    row = conn.execute(_RESERVATION_BY_KEY, {"key": key}).first()
+    if row is None:
+        raise UnknownEntity("reservation", key)
+    rows = conn.execute(_RESERVATION_LINES, {"reservation_id": row.id}).all()
+    return ReservationView(
+        key=row.key,
+        purpose=row.purpose,
+        status=row.status,
+        expires_at=row.expires_at,
+        lines=tuple(Allocation(*r) for r in rows),
+    )

@@ -88,7 +88,7 @@ class CanisterFills:
         physical = {c.number: c for c in await self.driver.read_canisters()}
         now = physical.get(canister.number)
         count = now.count if now else 0
-        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
+        lots = await self.ledger.free_lots(gtin, list(self.settings.store_bins))
         lot = await self._lot_in(canister.number, location, gtin) if count > 0 else None
         top_up = choose_top_up(
             capacity=canister.capacity, count=count, current_lot=lot, store_lots=lots
@@ -141,8 +141,7 @@ class CanisterFills:
         again when the store cannot give it); returns the technician's ticket."""
         await self.ledger.run(self.store.open_fill, fill, actor=ACTOR)
         try:
-            view = await self.ledger.call(
-                "reserve",
+            view = await self.ledger.reserve(
                 fill.key,
                 purpose=f"canister {fill.canister} of {self.name}",
                 needs=[Need(fill.gtin, fill.quantity, batch=fill.batch)],
@@ -184,8 +183,8 @@ class CanisterFills:
     async def _give_up_fill(self, fill: CanisterFill, reason: str) -> None:
         """A refill that was never scanned: its reservation is released, the record
         closed as voided."""
-        await self.ledger.call(
-            "void", f"{fill.key}:void", reservation_key=fill.key, actor=ACTOR, reason=reason[:200]
+        await self.ledger.void(
+            f"{fill.key}:void", reservation_key=fill.key, actor=ACTOR, reason=reason[:200]
         )
         await self.ledger.run(
             self.store.close_fill, fill.key, "voided", actor=ACTOR, reason=reason[:200]
@@ -198,16 +197,16 @@ class CanisterFills:
         lot = await self.ledger.run(self.store.current_lot, self.name, number)
         if lot is not None:
             return str(lot)
-        held = await self.ledger.call("stock", location=location, gtin=gtin)
+        held = await self.ledger.stock(location=location, gtin=gtin)
         return held[0].batch if held else None
 
     async def free_in_canister(self, gtin: str) -> int:
         location = canister_location(self.name, self.canister_of[gtin].number)
-        return int(await self.ledger.call("available", location, gtin))
+        return int(await self.ledger.available(location, gtin))
 
     async def central_available(self, gtin: str) -> int:
         """Free units of a product in the store's bins, all usable lots."""
-        lots = await self.ledger.call("free_lots", gtin, list(self.settings.store_bins))
+        lots = await self.ledger.free_lots(gtin, list(self.settings.store_bins))
         return sum(entry[2] for entry in lots)
 
     async def settle_open(self) -> None:
@@ -221,7 +220,7 @@ class CanisterFills:
             arrived = self._fill_arrived(fill, canisters.get(fill.canister))
             location = canister_location(self.name, fill.canister)
             try:
-                view = await self.ledger.call("reservation", fill.key)
+                view = await self.ledger.reservation(fill.key)
             except UnknownEntity:
                 status = "voided"  # died before reserving: the machine was never told
             else:
@@ -268,8 +267,7 @@ class CanisterFills:
             if arrived:
                 await self._post_fill(fill, location)
                 return "posted"
-            await self.ledger.call(
-                "void",
+            await self.ledger.void(
                 f"{fill.key}:void",
                 reservation_key=fill.key,
                 actor=ACTOR,
@@ -283,8 +281,7 @@ class CanisterFills:
         # keys of their own, so a second restart books nothing twice).
         late = f"{fill.key}:late"
         try:
-            view = await self.ledger.call(
-                "reserve",
+            view = await self.ledger.reserve(
                 late,
                 purpose=f"canister {fill.canister} of {self.name}, refill booked after restart",
                 needs=[Need(fill.gtin, fill.quantity, batch=fill.batch)],
@@ -298,8 +295,7 @@ class CanisterFills:
             log.error("canister refill %s: %s", fill.key, exc)
         got = sum(line.quantity for line in view.lines) if view is not None else 0
         if got:
-            await self.ledger.call(
-                "post",
+            await self.ledger.post(
                 f"{late}:post",
                 reservation_key=late,
                 uses=[Use(fill.gtin, got, location, "transfer", "canister refill after restart")],
@@ -315,8 +311,7 @@ class CanisterFills:
         return "posted"
 
     async def _post_fill(self, fill: CanisterFill, location: str) -> None:
-        await self.ledger.call(
-            "post",
+        await self.ledger.post(
             f"{fill.key}:post",
             reservation_key=fill.key,
             uses=[Use(fill.gtin, fill.quantity, location, "transfer", "canister refill")],

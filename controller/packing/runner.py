@@ -254,8 +254,7 @@ class PackerRunner:
             await self._check_reachable(needs)  # before any canister is touched
             now_in = {g: await self._ensure_canister(g, units) for g, units in needs.items()}
             await self._check_reachable(needs, now_in)
-            await self.ledger.call(
-                "reserve",
+            await self.ledger.reserve(
                 reservation,
                 purpose=f"dose pouches {plan.job_id}",
                 # What the canisters hold now; a canister that must run dry before it
@@ -415,7 +414,7 @@ class PackerRunner:
         unexplained = []
         for gtin, dispensed in delta.items():
             number = self.canister_of[gtin].number
-            held = await self.ledger.call("on_hand", canister_location(self.name, number), gtin)
+            held = await self.ledger.on_hand(canister_location(self.name, number), gtin)
             if not counters_explain(held, counts.get(number, 0), dispensed):
                 unexplained.append(gtin)
         wasted = lost_job_waste(delta, bool(baseline), unexplained)
@@ -643,8 +642,7 @@ class PackerRunner:
         manual = plan.manual_units_by_gtin()
         if not manual:
             return
-        await self.ledger.call(
-            "reserve",
+        await self.ledger.reserve(
             f"{reservation}:manual",
             purpose=f"items added by hand to dose pouches {plan.job_id}",
             needs=[Need(g, q) for g, q in sorted(manual.items())],
@@ -679,17 +677,14 @@ class PackerRunner:
                 await self._void(key, job, with_manual=False)
                 return
             try:
-                await self.ledger.call(
-                    "post", f"{key}:post", reservation_key=key, uses=uses, actor=ACTOR
-                )
+                await self.ledger.post(f"{key}:post", reservation_key=key, uses=uses, actor=ACTOR)
             except LedgerError:
-                view = await self.ledger.call("reservation", key)
+                view = await self.ledger.reservation(key)
                 if view.status == "open":
                     raise
                 # It ran out while the controller was down: the items are in the
                 # pouches all the same, so they are booked from the store afresh.
-                await self.ledger.call(
-                    "reserve",
+                await self.ledger.reserve(
                     f"{key}:late",
                     purpose=f"items added by hand to dose pouches {job.job_id}",
                     needs=[Need(u.gtin, u.quantity) for u in uses],
@@ -697,8 +692,7 @@ class PackerRunner:
                     timeout_s=self.settings.reservation_timeout_s,
                     actor=ACTOR,
                 )
-                await self.ledger.call(
-                    "post",
+                await self.ledger.post(
                     f"{key}:late:post",
                     reservation_key=f"{key}:late",
                     uses=uses,
@@ -715,8 +709,7 @@ class PackerRunner:
         (the controller was down longer than its timeout), the same uses are booked
         from the canisters' free stock, each under its own key."""
         try:
-            await self.ledger.call(
-                "post",
+            await self.ledger.post(
                 f"{reservation}:post",
                 reservation_key=reservation,
                 uses=uses,
@@ -726,7 +719,7 @@ class PackerRunner:
             return
         except LedgerError as exc:
             try:
-                view = await self.ledger.call("reservation", reservation)
+                view = await self.ledger.reservation(reservation)
             except UnknownEntity:
                 view = None
             if view is not None and view.status == "open":
@@ -738,16 +731,26 @@ class PackerRunner:
         for use in uses:
             location = canister_location(self.name, self.canister_of[use.gtin].number)
             try:
-                await self.ledger.call(
-                    use.kind,
-                    f"{reservation}:{use.kind}:{use.gtin}",
-                    gtin=use.gtin,
-                    quantity=use.quantity,
-                    location=location,
-                    actor=ACTOR,
-                    reason=use.reason,
-                    **({"reason_code": use.reason_code} if use.kind == "waste" else {}),
-                )
+                key = f"{reservation}:{use.kind}:{use.gtin}"
+                if use.kind == "waste":
+                    await self.ledger.waste(
+                        key,
+                        gtin=use.gtin,
+                        quantity=use.quantity,
+                        location=location,
+                        actor=ACTOR,
+                        reason=use.reason,
+                        reason_code=use.reason_code or "other",
+                    )
+                else:
+                    await self.ledger.consume(
+                        key,
+                        gtin=use.gtin,
+                        quantity=use.quantity,
+                        location=location,
+                        actor=ACTOR,
+                        reason=use.reason,
+                    )
             except LedgerError as exc:
                 log.error("job %s: %s of %s not booked: %s", job.job_id, use.kind, use.gtin, exc)
                 self.metrics.discrepancies.labels("canister").inc()
@@ -758,8 +761,7 @@ class PackerRunner:
         keys = [reservation, f"{reservation}:manual"] if with_manual else [reservation]
         for key in keys:
             try:
-                await self.ledger.call(
-                    "void",
+                await self.ledger.void(
                     f"{key}:void",
                     reservation_key=key,
                     actor=ACTOR,

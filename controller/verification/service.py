@@ -225,8 +225,7 @@ class VerificationService:
         self.metrics.verification_alerts.labels(code).inc()
         if self.quarantine_lot_on_alert:
             try:
-                await self.aledger.call(
-                    "set_lot_status",
+                await self.aledger.set_lot_status(
                     pack.gtin,
                     pack.batch,
                     "quarantined",

@@ -282,7 +282,7 @@ async def test_a_poll_cancelled_while_reserving_leaves_no_reservation_behind(
     with pytest.raises(asyncio.CancelledError):
         await poll
     await replenishment.drain()
-    await controller.aledger.call("open_reservation_count")  # the ledger's queue is empty
+    await controller.aledger.open_reservation_count()  # the ledger's queue is empty
     assert [r.refill_id for r in replenishment.refills if r.open] != []
     assert await replenishment.cancel_open("shift ended") == 1
     assert controller.ledger.open_reservation_count() == 0
