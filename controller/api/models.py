@@ -3,27 +3,32 @@ report dataclasses, so the API and `doseline report --json` give the same fields
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from controller.cabinets.refill_store import RefillRow
+from controller.ledger.states import REVIEWED_ORDER_STATUSES, DoseOrderStatus, JobState
 from controller.packing.store import JobRecord, OrderRecord
 
-OrderStatus = Literal["pending", "approved", "rejected"]
-JobStateName = Literal[
-    "planned",
-    "reserved",
-    "loaded",
-    "packing",
-    "held",
-    "completed",
-    "partial",
-    "failed",
-    "cancelled",
-    "manual",
-]
+
+def one_of(*allowed: Iterable[str]) -> Any:
+    """A `Literal` of the allowed values, built at run time from their one definition
+    (controller.ledger.states), so the OpenAPI document lists them as an enum and a
+    request with another value is refused. Type checkers see the alias as `str`."""
+    return Literal.__getitem__(tuple(str(value) for values in allowed for value in values))
+
+
+if TYPE_CHECKING:
+    OrderStatus = str
+    ReviewedStatus = str
+    JobStateName = str
+else:
+    OrderStatus = one_of(DoseOrderStatus)
+    ReviewedStatus = one_of(REVIEWED_ORDER_STATUSES)  # what a review decides
+    JobStateName = one_of(JobState)
 PackerCommandName = Literal["hold", "unhold", "reset", "stop"]
 
 
@@ -83,7 +88,7 @@ class Order(BaseModel):
         o = r.order
         return cls(
             id=r.id,
-            status=r.status,  # type: ignore[arg-type]
+            status=r.status,
             source=r.source,
             ward=o.ward,
             patient=o.patient,
@@ -117,7 +122,7 @@ class ReviewRequest(Closed):
 
 class ReviewResult(BaseModel):
     reviewed: int
-    status: Literal["approved", "rejected"]
+    status: ReviewedStatus
     by: str
 
 
@@ -171,7 +176,7 @@ class Job(BaseModel):
             day=j.day,
             ward=j.ward,
             time=f"{j.time:%H:%M}",
-            state=r.state,  # type: ignore[arg-type]
+            state=r.state,
             packer=r.packer,
             attempt=r.attempt,
             pouches=len(j.pouches),

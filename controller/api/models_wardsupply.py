@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.api.models import Closed
+from controller.api.models import Closed, one_of
+from controller.ledger.ward_states import Deviation, LineStatus, NoteStatus, PickListStatus
 from controller.wardsupply import model, views
 from controller.wardsupply.notes import NOTE_PREFIX
 from controller.wardsupply.reliability import ReliabilityReport
@@ -25,22 +26,17 @@ MAX_BATCH = 20  # GS1 AI (10): up to 20 characters
 MAX_LIST = 400  # lines of a requisition, deviations of a receipt, counts of a round
 MAX_RELIABILITY_DAYS = 3660
 
-LineStatusName = Literal[
-    "pending",
-    "flagged",
-    "approved",
-    "rejected",
-    "ordered",
-    "picking",
-    "dispatched",
-    "delivered",
-    "short",
-    "cancelled",
-]
-PickListStatusName = Literal["open", "dispatched"]
-NoteStatusName = Literal["in_transit", "received"]
+if TYPE_CHECKING:
+    LineStatusName = str
+    PickListStatusName = str
+    NoteStatusName = str
+    DeviationName = str
+else:
+    LineStatusName = one_of(LineStatus)
+    PickListStatusName = one_of(PickListStatus)
+    NoteStatusName = one_of(NoteStatus)
+    DeviationName = one_of(Deviation)
 DecisionName = Literal["approve", "reduce", "substitute", "reject"]
-DeviationName = Literal["missing", "damaged", "too_many"]
 Gtin14 = Annotated[str, Field(pattern=r"^[0-9]{14}$", description="14-digit GTIN")]
 
 
@@ -201,7 +197,7 @@ class PickList(BaseModel):
             run=v.run,
             run_date=v.run_date,
             urgent=v.urgent,
-            status=v.status,  # type: ignore[arg-type]
+            status=v.status,
             created_at=v.created_at,
             dispatched_at=v.dispatched_at,
             complete=v.complete,
@@ -298,7 +294,7 @@ class Note(BaseModel):
             drug_room=n.drug_room,
             hospital=n.hospital,
             ward=n.ward,
-            status=n.status,  # type: ignore[arg-type]
+            status=n.status,
             dispatched_at=n.dispatched_at,
             received_at=n.received_at,
             received_by=n.received_by,

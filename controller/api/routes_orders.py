@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
@@ -27,6 +27,7 @@ from controller.api.models import (
 from controller.intake import Catalogue, IntakeError, message_format, parse_orders
 from controller.intake.common import MAX_PAYLOAD_CHARS, WARD_PATTERN
 from controller.ledger import LedgerError
+from controller.ledger.states import DoseOrderStatus
 from controller.packing.orders import DoseOrder
 from controller.packing.store import OrderReviewError
 
@@ -196,7 +197,7 @@ async def submit_orders(
         format=found,  # type: ignore[arg-type]
         added=list(result.added),
         duplicates=list(result.duplicates),
-        status=result.status,  # type: ignore[arg-type]
+        status=result.status,
     )
 
 
@@ -245,7 +246,7 @@ async def review_orders(body: ReviewRequest, ctx: Context, user: Pharmacist) -> 
             raise ledger_problem(409, exc) from None
         code = 404 if about.group(2) else 409
         raise ApiError(code, str(exc), field="order_ids", value=about.group(1)) from None
-    status: Literal["approved", "rejected"] = "approved" if body.approve else "rejected"
+    status = DoseOrderStatus.APPROVED if body.approve else DoseOrderStatus.REJECTED
     log.info("api: %s %s %d orders", user.name, status, count)
     return ReviewResult(reviewed=count, status=status, by=user.name)
 

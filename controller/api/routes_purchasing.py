@@ -10,7 +10,7 @@ import logging
 import re
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
@@ -19,8 +19,9 @@ from sqlalchemy.exc import OperationalError
 from controller.api.auth import Role
 from controller.api.context import ApiContext, Context, Pharmacist, Technician, Viewer, role_note
 from controller.api.errors import ApiError, Problem, responses
-from controller.api.models import Closed, Text
+from controller.api.models import Closed, Text, one_of
 from controller.ledger import LedgerError
+from controller.ledger.states import PurchaseLineStatus, PurchaseOrderStatus
 from controller.purchasing import (
     PurchasingError,
     PurchasingStore,
@@ -39,8 +40,14 @@ MAX_REASON = 200  # the audit trail keeps a reason of up to 200 characters
 MAX_LOCATION = 100  # locations.code
 MAX_DELIVERY_CHARS = 5_000_000  # tens of thousands of rows; more is a runaway sender
 
-OrderStatusName = Literal["open", "partial", "complete", "cancelled"]
-LineStatusName = Literal["open", "back_order", "delivered", "short", "cancelled"]
+if TYPE_CHECKING:
+    OrderStatusName = str
+    OrderStatusFilter = str
+    LineStatusName = str
+else:
+    OrderStatusName = one_of(PurchaseOrderStatus)
+    OrderStatusFilter = one_of(PurchaseOrderStatus, ["all"])
+    LineStatusName = one_of(PurchaseLineStatus)
 
 
 # ----------------------------------------------------------------------------- models
@@ -117,7 +124,7 @@ class PurchaseOrder(BaseModel):
             number=order.number,
             supplier=order.supplier,
             supplier_name=order.supplier_name,
-            status=order.status,  # type: ignore[arg-type]
+            status=order.status,
             created_at=order.created_at,
             created_by=order.created_by,
             expected_on=order.expected_on,
@@ -138,7 +145,7 @@ class PurchaseOrder(BaseModel):
                     back_order_units=ln.back_order_units,
                     short_units=ln.short_units,
                     open_units=ln.open_units,
-                    status=ln.status,  # type: ignore[arg-type]
+                    status=ln.status,
                 )
                 for ln in order.lines
             ],
@@ -250,7 +257,7 @@ class DeliveryReceipt(BaseModel):
             order=r.order,
             note=r.note,
             booked=r.booked,
-            order_status=r.order_status,  # type: ignore[arg-type]
+            order_status=r.order_status,
             lines=[
                 DeliveryLineOutcome(
                     line_no=o.line_no,
@@ -262,7 +269,7 @@ class DeliveryReceipt(BaseModel):
                     received_total=o.received_total,
                     back_order=o.back_order,
                     short_now=o.short_now,
-                    status=o.status,  # type: ignore[arg-type]
+                    status=o.status,
                     substitutes=[
                         SubstituteProduct(
                             gtin=s.gtin,
@@ -453,7 +460,7 @@ async def list_orders(
     ctx: Context,
     _user: Technician,
     status: Annotated[
-        Literal["open", "partial", "complete", "cancelled", "all"],
+        OrderStatusFilter,
         Query(description="open (default: open and partial), partial, complete, cancelled, all"),
     ] = "open",
 ) -> PurchaseOrderList:

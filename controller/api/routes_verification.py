@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,9 +16,12 @@ from sqlalchemy.exc import OperationalError
 from controller.api.auth import Role
 from controller.api.context import ApiContext, Context, Pharmacist, Technician, role_note
 from controller.api.errors import ApiError, responses
-from controller.api.models import Closed, Text
+from controller.api.models import Closed, Text, one_of
 from controller.config import valid_gtin
 from controller.ledger import LedgerError
+from controller.ledger.states import AlertStatus as AlertState
+from controller.ledger.states import PackStatus as PackState
+from controller.ledger.states import VerificationRequestStatus
 from controller.verification import VerificationStore, VerificationUnavailable
 
 if TYPE_CHECKING:
@@ -31,9 +34,18 @@ MAX_NOTE = 200  # the audit trail keeps a reason of up to 200 characters
 MAX_SERIAL = 20  # GS1 AI (21): up to 20 characters
 MAX_ID = 2**31 - 1  # the alerts' id column
 
-AlertStatus = Literal["open", "closed"]
-QueueStatus = Literal["pending", "done", "failed"]
-PackStatusName = Literal["verified", "blocked", "decommissioned"]
+if TYPE_CHECKING:
+    AlertStatus = str
+    AlertStatusFilter = str
+    QueueStatus = str
+    QueueStatusFilter = str
+    PackStatusName = str
+else:
+    AlertStatus = one_of(AlertState)
+    AlertStatusFilter = one_of(AlertState, ["all"])
+    QueueStatus = one_of(VerificationRequestStatus)
+    QueueStatusFilter = one_of(VerificationRequestStatus, ["all"])
+    PackStatusName = one_of(PackState)
 
 
 # ----------------------------------------------------------------------------- models
@@ -159,7 +171,7 @@ async def list_alerts(
     ctx: Context,
     _user: Technician,
     status: Annotated[
-        Literal["open", "closed", "all"], Query(description="open (default), closed or all")
+        AlertStatusFilter, Query(description="open (default), closed or all")
     ] = "open",
 ) -> AlertList:
     rows = await ctx.read(_store(ctx).alerts, status=None if status == "all" else status)
@@ -223,7 +235,7 @@ async def list_queue(
     ctx: Context,
     _user: Technician,
     status: Annotated[
-        Literal["pending", "done", "failed", "all"],
+        QueueStatusFilter,
         Query(description="pending (default), done, failed or all"),
     ] = "pending",
 ) -> QueueList:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.counter_rules import (
@@ -34,6 +35,8 @@ from controller.ledger import CounterMark, InsufficientStock, LedgerError, Need,
 from controller.metrics import Metrics
 from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverError, PocketStatus
 
+# What a counter or an event books at a pocket (a ledger command each).
+Take = Literal["consume", "waste", "return_consumed"]
 log = logging.getLogger("doseline.cabinets")
 ACTOR = "cabinet-poller"
 EXCURSIONS = "temperature_excursions"  # the cabinet's counter of temperature excursions
@@ -546,7 +549,7 @@ class CabinetPoller:
         pocket: PocketStatus,
         counter_name: str,
         now: int,
-        operation: str,
+        operation: Take,
         reason: str,
         marks: dict[str, int],
         *,
@@ -586,7 +589,7 @@ class CabinetPoller:
 
     async def _take(
         self,
-        operation: str,
+        operation: Take,
         key: str,
         gtin: str,
         quantity: int,
@@ -595,7 +598,8 @@ class CabinetPoller:
         mark: CounterMark | None,
         reason_code: str | None,
     ) -> None:
-        """Doses out of a pocket: used (`consume`) or thrown away (`waste`)."""
+        """Doses out of a pocket, used (`consume`) or thrown away (`waste`), or put back
+        into it (`return_consumed`)."""
         if operation == "waste":
             await self.ledger.waste(
                 key,
@@ -617,8 +621,18 @@ class CabinetPoller:
                 reason=reason,
                 mark=mark,
             )
+        elif operation == "return_consumed":
+            await self.ledger.return_consumed(
+                key,
+                gtin=gtin,
+                quantity=quantity,
+                location=location,
+                actor=ACTOR,
+                reason=reason,
+                mark=mark,
+            )
         else:
-            raise ValueError(f"operation: {operation!r} is neither consume nor waste")
+            raise ValueError(f"operation: {operation!r} is not consume, waste or return_consumed")
 
     async def _book_movement(
         self,
@@ -626,7 +640,7 @@ class CabinetPoller:
         pocket: PocketStatus,
         counter_name: str,
         delta: int,
-        operation: str,
+        operation: Take,
         reason: str,
         *,
         key: str,

@@ -7,23 +7,15 @@ decide; the scheduled round times come from the site file.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Generic, Protocol, TypeVar
 
-
-class RefillState(enum.Enum):
-    RESERVED = "reserved"  # stock held in the store, waiting for a round
-    PICKING = "picking"  # on a pick list
-    BOOKED = "booked"  # scanned into the pocket and posted; the cabinet not told yet
-    CONFIRMED = "confirmed"  # the cabinet acknowledged the new count
-    CANCELLED = "cancelled"
-
+from controller.ledger.states import OPEN_REFILL_STATES, RefillState
 
 # Still on its way into the pocket: a second refill of the pocket would double it.
-UNDER_WAY = (RefillState.RESERVED, RefillState.PICKING, RefillState.BOOKED)
+UNDER_WAY = OPEN_REFILL_STATES
 
 
 class EarlierRefill(Protocol):

@@ -18,8 +18,7 @@ from sqlalchemy import insert, select, update
 
 from controller.ledger import Ledger
 from controller.ledger.schema import pick_lists, pocket_refills
-
-OPEN_REFILL_STATES = ("reserved", "picking", "booked")
+from controller.ledger.states import OPEN_REFILL_STATES, RefillState
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class RefillRow:
     gtin: str
     quantity: int
     urgent: bool
-    state: str
+    state: RefillState
     pick_list: str | None
     reservation_key: str
     scanned: frozenset[int]
@@ -189,7 +188,7 @@ def _refill(m: Any) -> RefillRow:
         gtin=m["gtin"],
         quantity=m["quantity"],
         urgent=bool(m["urgent"]),
-        state=m["state"],
+        state=RefillState(m["state"]),
         pick_list=m["pick_list"],
         reservation_key=m["reservation_key"],
         scanned=frozenset(json.loads(m["scanned"])),

@@ -30,7 +30,6 @@ from transitions.extensions.asyncio import AsyncMachine
 from controller.async_ledger import AsyncLedger
 from controller.cabinets.poller import CabinetPoller, pocket_location
 from controller.cabinets.refill_rules import (
-    RefillState,
     next_round,
     plan_pick_lists,
     plan_refill,
@@ -42,6 +41,7 @@ from controller.config import Cabinet, Pocket
 from controller.config import Replenishment as ReplenishmentConfig
 from controller.gs1 import PackId, ScanError, parse_pack
 from controller.ledger import Allocation, LedgerError, Need, Use
+from controller.ledger.states import RefillState
 from controller.metrics import Metrics
 from controller.packing.job import Trigger
 from controller.scanning import ScanOutcome
@@ -59,6 +59,8 @@ def pocket_label(cabinet: str, number: int) -> str:
     return f"{POCKET_LABEL_PREFIX}{cabinet}:{number:02d}"
 
 
+# The states are the ledger's (controller/ledger/states.py): pocket_refills.state, the
+# open refills the store lists and this machine's states are one set.
 R = RefillState
 REFILL_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "listed", "source": R.RESERVED, "dest": R.PICKING},

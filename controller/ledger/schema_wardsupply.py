@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from controller.ledger.schema import UTCDateTime, metadata
+from controller.ledger.schema_base import UTCDateTime, check_in, metadata
 from controller.ledger.ward_states import (
     Deviation,
     LineStatus,
@@ -29,11 +29,6 @@ from controller.ledger.ward_states import (
     PickListStatus,
     RequisitionSource,
 )
-
-
-def _in(column: str, values: object) -> str:
-    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"  # type: ignore[attr-defined]
-
 
 ward_requisitions = Table(
     "ward_requisitions",
@@ -54,7 +49,7 @@ ward_requisitions = Table(
     Column("authored_at", UTCDateTime(), nullable=True),
     Column("actor", String(100), nullable=False),
     UniqueConstraint("sender", "sender_id", name="uq_ward_requisitions_sender_id"),
-    CheckConstraint(_in("source", RequisitionSource), name="ck_ward_requisitions_source"),
+    CheckConstraint(check_in("source", RequisitionSource), name="ck_ward_requisitions_source"),
 )
 
 ward_pick_lists = Table(
@@ -71,7 +66,7 @@ ward_pick_lists = Table(
     Column("created_by", String(100), nullable=False),
     Column("dispatched_at", UTCDateTime(), nullable=True),
     Column("dispatched_by", String(100), nullable=True),
-    CheckConstraint(_in("status", PickListStatus), name="ck_ward_pick_lists_status"),
+    CheckConstraint(check_in("status", PickListStatus), name="ck_ward_pick_lists_status"),
 )
 Index("ix_ward_pick_lists_status", ward_pick_lists.c.status)
 
@@ -107,7 +102,7 @@ ward_requisition_lines = Table(
     Column("back_order_of", Integer, ForeignKey("ward_requisition_lines.id"), nullable=True),
     Column("received_at", UTCDateTime(), nullable=True),
     UniqueConstraint("requisition_id", "line_no", name="uq_ward_requisition_lines_line"),
-    CheckConstraint(_in("status", LineStatus), name="ck_ward_requisition_lines_status"),
+    CheckConstraint(check_in("status", LineStatus), name="ck_ward_requisition_lines_status"),
     CheckConstraint("packs > 0", name="ck_ward_requisition_lines_packs"),
     CheckConstraint("approved_packs IS NULL OR approved_packs >= 0", name="ck_ward_lines_approved"),
 )
@@ -145,7 +140,7 @@ ward_delivery_notes = Table(
     Column("received_at", UTCDateTime(), nullable=True),
     Column("received_by", String(100), nullable=True),
     Column("auto_received", Boolean, nullable=False, server_default="0"),
-    CheckConstraint(_in("status", NoteStatus), name="ck_ward_delivery_notes_status"),
+    CheckConstraint(check_in("status", NoteStatus), name="ck_ward_delivery_notes_status"),
 )
 Index("ix_ward_delivery_notes_status", ward_delivery_notes.c.status)
 
@@ -164,7 +159,8 @@ ward_note_lines = Table(
     Column("deviation_reason", String(300), nullable=True),
     CheckConstraint("units > 0", name="ck_ward_note_lines_units"),
     CheckConstraint(
-        "deviation IS NULL OR " + _in("deviation", Deviation), name="ck_ward_note_lines_deviation"
+        "deviation IS NULL OR " + check_in("deviation", Deviation),
+        name="ck_ward_note_lines_deviation",
     ),
 )
 Index("ix_ward_note_lines_note", ward_note_lines.c.note_id)

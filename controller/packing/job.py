@@ -6,32 +6,22 @@ between them (no I/O in callbacks: a new event would cancel a running async call
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from transitions.extensions.asyncio import AsyncMachine
 
+from controller.ledger.states import TERMINAL_JOB_STATES, JobState
+
 log = logging.getLogger("doseline.jobs")
 Trigger = Callable[[], Awaitable[bool]]
 
 
-class JobState(enum.Enum):
-    PLANNED = "planned"
-    RESERVED = "reserved"
-    LOADED = "loaded"
-    PACKING = "packing"
-    HELD = "held"
-    COMPLETED = "completed"
-    PARTIAL = "partial"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    MANUAL = "manual"  # nothing in it can be machine-packed: prepared by hand
-
-
+# The states are the ledger's (controller/ledger/states.py): packing_jobs.state, the
+# API's job states and this machine's states are one set.
 S = JobState
-TERMINAL = (S.COMPLETED, S.PARTIAL, S.FAILED, S.CANCELLED, S.MANUAL)
+TERMINAL = TERMINAL_JOB_STATES
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "reserved", "source": S.PLANNED, "dest": S.RESERVED},

@@ -26,10 +26,11 @@ from controller.ledger.schema import (
     planned_doses,
     products,
 )
+from controller.ledger.states import OPEN_JOB_STATES
 from controller.packing.orders import DoseOrder
 from controller.packing.planner import PlannedJob, plan_day
 
-OPEN_STATES = ("planned", "reserved", "loaded", "packing", "held")
+OPEN_STATES = OPEN_JOB_STATES  # controller/ledger/states.py
 REVIEW_NOT_REQUIRED = "site: review not required"
 
 

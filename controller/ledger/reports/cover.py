@@ -1,0 +1,251 @@
+"""Days of cover of usable stock at recent consumption, judged against the one-month
+obligation; the basis the order proposal shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Connection, case, func, select
+
+from controller.ledger.reports.common import (
+    LONG_WINDOW_DAYS,
+    SHORT_WINDOW_DAYS,
+    _load_products,
+    _load_stock,
+    _net_consumption_filter,
+    _Product,
+    _ratio,
+    _signed_quantity,
+    _usable,
+)
+from controller.ledger.schema import exemptions, locations, lots, movements
+from controller.ledger.source import Source, engine_of, require_aware
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """A documented exemption from the one-month obligation."""
+
+    reason: str
+    risk_assessment: str
+    review_date: date
+    decided_by: str
+    review_overdue: bool  # the review date has passed: the exemption needs a new decision
+
+
+@dataclass(frozen=True)
+class CoverRow:
+    gtin: str
+    article: int
+    name: str
+    category: str
+    unit: str
+    on_hand: int  # every internal location, any lot status
+    usable: int  # released, not expired, not in quarantine: what cover is computed on
+    consumed_30d: int
+    consumed_90d: int
+    mean_daily_30d: float
+    mean_daily_90d: float
+    cover_days_30d: float | None  # None: no consumption in the window
+    cover_days_90d: float | None
+    basis: Literal["90d", "30d"]  # the window the obligation is judged on
+    cover_days: float | None  # on the basis window
+    meets_obligation: bool | None  # None: no consumption, nothing to judge
+    status: Literal["ok", "short", "no consumption"]
+    exempt: bool
+    exemption: Exemption | None
+    # net use of the last 30 days by where it left the stock: dose pouches (canisters),
+    # cabinets (pockets), drug rooms (ward stock), other (the store itself)
+    use_30d_by_channel: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+CHANNELS = {"canister": "pouches", "pocket": "cabinets", "drugroom": "drug rooms"}
+
+
+def _use_by_channel(conn: Connection, now: datetime) -> dict[int, dict[str, int]]:
+    """Net 30-day use per product and channel: a consumption counts where it left the
+    stock (a return, where it came back)."""
+    start = now - timedelta(days=SHORT_WINDOW_DAYS)
+    where = case(
+        (movements.c.kind == "return", movements.c.to_location_id),
+        else_=movements.c.from_location_id,
+    )
+    rows = conn.execute(
+        select(lots.c.product_id, locations.c.kind, func.sum(_signed_quantity()))
+        .join(lots, lots.c.id == movements.c.lot_id)
+        .join(locations, locations.c.id == where)
+        .where(_net_consumption_filter(), movements.c.ts >= start, movements.c.ts < now)
+        .group_by(lots.c.product_id, locations.c.kind)
+    )
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for product_id, kind, units in rows:
+        channel = CHANNELS.get(str(kind), "other")
+        per = out[int(product_id)]
+        per[channel] = per.get(channel, 0) + int(units or 0)
+    return out
+
+
+@dataclass(frozen=True)
+class CoverReport:
+    now: datetime
+    obligation_days: int
+    rows: tuple[CoverRow, ...]
+
+
+@dataclass(frozen=True)
+class _Cover:
+    """Exact numbers behind one product's cover, before rounding."""
+
+    product: _Product
+    on_hand: int
+    usable: int
+    consumed_30d: int
+    consumed_90d: int
+    basis: Literal["90d", "30d"]
+
+    @property
+    def basis_units(self) -> int:
+        return max(self.consumed_90d if self.basis == "90d" else self.consumed_30d, 0)
+
+    @property
+    def basis_days(self) -> int:
+        return LONG_WINDOW_DAYS if self.basis == "90d" else SHORT_WINDOW_DAYS
+
+
+def _covers(conn: Connection, now: datetime) -> list[_Cover]:
+    """Stock and consumption of every active product, with the basis window chosen."""
+    today = now.date()
+    prods = _load_products(conn)
+    stock = _load_stock(conn)
+    short, long = _consumption_windows(conn, now)
+    first = _first_movement(conn)
+    on_hand: dict[int, int] = defaultdict(int)
+    usable: dict[int, int] = defaultdict(int)
+    for s in stock:
+        on_hand[s.product_id] += s.on_hand
+        usable[s.product_id] += _usable(s, today)
+    history_start = now - timedelta(days=LONG_WINDOW_DAYS)
+    out = []
+    for p in sorted(prods.values(), key=lambda p: (p.name, p.gtin)):
+        if not p.active:
+            continue
+        seen = first.get(p.id)
+        basis: Literal["90d", "30d"] = (
+            "90d" if seen is not None and seen <= history_start else "30d"
+        )
+        out.append(
+            _Cover(
+                product=p,
+                on_hand=on_hand[p.id],
+                usable=usable[p.id],
+                consumed_30d=short.get(p.id, 0),
+                consumed_90d=long.get(p.id, 0),
+                basis=basis,
+            )
+        )
+    return out
+
+
+def _consumption_windows(conn: Connection, now: datetime) -> tuple[dict[int, int], dict[int, int]]:
+    """Net units consumed per product in [now - 30 d, now) and [now - 90 d, now)."""
+    short_start = now - timedelta(days=SHORT_WINDOW_DAYS)
+    long_start = now - timedelta(days=LONG_WINDOW_DAYS)
+    signed = _signed_quantity()
+    rows = conn.execute(
+        select(
+            lots.c.product_id,
+            func.sum(case((movements.c.ts >= short_start, signed), else_=0)),
+            func.sum(signed),
+        )
+        .join(lots, lots.c.id == movements.c.lot_id)
+        .where(_net_consumption_filter(), movements.c.ts >= long_start, movements.c.ts < now)
+        .group_by(lots.c.product_id)
+    )
+    short: dict[int, int] = {}
+    long: dict[int, int] = {}
+    for product_id, s, lo in rows:
+        short[int(product_id)] = int(s or 0)
+        long[int(product_id)] = int(lo or 0)
+    return short, long
+
+
+def _first_movement(conn: Connection) -> dict[int, datetime]:
+    """When the ledger first saw each product move (its history starts there)."""
+    rows = conn.execute(
+        select(lots.c.product_id, func.min(movements.c.ts))
+        .join(lots, lots.c.id == movements.c.lot_id)
+        .group_by(lots.c.product_id)
+    )
+    return {int(product_id): first for product_id, first in rows}
+
+
+def _exemptions(conn: Connection, today: date) -> dict[int, Exemption]:
+    return {
+        int(r.product_id): Exemption(
+            reason=r.reason,
+            risk_assessment=r.risk_assessment,
+            review_date=r.review_date,
+            decided_by=r.decided_by,
+            review_overdue=r.review_date < today,
+        )
+        for r in conn.execute(select(exemptions))
+    }
+
+
+def _cover_days(usable: int, units: int, days: int) -> float | None:
+    return None if units <= 0 else _ratio(usable * days, units, 1)
+
+
+def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -> CoverReport:
+    """How many days each product's usable stock lasts at its recent consumption.
+
+    mean = net units consumed in the window / window days (30 and 90);
+    cover = usable / mean. The obligation is judged on the 90-day mean when the ledger
+    has at least 90 days of history of the product (its first movement is at least 90
+    days before `now`), else on the 30-day mean, so a product new to the ledger is not
+    judged on a mean diluted by days before it existed. With no consumption in that
+    window there is nothing to judge: cover and meets_obligation are None.
+    """
+    require_aware("now", now)
+    today = now.date()
+    with engine_of(source).connect() as conn:
+        covers = _covers(conn, now)
+        exempt = _exemptions(conn, today)
+        channels = _use_by_channel(conn, now)
+    rows = []
+    for c in covers:
+        units = c.basis_units
+        meets = None if units == 0 else c.usable * c.basis_days >= obligation_days * units
+        status: Literal["ok", "short", "no consumption"] = (
+            "no consumption" if meets is None else "ok" if meets else "short"
+        )
+        p = c.product
+        rows.append(
+            CoverRow(
+                gtin=p.gtin,
+                article=p.article,
+                name=p.name,
+                category=p.category,
+                unit=p.unit,
+                on_hand=c.on_hand,
+                usable=c.usable,
+                consumed_30d=c.consumed_30d,
+                consumed_90d=c.consumed_90d,
+                mean_daily_30d=_ratio(max(c.consumed_30d, 0), SHORT_WINDOW_DAYS, 3),
+                mean_daily_90d=_ratio(max(c.consumed_90d, 0), LONG_WINDOW_DAYS, 3),
+                cover_days_30d=_cover_days(c.usable, c.consumed_30d, SHORT_WINDOW_DAYS),
+                cover_days_90d=_cover_days(c.usable, c.consumed_90d, LONG_WINDOW_DAYS),
+                basis=c.basis,
+                cover_days=_cover_days(c.usable, units, c.basis_days),
+                meets_obligation=meets,
+                status=status,
+                exempt=p.id in exempt,
+                exemption=exempt.get(p.id),
+                use_30d_by_channel=dict(sorted(channels.get(p.id, {}).items())),
+            )
+        )
+    return CoverReport(now=now, obligation_days=obligation_days, rows=tuple(rows))
