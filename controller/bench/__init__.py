@@ -3,9 +3,17 @@ several controllers on one PostgreSQL ledger and a day of ward supply
 (docs/performance.md).
 
 One module per measurement: `ledger`, `packers`, `cabinets`, `contention`,
-`wardsupply`. `run` assembles the report, `child` is the process each phase runs in,
-`site` generates the sites, and `simulators.fleet` is the simulators' own process
-(never imported here).
+`wardsupply`, `console` and `region_year` (the phase `region-year`). `run` assembles
+the report, `child` is the process each phase runs in, `site` generates the sites,
+and `simulators.fleet` is the simulators' own process (never imported here).
 """
 
-PHASES = ("ledger", "packers", "cabinets", "contention", "wardsupply", "console")
+PHASES = (
+    "ledger",
+    "packers",
+    "cabinets",
+    "contention",
+    "wardsupply",
+    "console",
+    "region-year",
+)

@@ -47,6 +47,10 @@ def run_phase(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
             from controller.bench import console
 
             return console.run(url, args.seconds, workdir)
+        if name == "region-year":
+            from controller.bench import region_year
+
+            return region_year.run(url)
     raise ValueError(f"unknown phase {name!r}")
 
 
