@@ -17,3 +17,5 @@ PHASES = (
     "console",
     "region-year",
 )
+# Run only when asked for (`--only region-year`): a whole year takes many minutes.
+ON_REQUEST = ("region-year",)

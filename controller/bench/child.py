@@ -50,7 +50,7 @@ def run_phase(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
         if name == "region-year":
             from controller.bench import region_year
 
-            return region_year.run(url)
+            return region_year.run(url, args.year_scale)
     raise ValueError(f"unknown phase {name!r}")
 
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     phase.add_argument("--packers", type=int, default=50)
     phase.add_argument("--cabinets", type=int, default=500)
     phase.add_argument("--processes", type=int, default=4)
+    phase.add_argument("--year-scale", type=float, default=1.0)
     phase.add_argument("--result", required=True)
     contend = sub.add_parser("contend")
     contend.add_argument("--db", required=True)

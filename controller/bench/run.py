@@ -47,6 +47,7 @@ class Options:
     packers: int
     cabinets: int
     processes: int
+    year_scale: float = 1.0
 
 
 @contextlib.contextmanager
@@ -60,6 +61,13 @@ def phase_database(db: str, phase: str) -> Iterator[str]:
         return
     with scratch_database(db) as url:
         yield url
+
+
+def phase_timeout(name: str, options: Options) -> float:
+    """How long a phase may run before it is stopped and reported as an error."""
+    if name == "region-year":
+        return 900 + 7200 * options.year_scale  # a year took up to two hours before batching
+    return 20 * options.seconds + 900
 
 
 def run_phase(name: str, db: str, options: Options, log: Any) -> dict[str, Any]:
@@ -87,6 +95,8 @@ def run_phase(name: str, db: str, options: Options, log: Any) -> dict[str, Any]:
             str(options.cabinets),
             "--processes",
             str(options.processes),
+            "--year-scale",
+            str(options.year_scale),
             "--result",
             result_path,
         ]
@@ -97,7 +107,7 @@ def run_phase(name: str, db: str, options: Options, log: Any) -> dict[str, Any]:
                     command,
                     stdout=phase_log,
                     stderr=subprocess.STDOUT,
-                    timeout=20 * options.seconds + 900,
+                    timeout=phase_timeout(name, options),
                     check=False,
                 ).returncode
             except subprocess.TimeoutExpired:

@@ -1,7 +1,8 @@
 """`doseline bench`: measured performance, printed as one JSON report.
 
     doseline bench [--db URL]... [--packers N] [--cabinets M] [--seconds S]
-                   [--only ledger|packers|cabinets|contention|wardsupply|console]...
+                   [--only ledger|packers|cabinets|contention|wardsupply|console|region-year]...
+                   [--year-scale F]
                    [--out FILE]
 
 The temporary SQLite ledger is always measured; each `--db` adds one more (a
@@ -29,6 +30,7 @@ def _positive(kind: type[float] | type[int]) -> Any:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from controller.bench import ON_REQUEST
     from controller.bench.run import PHASES, Options, default_dbs, outcome, run_bench
 
     for db in args.db or ():
@@ -40,11 +42,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             return 2
     options = Options(
         dbs=default_dbs(args.db),
-        phases=[p for p in PHASES if not args.only or p in args.only],
+        phases=[p for p in PHASES if p in args.only]
+        if args.only
+        else [p for p in PHASES if p not in ON_REQUEST],
         seconds=args.seconds,
         packers=args.packers,
         cabinets=args.cabinets,
         processes=args.processes,
+        year_scale=args.year_scale,
     )
     report = run_bench(options)
     text = json.dumps(report, indent=2)
@@ -87,7 +92,16 @@ def add_bench_parsers(sub: Any) -> None:
         help="measured seconds per phase (default 20)",
     )
     bench.add_argument(
-        "--only", action="append", choices=PHASES, help="run only this phase (repeatable)"
+        "--only",
+        action="append",
+        choices=PHASES,
+        help="run only this phase (repeatable); region-year runs only when named",
+    )
+    bench.add_argument(
+        "--year-scale",
+        type=_positive(float),
+        default=1.0,
+        help="fraction of the year the region-year phase replays (default 1: a whole year)",
     )
     bench.add_argument("--out", metavar="FILE", help="also write the JSON report here")
     bench.set_defaults(func=_cmd_bench)

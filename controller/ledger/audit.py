@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from controller.ledger.schema import audit_head, audit_log, locations, lots, movements, products
 
@@ -153,63 +154,103 @@ class ChainProblem:
     detail: str
 
 
+STREAM_ROWS = 20_000  # rows fetched at a time: a year's audit trail never sits in memory
+
+
 def verify_chain(engine: Engine) -> list[ChainProblem]:
-    """Recomputes the chain and compares every movement with what the audit recorded."""
-    problems: list[ChainProblem] = []
-    audited_movements: dict[int, dict[str, Any]] = {}
+    """Recomputes the chain and compares every movement with what the audit recorded.
+
+    Two streamed passes, each in constant memory: the chain in sequence order, then the
+    movements merged by id with the audit rows that recorded them."""
     with engine.connect() as conn:
-        expected_seq, prev = 1, GENESIS
-        for row in conn.execute(select(audit_log).order_by(audit_log.c.seq)):
-            if row.seq != expected_seq:
-                problems.append(
-                    ChainProblem(
-                        "audit-gap", f"row {expected_seq} is missing (next row is {row.seq})"
-                    )
-                )
-            if row.prev_hash != prev:
-                problems.append(
-                    ChainProblem(
-                        "audit-chain",
-                        f"row {row.seq}: previous hash does not match row {row.seq - 1}",
-                    )
-                )
-            recomputed = row_hash(
-                seq=row.seq,
-                ts=row.ts,
-                actor=row.actor,
-                action=row.action,
-                entity=row.entity,
-                entity_key=row.entity_key,
-                reason=row.reason,
-                old_value=row.old_value,
-                new_value=row.new_value,
-                prev_hash=row.prev_hash,
+        problems = _walk_chain(conn)
+        problems += _compare_movements(conn)
+    return problems
+
+
+def _walk_chain(conn: Connection) -> list[ChainProblem]:
+    problems: list[ChainProblem] = []
+    expected_seq, prev = 1, GENESIS
+    stream = conn.execution_options(yield_per=STREAM_ROWS)
+    for row in stream.execute(select(audit_log).order_by(audit_log.c.seq)):
+        if row.seq != expected_seq:
+            problems.append(
+                ChainProblem("audit-gap", f"row {expected_seq} is missing (next row is {row.seq})")
             )
-            if recomputed != row.hash:
-                problems.append(
-                    ChainProblem(
-                        "audit-altered",
-                        f"row {row.seq} ({row.action} {row.entity} "
-                        f"{row.entity_key}): content does not match its hash",
-                    )
-                )
-            if row.entity == "movement" and row.new_value:
-                record = json.loads(row.new_value)
-                audited_movements[int(record["id"])] = record
-            expected_seq, prev = row.seq + 1, row.hash
-        head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
-        last = expected_seq - 1
-        if head is not None and (head.seq != last or head.hash != prev):
+        if row.prev_hash != prev:
             problems.append(
                 ChainProblem(
-                    "audit-head", f"head says row {head.seq}, the chain ends at row {last}"
+                    "audit-chain",
+                    f"row {row.seq}: previous hash does not match row {row.seq - 1}",
                 )
             )
-        if head is None and last > 0:
-            problems.append(ChainProblem("audit-head", "the chain has rows but no head"))
+        recomputed = row_hash(
+            seq=row.seq,
+            ts=row.ts,
+            actor=row.actor,
+            action=row.action,
+            entity=row.entity,
+            entity_key=row.entity_key,
+            reason=row.reason,
+            old_value=row.old_value,
+            new_value=row.new_value,
+            prev_hash=row.prev_hash,
+        )
+        if recomputed != row.hash:
+            problems.append(
+                ChainProblem(
+                    "audit-altered",
+                    f"row {row.seq} ({row.action} {row.entity} "
+                    f"{row.entity_key}): content does not match its hash",
+                )
+            )
+        expected_seq, prev = row.seq + 1, row.hash
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+    last = expected_seq - 1
+    if head is not None and (head.seq != last or head.hash != prev):
+        problems.append(
+            ChainProblem("audit-head", f"head says row {head.seq}, the chain ends at row {last}")
+        )
+    if head is None and last > 0:
+        problems.append(ChainProblem("audit-head", "the chain has rows but no head"))
+    return problems
 
-        stored = {
-            m.id: movement_record(
+
+def _audited_movements(
+    conn: Connection, problems: list[ChainProblem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """What the audit trail recorded of each movement, in movement id order (the latest
+    row where a forged one repeats an id). Ids are ordered as text by length, then value,
+    which is their numeric order, so no cast can fail on a forged key."""
+    query = (
+        select(audit_log.c.seq, audit_log.c.entity_key, audit_log.c.new_value)
+        .where(audit_log.c.entity == "movement", audit_log.c.new_value.is_not(None))
+        .order_by(func.length(audit_log.c.entity_key), audit_log.c.entity_key, audit_log.c.seq)
+    )
+    pending: tuple[int, dict[str, Any]] | None = None
+    for row in conn.execution_options(yield_per=STREAM_ROWS).execute(query):
+        if not row.entity_key.isdigit():
+            problems.append(
+                ChainProblem(
+                    "audit-altered",
+                    f"row {row.seq}: movement key {row.entity_key!r} is not a movement id",
+                )
+            )
+            continue
+        current = (int(row.entity_key), dict(json.loads(row.new_value)))
+        if pending is not None and pending[0] != current[0]:
+            yield pending
+        pending = current
+    if pending is not None:
+        yield pending
+
+
+def _stored_movements(conn: Connection) -> Iterator[tuple[int, dict[str, Any]]]:
+    query = select(movements).order_by(movements.c.id)
+    for m in conn.execution_options(yield_per=STREAM_ROWS).execute(query):
+        yield (
+            int(m.id),
+            movement_record(
                 m.id,
                 kind=m.kind,
                 lot_id=m.lot_id,
@@ -219,30 +260,40 @@ def verify_chain(engine: Engine) -> list[ChainProblem]:
                 key=m.idempotency_key,
                 reason_code=m.reason_code,
                 substituted_for=m.substituted_for,
-            )
-            for m in conn.execute(select(movements))
-        }
-    for movement_id, record in sorted(stored.items()):
-        audited = audited_movements.get(movement_id)
-        if audited is None:
+            ),
+        )
+
+
+def _compare_movements(conn: Connection) -> list[ChainProblem]:
+    """Merges the movements table with the audit's records of it, both in id order."""
+    problems: list[ChainProblem] = []
+    end: tuple[int, dict[str, Any]] = (2**63, {})
+    stored, audited = _stored_movements(conn), _audited_movements(conn, problems)
+    s, a = next(stored, end), next(audited, end)
+    while s is not end or a is not end:
+        if s[0] == a[0]:
+            if a[1] != s[1]:
+                changed = sorted(k for k in s[1] if s[1][k] != a[1].get(k))
+                problems.append(
+                    ChainProblem(
+                        "movement-altered",
+                        f"movement {s[0]}: {', '.join(changed)} differ from the audit record",
+                    )
+                )
+            s, a = next(stored, end), next(audited, end)
+        elif s[0] < a[0]:
             problems.append(
-                ChainProblem("movement-unaudited", f"movement {movement_id} has no audit record")
+                ChainProblem("movement-unaudited", f"movement {s[0]} has no audit record")
             )
-        elif audited != record:
-            changed = sorted(k for k in record if record[k] != audited.get(k))
+            s = next(stored, end)
+        else:
             problems.append(
                 ChainProblem(
-                    "movement-altered",
-                    f"movement {movement_id}: {', '.join(changed)} differ from the audit record",
+                    "movement-deleted",
+                    f"movement {a[0]} is in the audit trail but not in the movements table",
                 )
             )
-    for movement_id in sorted(set(audited_movements) - set(stored)):
-        problems.append(
-            ChainProblem(
-                "movement-deleted",
-                f"movement {movement_id} is in the audit trail but not in the movements table",
-            )
-        )
+            a = next(audited, end)
     return problems
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from controller.ledger.schema import (
     INTERNAL_KINDS,
@@ -58,19 +58,16 @@ def verify_ledger(engine: Engine) -> list[Violation]:
                 )
             )
         }
+        # Summed by the database: a year's movements never pass through Python.
         from_movements: dict[tuple[int, int], int] = defaultdict(int)
-        for m in conn.execute(
-            select(
-                movements.c.lot_id,
-                movements.c.from_location_id,
-                movements.c.to_location_id,
-                movements.c.quantity,
-            )
-        ):
-            if m.to_location_id in internal:
-                from_movements[(m.to_location_id, m.lot_id)] += m.quantity
-            if m.from_location_id in internal:
-                from_movements[(m.from_location_id, m.lot_id)] -= m.quantity
+        for loc_col, sign in ((movements.c.to_location_id, 1), (movements.c.from_location_id, -1)):
+            for loc_id, lot_id, total in conn.execute(
+                select(loc_col, movements.c.lot_id, func.sum(movements.c.quantity)).group_by(
+                    loc_col, movements.c.lot_id
+                )
+            ):
+                if loc_id in internal:
+                    from_movements[(int(loc_id), int(lot_id))] += sign * int(total)
 
         held: dict[tuple[int, int], int] = defaultdict(int)
         for line in conn.execute(

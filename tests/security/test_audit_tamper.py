@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from controller.cli import main
-from controller.ledger import Ledger, verify_ledger
+from controller.ledger import Ledger, LedgerError, verify_ledger
 from controller.ledger.audit import row_hash
 from controller.ledger.engine import make_engine
 from controller.ledger.ledger import CONSUMED, Need, Use
@@ -259,3 +259,81 @@ def test_a_forged_movement_without_audit_record_is_named(
     code, out = cli_verify(ledger_url, capsys)
     assert code == 1
     assert f"VIOLATION movement-unaudited: {detail}" in out
+
+
+# ---------------------------------------------------------------------- group commit
+
+
+def batch_of_withdrawals(ledger: Ledger) -> list[int]:
+    """Six withdrawals (one refused) committed as one batch; the seqs of their movements."""
+    with ledger.batch():
+        for n in range(6):
+            try:
+                ledger.consume(
+                    f"bw{n}",
+                    gtin=PARA,
+                    quantity=500 if n == 3 else 1,  # the fourth asks for more than is there
+                    location="CAB/P01",
+                    actor="cabinet:CAB",
+                    reason="withdrawal",
+                )
+            except LedgerError:
+                pass
+    with ledger.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(audit_log.c.seq)
+                .where(audit_log.c.action == "consume", audit_log.c.entity == "movement")
+                .where(audit_log.c.reason == "withdrawal")
+                .order_by(audit_log.c.seq)
+            ).scalars()
+        )[-5:]
+
+
+def test_a_batch_chains_its_commands_in_order_and_leaves_no_row_of_a_refused_one(
+    ledger: Ledger,
+) -> None:
+    seqs = batch_of_withdrawals(ledger)
+    assert verify_ledger(ledger.engine) == []
+    with ledger.engine.connect() as conn:
+        keys = conn.execute(
+            select(audit_log.c.entity_key)
+            .where(audit_log.c.entity == "command", audit_log.c.entity_key.like("bw%"))
+            .order_by(audit_log.c.seq)
+        ).scalars()
+        assert list(keys) == ["bw0", "bw1", "bw2", "bw4", "bw5"]
+    assert seqs == sorted(seqs)
+
+
+def test_a_row_altered_in_the_middle_of_a_batch_is_named(
+    ledger: Ledger, ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seqs = batch_of_withdrawals(ledger)
+
+    def alter(conn: Connection) -> str:
+        conn.execute(update(audit_log).where(audit_log.c.seq == seqs[2]).values(actor="tech:bob"))
+        return f"row {seqs[2]} "
+
+    row = tamper(ledger, alter)
+    violations = verify_ledger(ledger.engine)
+    assert [v.rule for v in violations] == ["audit-altered"]
+    assert violations[0].detail.startswith(row)
+    code, out = cli_verify(ledger_url, capsys)
+    assert code == 1 and f"VIOLATION audit-altered: {row}" in out
+
+
+def test_a_whole_batch_deleted_from_the_end_is_caught_by_the_head(ledger: Ledger) -> None:
+    with ledger.engine.connect() as conn:
+        first = last_seq(conn) + 1
+    batch_of_withdrawals(ledger)
+
+    def drop_the_batch(conn: Connection) -> str:
+        last = last_seq(conn)
+        conn.execute(delete(audit_log).where(audit_log.c.seq >= first))
+        return f"head says row {last}, the chain ends at row {first - 1}"
+
+    detail = tamper(ledger, drop_the_batch)
+    violations = [(v.rule, v.detail) for v in verify_ledger(ledger.engine)]
+    assert ("audit-head", detail) in violations
+    # The batch's movements lost their audit records with it.
+    assert sum(1 for rule, _ in violations if rule == "movement-unaudited") == 5
