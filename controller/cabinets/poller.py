@@ -611,28 +611,17 @@ class CabinetPoller:
                 reason_code=reason_code or "other",
                 mark=mark,
             )
-        elif operation == "consume":
-            await self.ledger.consume(
-                key,
-                gtin=gtin,
-                quantity=quantity,
-                location=location,
-                actor=ACTOR,
-                reason=reason,
-                mark=mark,
-            )
-        elif operation == "return_consumed":
-            await self.ledger.return_consumed(
-                key,
-                gtin=gtin,
-                quantity=quantity,
-                location=location,
-                actor=ACTOR,
-                reason=reason,
-                mark=mark,
-            )
-        else:
-            raise ValueError(f"operation: {operation!r} is not consume, waste or return_consumed")
+            return
+        book = self.ledger.consume if operation == "consume" else self.ledger.return_consumed
+        await book(
+            key,
+            gtin=gtin,
+            quantity=quantity,
+            location=location,
+            actor=ACTOR,
+            reason=reason,
+            mark=mark,
+        )
 
     async def _book_movement(
         self,
