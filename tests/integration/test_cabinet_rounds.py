@@ -461,17 +461,17 @@ async def test_a_ledger_error_does_not_stop_polling(
     poller = controller.pollers["CAB1"]
     poller.config = poller.config.model_copy(update={"poll_interval_s": 0.05})
     poller.reconnect_max_s = 0.1
-    real_call = controller.aledger.call
+    real_consume = controller.aledger.consume
     failures = 3
 
-    async def flaky(operation: str, *args: Any, **kwargs: Any) -> Any:
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
         nonlocal failures
-        if operation == "consume" and failures:
+        if failures:
             failures -= 1
             raise LedgerError("database went away")
-        return await real_call(operation, *args, **kwargs)
+        return await real_consume(*args, **kwargs)
 
-    monkeypatch.setattr(controller.aledger, "call", flaky)
+    monkeypatch.setattr(controller.aledger, "consume", flaky)
     sim.withdraw(1, 1, 3)
     serve = asyncio.create_task(poller.serve())
     try:
