@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.serial_address import serial_address_problem
+
 
 class ConfigError(Exception):
     """The site file is missing or invalid; the message names the field and value."""
@@ -333,28 +335,6 @@ class Pocket(Strict):
         if self.min >= self.max:
             raise ValueError(f"pocket {self.number}: min {self.min} must be below max {self.max}")
         return self
-
-
-SERIAL_URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
-
-
-def serial_address_problem(address: str) -> str | None:
-    """Why `address` is neither a serial device path nor a pyserial URL (None if it is)."""
-    if not address or address != address.strip():
-        return "must be a serial device path or a pyserial URL, without spaces around it"
-    if "://" not in address:
-        return None  # /dev/ttyUSB0, COM3: whether it exists shows when it is opened
-    scheme, rest = address.split("://", 1)
-    if scheme not in SERIAL_URL_SCHEMES:
-        return (
-            "must be a serial device path (/dev/ttyUSB0) or a pyserial URL "
-            "(socket://host:port, rfc2217://host:port, loop://)"
-        )
-    if scheme in ("socket", "rfc2217"):
-        host, _, port = rest.partition(":")
-        if not host or not port.split("?")[0].isdigit():
-            return f"must be {scheme}://host:port"
-    return None
 
 
 class ExcursionSim(Strict):

@@ -38,6 +38,7 @@ from pymodbus.transport.serialtransport import SerialTransport
 
 from drivers import cabinet_registers as reg
 from drivers.base import CabinetCommand, CabinetDriver, CabinetStatus, DriverError
+from drivers.serial_address import serial_address_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,6 @@ RTU_FIXED_GAP_S = 0.00175
 """The Modbus serial line spec fixes the 3.5-character silence at 1.75 ms above 19200 baud."""
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
-
-SERIAL_URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
-"""pyserial URL handlers; anything else must be a device path (/dev/ttyUSB0, COM3)."""
 
 
 def parse_tcp_address(address: str, default_port: int = DEFAULT_MODBUS_TCP_PORT) -> tuple[str, int]:
@@ -77,29 +75,6 @@ def check_serial_address(address: str) -> str:
     if problem:
         raise ValueError(f"bad Modbus RTU address {address!r}: {problem}")
     return address
-
-
-def serial_address_problem(address: str) -> str | None:
-    """Why `address` is no serial device path or pyserial URL (None if it is one)."""
-    if not address or address != address.strip():
-        return "expected a device path or a pyserial URL, without spaces around it"
-    if "://" not in address:
-        return None  # a device path; whether it exists is known only when it is opened
-    scheme = address.split("://", 1)[0]
-    if scheme not in SERIAL_URL_SCHEMES:
-        return (
-            f"{scheme}:// is no pyserial URL (expected a device path such as /dev/ttyUSB0,"
-            " or socket://host:port, rfc2217://host:port, loop://)"
-        )
-    if scheme in ("socket", "rfc2217"):
-        try:
-            parts = urlsplit(address)
-            port = parts.port
-        except ValueError as exc:
-            return str(exc)
-        if not parts.hostname or port is None:
-            return f"expected {scheme}://host:port"
-    return None
 
 
 def rtu_frame_gap(baudrate: int) -> float:

@@ -29,13 +29,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import hl7
-import yaml
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, start_hl7_server
 
+from simulators.site_model import CabinetSite, SiteModel, SiteModelError
 from simulators.standalone import run, serve_until_stopped
 
 log = logging.getLogger("simulators.cabinet_hl7")
@@ -576,25 +575,28 @@ def _has(message: Any, segment: str) -> bool:
     return any(str(seg[0]) == segment for seg in message)
 
 
-def spec_from_site(site: dict[str, Any], name: str) -> Hl7CabinetSpec:
-    """The cabinet `name` of a site file (read as plain YAML)."""
-    for cab in site.get("cabinets", []):
-        if cab["name"] == name:
-            pockets = []
-            for p in cab["pockets"]:
-                sim = p.get("sim", {})
-                pockets.append(
-                    Hl7PocketSpec(
-                        int(p["number"]),
-                        str(p["gtin"]).zfill(14),
-                        int(sim.get("initial", 0)),
-                        int(p["max"]),
-                        float(sim.get("daily_withdrawals", 0.0)),
-                        float(sim.get("waste_share", 0.0)),
-                    )
-                )
-            return Hl7CabinetSpec(name, pockets, cold=bool(cab.get("cold", False)))
-    raise SystemExit(f"--cabinet: no cabinet {name!r} in the site file")
+def hl7_spec(cabinet: CabinetSite) -> Hl7CabinetSpec:
+    """The server's view of a cabinet of the site file."""
+    pockets = [
+        Hl7PocketSpec(
+            p.number,
+            p.gtin,
+            p.sim.initial,
+            p.max,
+            p.sim.daily_withdrawals,
+            p.sim.waste_share,
+        )
+        for p in cabinet.pockets
+    ]
+    return Hl7CabinetSpec(cabinet.name, pockets, cold=cabinet.cold)
+
+
+def spec_from_site(site: SiteModel, name: str) -> Hl7CabinetSpec:
+    """The cabinet `name` of a site file."""
+    cabinet = site.cabinet(name)
+    if cabinet is None:
+        raise SystemExit(f"--cabinet: no cabinet {name!r} in the site file")
+    return hl7_spec(cabinet)
 
 
 def main() -> None:
@@ -607,7 +609,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--snapshot-interval", type=float, default=5.0, help="seconds")
     args = parser.parse_args()
-    site = yaml.safe_load(Path(args.site).read_text(encoding="utf-8"))
+    try:
+        site = SiteModel.load(args.site)
+    except SiteModelError as exc:
+        raise SystemExit(f"{args.site}: {exc}") from None
     server = Hl7CabinetServer(
         spec_from_site(site, args.cabinet),
         host=args.host,

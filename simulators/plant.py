@@ -7,8 +7,9 @@ test) can be pointed at them. It stops on SIGTERM, Ctrl-C or when its standard i
 closes, so it never outlives the process that started it. With `--exit-on-stdin-close`
 it also reads commands there: `pause-withdrawals` stops the nurses at every cabinet.
 
-The plant reads the site file on its own: machines, their `sim:` keys and the
-catalogue's article numbers. It shares no code with the controller.
+The plant reads the site file on its own, through `simulators.site_model`: machines,
+their `sim:` keys and the catalogue's article numbers. It shares no code with the
+controller.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ import contextlib
 import json
 import signal
 import sys
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import yaml
-
-from simulators.cabinet_hl7 import Hl7CabinetServer, spec_from_site
+from simulators.cabinet_hl7 import Hl7CabinetServer, hl7_spec
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
 from simulators.packer_opcua import PackerSimulator
-from simulators.packer_physics import DEFAULT_OUTPUT_EMPTY_AFTER_S
 from simulators.scanner_serial import ScannerSimulator
+from simulators.site_model import CabinetSite, Excursion, PackerSite, SiteModel, SiteModelError
 from simulators.verification_http import VerificationSimulator, register_stock
+
+if TYPE_CHECKING:
+    from simulators.packer_serial import SerialPackerSimulator
 
 DAY_SECONDS = 86400.0
 
@@ -49,99 +50,96 @@ def _port(address: str, free: bool) -> int:
     return port
 
 
-def _packer(p: dict[str, Any], seed: int, free_ports: bool) -> Any:
+def _packer(p: PackerSite, seed: int, free_ports: bool) -> PackerSimulator | SerialPackerSimulator:
     """An OPC UA or a serial packer simulator, as the site file's `driver:` says."""
-    sim = p.get("sim", {})
-    kwargs: dict[str, Any] = {
-        "port": _port(p["address"], free_ports),
-        "canisters": [
-            (c["number"], str(c["gtin"]).zfill(14), 0, c["capacity"]) for c in p["canisters"]
-        ],
-        "pouches_per_minute": float(p.get("pouches_per_minute", 60)),
-        "speed_factor": float(sim.get("speed_factor", 1.0)),
-        "reject_rate": float(sim.get("reject_rate", 0.0)),
-        "jam_rate": float(sim.get("jam_rate", 0.0)),
-        "seed": seed,
-        # Output tray: 0 = unlimited; the operator empties a full tray after this many
-        # seconds (scaled by speed_factor), none (null or 0) = only by hand.
-        "output_capacity": int(sim.get("output_capacity", 0)),
-        "output_empty_after_s": (
-            float(sim.get("output_empty_after_s", DEFAULT_OUTPUT_EMPTY_AFTER_S) or 0) or None
-        ),
-    }
-    if p.get("driver", "opcua") == "serial":
+    canisters = [(c.number, c.gtin, 0, c.capacity) for c in p.canisters]
+    port = _port(p.address, free_ports)
+    if p.driver == "serial":
         from simulators.packer_serial import SerialPackerSimulator
 
-        return SerialPackerSimulator(p["name"], **kwargs)
-    legacy = p.get("driver") == "opcua_legacy"
-    return PackerSimulator(p["name"], model="legacy" if legacy else "opc30050", **kwargs)
+        return SerialPackerSimulator(
+            p.name,
+            port=port,
+            canisters=canisters,
+            pouches_per_minute=p.pouches_per_minute,
+            speed_factor=p.sim.speed_factor,
+            reject_rate=p.sim.reject_rate,
+            jam_rate=p.sim.jam_rate,
+            seed=seed,
+            output_capacity=p.sim.output_capacity,
+            output_empty_after_s=p.sim.output_empty_after_s,
+        )
+    return PackerSimulator(
+        p.name,
+        port=port,
+        canisters=canisters,
+        pouches_per_minute=p.pouches_per_minute,
+        speed_factor=p.sim.speed_factor,
+        reject_rate=p.sim.reject_rate,
+        jam_rate=p.sim.jam_rate,
+        seed=seed,
+        output_capacity=p.sim.output_capacity,
+        output_empty_after_s=p.sim.output_empty_after_s,
+        model="legacy" if p.driver == "opcua_legacy" else "opc30050",
+    )
 
 
-def _endpoint(sim: Any) -> str:
+def _endpoint(sim: PackerSimulator | SerialPackerSimulator) -> str:
     if isinstance(sim, PackerSimulator):
         return sim.endpoint
     return f"socket://127.0.0.1:{sim.port}"
 
 
-def _hours(text: str) -> float:
-    """'15:30' as hours of the day."""
-    hours, _, minutes = text.partition(":")
-    return int(hours) + int(minutes or 0) / 60
-
-
-def _cabinet_spec(c: dict[str, Any], articles: dict[str, int]) -> CabinetSpec:
+def _cabinet_spec(c: CabinetSite, articles: dict[str, int]) -> CabinetSpec:
     return CabinetSpec(
-        cabinet_id=int(c.get("unit_id", 1)),
-        cold=bool(c.get("cold", False)),
+        cabinet_id=c.unit_id,
+        cold=c.cold,
         pockets=[
             PocketSpec(
-                number=p["number"],
-                article=articles[str(p["gtin"]).zfill(14)],
-                count=int(p.get("sim", {}).get("initial", 0)),
-                min_level=p["min"],
-                max_level=p["max"],
-                capacity=p["max"],
-                daily_withdrawals=float(p.get("sim", {}).get("daily_withdrawals", 0)),
-                waste_share=float(p.get("sim", {}).get("waste_share", 0)),
+                number=p.number,
+                article=articles[p.gtin],
+                count=p.sim.initial,
+                min_level=p.min,
+                max_level=p.max,
+                capacity=p.max,
+                daily_withdrawals=p.sim.daily_withdrawals,
+                waste_share=p.sim.waste_share,
             )
-            for p in c["pockets"]
+            for p in c.pockets
         ],
     )
 
 
 class Plant:
     def __init__(
-        self, site: dict[str, Any], *, day_seconds: float, free_ports: bool, seed: int | None = None
+        self, site: SiteModel, *, day_seconds: float, free_ports: bool, seed: int | None = None
     ) -> None:
-        seed = int(site.get("seed", 0)) if seed is None else seed
-        articles = {str(p["gtin"]).zfill(14): int(p["article"]) for p in site["catalogue"]}
-        self.packers = [
-            _packer(p, seed + i, free_ports) for i, p in enumerate(site.get("packers", []))
-        ]
+        seed = site.seed if seed is None else seed
+        articles = site.articles()
+        self.packers = [_packer(p, seed + i, free_ports) for i, p in enumerate(site.packers)]
         # One simulator per Modbus line: a TCP cabinet has its own, cabinets on one RTU
         # line (same address) share one, each answering to its unit id.
-        lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        lines: dict[tuple[str, str], list[CabinetSite]] = {}
         # A cabinet behind a vendor's cabinet server (HL7/MLLP) has a server of its own.
         self.hl7_cabinets: dict[str, Hl7CabinetServer] = {}
-        for i, c in enumerate(site.get("cabinets", [])):
-            driver = c.get("driver", "modbus_tcp")
-            if driver == "hl7_mllp":
-                self.hl7_cabinets[c["name"]] = Hl7CabinetServer(
-                    spec_from_site(site, c["name"]),
-                    port=_port(c["address"], free_ports),
+        for i, c in enumerate(site.cabinets):
+            if c.driver == "hl7_mllp":
+                self.hl7_cabinets[c.name] = Hl7CabinetServer(
+                    hl7_spec(c),
+                    port=_port(c.address, free_ports),
                     time_factor=DAY_SECONDS / day_seconds,
                     seed=seed + 300 + i,
-                    snapshot_interval_s=float(c.get("poll_interval_s", 1.0)),
+                    snapshot_interval_s=c.poll_interval_s,
                 )
                 continue
-            key = (driver, c["address"] if driver == "modbus_rtu" else c["name"])
+            key = (c.driver, c.address if c.driver == "modbus_rtu" else c.name)
             lines.setdefault(key, []).append(c)
         self.cabinets: list[CabinetSimulator] = []
         self.cabinet_sims: dict[str, tuple[CabinetSimulator, int]] = {}
-        self.excursions: list[tuple[CabinetSimulator, int, dict[str, Any]]] = []
+        self.excursions: list[tuple[CabinetSimulator, int, Excursion]] = []
         for i, ((driver, _), members) in enumerate(lines.items()):
             sim = CabinetSimulator(
-                port=_port(members[0]["address"], free_ports),
+                port=_port(members[0].address, free_ports),
                 cabinets=[_cabinet_spec(c, articles) for c in members],
                 time_factor=DAY_SECONDS / day_seconds,
                 seed=seed + 100 + i,
@@ -149,29 +147,27 @@ class Plant:
             )
             self.cabinets.append(sim)
             for c in members:
-                unit = int(c.get("unit_id", 1))
-                self.cabinet_sims[c["name"]] = (sim, unit)
-                for excursion in c.get("sim", {}).get("excursions", []):
-                    self.excursions.append((sim, unit, excursion))
+                self.cabinet_sims[c.name] = (sim, c.unit_id)
+                for excursion in c.excursions:
+                    self.excursions.append((sim, c.unit_id, excursion))
         self.day_seconds = day_seconds
         self._weather: list[asyncio.Task[None]] = []
-        self.scanner_names = [s["name"] for s in site.get("scanners", [])]
+        self.scanner_names = [s.name for s in site.scanners]
         self.scanners = [
-            ScannerSimulator(port=_port(s["address"], free_ports), seed=seed + 200 + i)
-            for i, s in enumerate(site.get("scanners", []))
+            ScannerSimulator(port=_port(s.address, free_ports), seed=seed + 200 + i)
+            for i, s in enumerate(site.scanners)
         ]
 
         # The national verification system, when the site verifies packs and asks for
         # the bundled one: every pack of the opening stock is registered, as the
         # manufacturers would have uploaded them.
-        verification = site.get("verification") or {}
         self.verification: VerificationSimulator | None = None
         self.verification_port = 0
-        if verification.get("enabled") and verification.get("sim") is not None:
+        if site.verification.runs_bundled:
             self.verification = VerificationSimulator()
-            url = str(verification.get("url", "http://127.0.0.1:8090"))
+            url = site.verification.url
             self.verification_port = 0 if free_ports else (urlsplit(url).port or 8090)
-            if verification["sim"].get("register_stock", True):
+            if site.verification.register_stock:
                 register_stock(self.verification, site)
 
     def _all(self) -> list[Simulator]:
@@ -187,15 +183,12 @@ class Plant:
         for sim, unit, excursion in self.excursions:
             self._weather.append(asyncio.create_task(self._excursion(sim, unit, excursion)))
 
-    async def _excursion(self, sim: CabinetSimulator, unit: int, excursion: dict[str, Any]) -> None:
+    async def _excursion(self, sim: CabinetSimulator, unit: int, excursion: Excursion) -> None:
         """A fridge failing at a time of the simulated day, for a while."""
-        at = _hours(str(excursion["at"])) / 24 * self.day_seconds
-        await asyncio.sleep(at)
+        await asyncio.sleep(excursion.hours / 24 * self.day_seconds)
         normal = sim.temperature(unit)
-        sim.set_temperature(unit, float(excursion["celsius"]))
-        await asyncio.sleep(
-            float(excursion.get("minutes", 30)) * 60 / DAY_SECONDS * self.day_seconds
-        )
+        sim.set_temperature(unit, excursion.celsius)
+        await asyncio.sleep(excursion.minutes * 60 / DAY_SECONDS * self.day_seconds)
         sim.set_temperature(unit, normal)
 
     async def stop(self) -> None:
@@ -246,7 +239,7 @@ async def _stdin_commands(plant: Plant) -> None:
             print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
 
 
-async def _serve(args: argparse.Namespace, site: dict[str, Any]) -> None:
+async def _serve(args: argparse.Namespace, site: SiteModel) -> None:
     plant = Plant(site, day_seconds=args.day_seconds, free_ports=args.free_ports, seed=args.seed)
     await plant.start()
     print(json.dumps({"ready": plant.addresses()}), flush=True)
@@ -282,7 +275,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--exit-on-stdin-close", action="store_true")
     args = parser.parse_args()
-    site = yaml.safe_load(Path(args.site).read_text(encoding="utf-8"))
+    try:
+        site = SiteModel.load(args.site)
+    except SiteModelError as exc:
+        raise SystemExit(f"{args.site}: {exc}") from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args, site))
 

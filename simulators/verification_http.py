@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from simulators.site_model import SiteModel, SiteModelError
+
 UNDO_WINDOW = timedelta(days=10)
 
 
@@ -257,34 +259,30 @@ async def _respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None
 
 
 def register_stock(
-    sim: VerificationSimulator, site: dict[str, Any], packs_per_lot: int | None = None
+    sim: VerificationSimulator, site: SiteModel, packs_per_lot: int | None = None
 ) -> int:
-    """Registers the packs of each stock lot of a site file (as loaded from YAML), as
-    their manufacturers would have uploaded them: serials `<batch>-0001`, ... One per
-    pack of the lot (quantity / the catalogue's pack size), or `packs_per_lot` each. A
-    lot given by `expires_in_days` expires that many days from today."""
-    sizes = {str(p["gtin"]).zfill(14): int(p.get("pack_size", 100)) for p in site["catalogue"]}
+    """Registers the packs of each stock lot of a site file, as their manufacturers
+    would have uploaded them: serials `<batch>-0001`, ... One per pack of the lot
+    (quantity / the catalogue's pack size), or `packs_per_lot` each. A lot given by
+    `expires_in_days` expires that many days from today."""
+    sizes = site.pack_sizes()
     today = datetime.now(UTC).date()
     n = 0
-    for lot in site.get("stock", []):
-        gtin = str(lot["gtin"]).zfill(14)
-        expiry = lot.get("expiry")
-        if expiry is None:
-            expiry = today + timedelta(days=int(lot.get("expires_in_days", 365)))
-        elif isinstance(expiry, str):
-            expiry = date.fromisoformat(expiry)
-        packs = packs_per_lot or -(-int(lot["quantity"]) // sizes.get(gtin, 100))
+    for lot in site.stock:
+        expiry = lot.expiry or today + timedelta(days=lot.expires_in_days)
+        packs = packs_per_lot or -(-lot.quantity // sizes.get(lot.gtin, 100))
         for i in range(1, packs + 1):
-            sim.add(gtin, f"{lot['batch']}-{i:04d}"[:20], str(lot["batch"]), expiry)
+            sim.add(lot.gtin, f"{lot.batch}-{i:04d}"[:20], lot.batch, expiry)
             n += 1
     return n
 
 
 def seed_from_site(sim: VerificationSimulator, path: str, packs_per_lot: int | None) -> int:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return register_stock(sim, yaml.safe_load(f), packs_per_lot)
+    try:
+        site = SiteModel.load(path)
+    except SiteModelError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    return register_stock(sim, site, packs_per_lot)
 
 
 async def _main(args: argparse.Namespace) -> None:

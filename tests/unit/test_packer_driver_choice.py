@@ -57,8 +57,9 @@ def test_an_unknown_driver_is_named() -> None:
 def test_the_plant_gives_each_packer_the_model_its_driver_speaks(driver: str, model: str) -> None:
     from simulators.packer_opcua import PackerSimulator
     from simulators.plant import _packer
+    from simulators.site_model import PackerSite
 
     raw = site_dict(packer_address="opc.tcp://127.0.0.1:4840/")["packers"][0]
     raw["driver"] = driver
-    sim = _packer(raw, seed=1, free_ports=True)
+    sim = _packer(PackerSite.from_site(raw), seed=1, free_ports=True)
     assert isinstance(sim, PackerSimulator) and sim.model == model
