@@ -70,6 +70,18 @@ _LOCATION_BY_CODE = select(locations.c.id, locations.c.kind).where(
 _STORED_COMMAND = select(commands.c.kind, commands.c.result).where(
     commands.c.key == bindparam("key")
 )
+_COMMAND_KEY = select(commands.c.key).where(commands.c.key == bindparam("key"))
+_INSERT_COMMAND = insert(commands)
+_LOCATION_KIND = select(locations.c.kind).where(locations.c.id == bindparam("id"))
+_LOCATION_CODE = select(locations.c.code).where(locations.c.id == bindparam("id"))
+_LOT_ID = select(lots.c.id).where(
+    lots.c.product_id == bindparam("product_id"), lots.c.batch == bindparam("batch")
+)
+_LOT_NAME = (
+    select(products.c.gtin, lots.c.batch)
+    .join(products, products.c.id == lots.c.product_id)
+    .where(lots.c.id == bindparam("id"))
+)
 
 
 class LedgerCore:
@@ -112,7 +124,7 @@ class LedgerCore:
     def command_done(self, key: str) -> bool:
         """Whether a command with this idempotency key has been booked."""
         with self._reading() as conn:
-            found = conn.execute(select(commands.c.key).where(commands.c.key == key)).first()
+            found = conn.execute(_COMMAND_KEY, {"key": key}).first()
         return found is not None
 
     # ------------------------------------------------------------------ transactions
@@ -243,9 +255,13 @@ class LedgerCore:
                         return stored, then(conn) if then else None
                     result = fn(conn)
                     conn.execute(
-                        insert(commands).values(
-                            key=key, kind=kind, result=json.dumps(result), ts=self.clock()
-                        )
+                        _INSERT_COMMAND,
+                        {
+                            "key": key,
+                            "kind": kind,
+                            "result": json.dumps(result),
+                            "ts": self.clock(),
+                        },
                     )
                     self._note("command", key, None, {"kind": kind, **result})
                     return result, then(conn) if then else None
@@ -357,17 +373,13 @@ class LedgerCore:
         cached = self._cached("location-kind", str(loc_id))
         if cached is not None:
             return str(cached)
-        kind = str(
-            conn.execute(select(locations.c.kind).where(locations.c.id == loc_id)).scalar_one()
-        )
+        kind = str(conn.execute(_LOCATION_KIND, {"id": loc_id}).scalar_one())
         self._remember("location-kind", str(loc_id), kind)
         return kind
 
     def _lot_id_in(self, conn: Connection, gtin: str, batch: str) -> int:
         product_id = self._product_id(conn, gtin)
-        row = conn.execute(
-            select(lots.c.id).where(lots.c.product_id == product_id, lots.c.batch == batch)
-        ).first()
+        row = conn.execute(_LOT_ID, {"product_id": product_id, "batch": batch}).first()
         if row is None:
             raise UnknownEntity("batch", f"{gtin}/{batch}")
         return int(row.id)
@@ -375,20 +387,14 @@ class LedgerCore:
     def _location_name(self, conn: Connection, loc_id: int) -> str:
         cached = self._names.get(("loc", loc_id))
         if cached is None:
-            cached = str(
-                conn.execute(select(locations.c.code).where(locations.c.id == loc_id)).scalar_one()
-            )
+            cached = str(conn.execute(_LOCATION_CODE, {"id": loc_id}).scalar_one())
             self._names[("loc", loc_id)] = cached
         return cached
 
     def _lot_name(self, conn: Connection, lot_id: int) -> str:
         cached = self._names.get(("lot", lot_id))
         if cached is None:
-            row = conn.execute(
-                select(products.c.gtin, lots.c.batch)
-                .join(products, products.c.id == lots.c.product_id)
-                .where(lots.c.id == lot_id)
-            ).one()
+            row = conn.execute(_LOT_NAME, {"id": lot_id}).one()
             cached = f"{row.gtin}/{row.batch}"
             self._names[("lot", lot_id)] = cached
         return cached

@@ -8,11 +8,10 @@ delta starts exactly where the last one ended and nothing is counted twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 
-from controller.ledger.booking import dialect_insert
+from controller.ledger.booking import per_dialect
 from controller.ledger.core import LedgerCore
 from controller.ledger.schema import balances, counter_marks, locations, lots, products
 from controller.ledger.views import CounterMark
@@ -30,6 +29,24 @@ _ON_HAND_AT = (
     .where(locations.c.code.in_(bindparam("codes", expanding=True)), balances.c.on_hand > 0)
     .group_by(locations.c.code, products.c.gtin)
 )
+_MARK = select(counter_marks.c.value).where(
+    counter_marks.c.device == bindparam("device"), counter_marks.c.counter == bindparam("counter")
+)
+# Recorded with the movements a counter explains, on every poll that books something.
+_SET_MARK = per_dialect(
+    lambda dialect_insert: (
+        dialect_insert(counter_marks)
+        .values(
+            device=bindparam("mark_device"),
+            counter=bindparam("mark_counter"),
+            value=bindparam("mark_value"),
+        )
+        .on_conflict_do_update(
+            index_elements=[counter_marks.c.device, counter_marks.c.counter],
+            set_={"value": bindparam("mark_value")},
+        )
+    )
+)
 
 
 class CounterMarks(LedgerCore):
@@ -42,11 +59,7 @@ class CounterMarks(LedgerCore):
 
     def counter_mark(self, device: str, counter: str) -> int | None:
         with self._reading() as conn:
-            value = conn.execute(
-                select(counter_marks.c.value).where(
-                    counter_marks.c.device == device, counter_marks.c.counter == counter
-                )
-            ).scalar()
+            value = conn.execute(_MARK, {"device": device, "counter": counter}).scalar()
         return None if value is None else int(value)
 
     def marks_and_on_hand(
@@ -75,16 +88,9 @@ class CounterMarks(LedgerCore):
         rows = conn.execute(_ON_HAND_AT, {"codes": list(locations_)})
         return {(str(code), str(gtin)): int(total) for code, gtin, total in rows}
 
-    @staticmethod
-    def _set_mark_stmt(conn: Connection, mark: CounterMark) -> Any:
-        stmt = dialect_insert(conn)(counter_marks).values(
-            device=mark.device, counter=mark.counter, value=mark.value
-        )
-        return stmt.on_conflict_do_update(
-            index_elements=[counter_marks.c.device, counter_marks.c.counter],
-            set_={"value": mark.value},
-        )
-
     def _set_mark(self, conn: Connection, mark: CounterMark) -> None:
-        conn.execute(self._set_mark_stmt(conn, mark))
+        conn.execute(
+            _SET_MARK(conn),
+            {"mark_device": mark.device, "mark_counter": mark.counter, "mark_value": mark.value},
+        )
         self._note("counter", f"{mark.device}/{mark.counter}", None, {"value": mark.value})

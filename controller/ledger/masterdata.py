@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from controller.ledger.core import LedgerCore
 from controller.ledger.errors import LedgerError, UnknownEntity
@@ -25,6 +25,11 @@ from controller.ledger.schema import (
 )
 
 log = logging.getLogger("doseline.ledger")
+
+# Every line of every delivery looks its lot up: built once, with bind parameters.
+_LOT_OF_DELIVERY = select(lots.c.id, lots.c.expiry, lots.c.purchase_price).where(
+    lots.c.product_id == bindparam("product_id"), lots.c.batch == bindparam("batch")
+)
 
 
 class MasterData(LedgerCore):
@@ -199,11 +204,7 @@ class MasterData(LedgerCore):
         the lot is one purchase); a different price is logged as a warning. A lot
         recorded without a price takes the first price a delivery gives it.
         """
-        row = conn.execute(
-            select(lots.c.id, lots.c.expiry, lots.c.purchase_price).where(
-                lots.c.product_id == product_id, lots.c.batch == batch
-            )
-        ).first()
+        row = conn.execute(_LOT_OF_DELIVERY, {"product_id": product_id, "batch": batch}).first()
         if row is not None:
             if row.expiry != expiry:
                 raise LedgerError(

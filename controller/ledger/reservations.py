@@ -69,6 +69,52 @@ from controller.ledger.views import (
     positive,
 )
 
+# The statements of reserve, post, void and expiry, built once with bind parameters:
+# building and hashing a new statement object per call cost more than running it.
+_INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+_INSERT_LINE = insert(reservation_lines)
+_INSERT_ORDER_LINE = insert(order_lines)
+_POST_LINE = (
+    update(reservation_lines)
+    .where(reservation_lines.c.id == bindparam("line_id"))
+    .values(posted=reservation_lines.c.posted + bindparam("take"))
+)
+_RESERVATION_BY_KEY = select(reservations).where(reservations.c.key == bindparam("key"))
+# PostgreSQL: the reservation's row is locked while it is resolved.
+_RESERVATION_BY_KEY_LOCKED = _RESERVATION_BY_KEY.with_for_update()
+_CLOSE_RESERVATION = (
+    update(reservations)
+    .where(reservations.c.id == bindparam("reservation_id"), reservations.c.status == "open")
+    .values(status=bindparam("new_status"), resolved_at=bindparam("closed_at"))
+)
+_LOTS_OF_BATCH = select(lots.c.id).where(lots.c.batch == bindparam("batch"))
+_SUBSTITUTION_GROUP = select(products.c.substitution_group).where(
+    products.c.id == bindparam("product_id")
+)
+_SUBSTITUTES = (
+    select(products.c.id)
+    .where(
+        products.c.substitution_group == bindparam("group"),
+        products.c.id != bindparam("product_id"),
+        products.c.active == 1,
+    )
+    .order_by(products.c.id)
+)
+_LINES_OF = (
+    select(
+        reservation_lines.c.id,
+        reservation_lines.c.product_id,
+        reservation_lines.c.location_id,
+        reservation_lines.c.lot_id,
+        reservation_lines.c.quantity,
+        reservation_lines.c.posted,
+        reservation_lines.c.substituted_for,
+    )
+    .join(lots, lots.c.id == reservation_lines.c.lot_id)
+    .where(reservation_lines.c.reservation_id == bindparam("reservation_id"))
+    .order_by(lots.c.expiry, reservation_lines.c.id)
+)
+
 
 @dataclass
 class _Line:
@@ -116,17 +162,16 @@ class Reservations(Booking):
             now = self.clock()
             loc_ids = [self._internal_location_id(conn, code) for code in from_locations]
             res_id = conn.execute(
-                insert(reservations)
-                .values(
-                    key=key,
-                    purpose=purpose,
-                    status="open",
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=timeout_s),
-                    actor=actor,
-                    locations=json.dumps(list(from_locations)),
-                )
-                .returning(reservations.c.id)
+                _INSERT_RESERVATION,
+                {
+                    "key": key,
+                    "purpose": purpose,
+                    "status": "open",
+                    "created_at": now,
+                    "expires_at": now + timedelta(seconds=timeout_s),
+                    "actor": actor,
+                    "locations": json.dumps(list(from_locations)),
+                },
             ).scalar_one()
             self._note("reservation", key, None, {"status": "open", "purpose": purpose})
             filled: list[int] = []
@@ -221,11 +266,7 @@ class Reservations(Booking):
                     if take <= 0:
                         continue
                     self._release_held(conn, line.location_id, line.lot_id, take, consume=True)
-                    conn.execute(
-                        update(reservation_lines)
-                        .where(reservation_lines.c.id == line.id)
-                        .values(posted=reservation_lines.c.posted + take)
-                    )
+                    conn.execute(_POST_LINE, {"line_id": line.id, "take": take})
                     line.posted += take
                     self._book(
                         conn,
@@ -343,9 +384,7 @@ class Reservations(Booking):
 
     @staticmethod
     def _batch_lots(conn: Connection, batch: str) -> set[int]:
-        return {
-            int(i) for i in conn.execute(select(lots.c.id).where(lots.c.batch == batch)).scalars()
-        }
+        return {int(i) for i in conn.execute(_LOTS_OF_BATCH, {"batch": batch}).scalars()}
 
     def void(self, key: str, *, reservation_key: str, actor: str, reason: str) -> ReservationView:
         """Releases a whole reservation: nothing of it was used."""
@@ -456,14 +495,15 @@ class Reservations(Booking):
             took = self._hold(conn, loc_id, lot_id, min(wanted - got, available))
             if took:
                 conn.execute(
-                    insert(reservation_lines).values(
-                        reservation_id=res_id,
-                        product_id=product_id,
-                        location_id=loc_id,
-                        lot_id=lot_id,
-                        quantity=took,
-                        substituted_for=substituted_for,
-                    )
+                    _INSERT_LINE,
+                    {
+                        "reservation_id": res_id,
+                        "product_id": product_id,
+                        "location_id": loc_id,
+                        "lot_id": lot_id,
+                        "quantity": took,
+                        "substituted_for": substituted_for,
+                    },
                 )
                 got += took
         return got
@@ -535,21 +575,13 @@ class Reservations(Booking):
         return moved, released
 
     def _substitutes(self, conn: Connection, product_id: int) -> list[int]:
-        group = conn.execute(
-            select(products.c.substitution_group).where(products.c.id == product_id)
-        ).scalar()
+        group = conn.execute(_SUBSTITUTION_GROUP, {"product_id": product_id}).scalar()
         if not group:
             return []
         return [
             int(p)
             for p in conn.execute(
-                select(products.c.id)
-                .where(
-                    products.c.substitution_group == group,
-                    products.c.id != product_id,
-                    products.c.active == 1,
-                )
-                .order_by(products.c.id)
+                _SUBSTITUTES, {"group": group, "product_id": product_id}
             ).scalars()
         ]
 
@@ -563,24 +595,24 @@ class Reservations(Booking):
         self, conn: Connection, key: str, product_id: int, requested: int, filled: int, source: str
     ) -> None:
         conn.execute(
-            insert(order_lines).values(
-                key=key,
-                ts=self.clock(),
-                product_id=product_id,
-                requested=requested,
-                filled=filled,
-                source=source,
-            )
+            _INSERT_ORDER_LINE,
+            {
+                "key": key,
+                "ts": self.clock(),
+                "product_id": product_id,
+                "requested": requested,
+                "filled": filled,
+                "source": source,
+            },
         )
         self._note(
             "order-line", key, None, {"requested": requested, "filled": filled, "source": source}
         )
 
     def _open_reservation(self, conn: Connection, key: str) -> Any:
-        query = select(reservations).where(reservations.c.key == key)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        postgres = conn.dialect.name == "postgresql"
+        query = _RESERVATION_BY_KEY_LOCKED if postgres else _RESERVATION_BY_KEY
+        row = conn.execute(query, {"key": key}).first()
         if row is None:
             raise UnknownEntity("reservation", key)
         if row.status != "open":
@@ -589,9 +621,8 @@ class Reservations(Booking):
 
     def _close(self, conn: Connection, res: Any, status: str) -> None:
         result = conn.execute(
-            update(reservations)
-            .where(reservations.c.id == res.id, reservations.c.status == "open")
-            .values(status=status, resolved_at=self.clock())
+            _CLOSE_RESERVATION,
+            {"reservation_id": res.id, "new_status": status, "closed_at": self.clock()},
         )
         if result.rowcount != 1:
             raise ReservationClosed(res.key, "resolved")
@@ -599,25 +630,11 @@ class Reservations(Booking):
 
     @staticmethod
     def _lines(conn: Connection, res_id: int) -> list[_Line]:
-        rows = conn.execute(
-            select(
-                reservation_lines.c.id,
-                reservation_lines.c.product_id,
-                reservation_lines.c.location_id,
-                reservation_lines.c.lot_id,
-                reservation_lines.c.quantity,
-                reservation_lines.c.posted,
-                reservation_lines.c.substituted_for,
-            )
-            .join(lots, lots.c.id == reservation_lines.c.lot_id)
-            .where(reservation_lines.c.reservation_id == res_id)
-            .order_by(lots.c.expiry, reservation_lines.c.id)
-        ).all()
+        rows = conn.execute(_LINES_OF, {"reservation_id": res_id}).all()
         return [_Line(*row) for row in rows]
 
 
 _ORDERED = products.alias("ordered")
-_RESERVATION_BY_KEY = select(reservations).where(reservations.c.key == bindparam("key"))
 _RESERVATION_LINES = (
     select(
         products.c.gtin,
