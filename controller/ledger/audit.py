@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from controller.ledger.schema import audit_head, audit_log, locations, lots, movements, products
 
@@ -62,6 +62,17 @@ def row_hash(
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+# Built once: every transaction of the ledger runs these.
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_APPEND = insert(audit_log)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """The changes of one command, with who made them, why and when."""
@@ -91,9 +102,7 @@ def write_audit_entries(conn: Connection, entries: list[AuditEntry]) -> None:
     one multi-row INSERT and one head update for the whole batch."""
     if not any(entry.changes for entry in entries):
         return
-    query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+    query = _HEAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _HEAD
     head = conn.execute(query).first()
     if head is None:
         conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
@@ -118,8 +127,8 @@ def write_audit_entries(conn: Connection, entries: list[AuditEntry]) -> None:
             }
             prev = row_hash(**values)
             rows.append({**values, "hash": prev})
-    conn.execute(insert(audit_log), rows)
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    conn.execute(_APPEND, rows)
+    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
 
 
 def movement_record(
