@@ -3,10 +3,11 @@
 Each method has the signature and result type of the `Ledger` method it wraps, so the
 type checker sees every call. Commands with an idempotency key go to the process's one
 writer thread, which group-commits those that arrive together (`GroupWriter`); other
-writes run alone on the same thread, so SQLite's one writer is never contended from
-inside the process. Reads run on a small pool of their own with a deferred transaction,
-so a report or a stock lookup never waits behind a batch. An in-memory SQLite database
-lives in one connection, so there everything runs on the writer's thread.
+writes run alone, on SQLite on the same thread (its one writer is never contended from
+inside the process), on PostgreSQL on the pool. Reads run on a small pool of their own
+with a deferred transaction, so a report or a stock lookup never waits behind a batch.
+An in-memory SQLite database lives in one connection, so there everything runs on the
+writer's thread.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def _command(method: Callable[Concatenate[Ledger, P], T]) -> Method[P, T]:
 
 
 def _write(method: Callable[Concatenate[Ledger, P], T]) -> Method[P, T]:
-    """A write without an idempotency key: runs alone on the writer."""
+    """A write without an idempotency key: runs alone (`_alone`)."""
     name = method.__name__
 
     async def call(self: AsyncLedger, /, *args: P.args, **kwargs: P.kwargs) -> T:
         work = functools.partial(method, self.ledger, *args, **kwargs)
-        return await self._on_writer(name, work, batchable=False)
+        return await self._alone(name, work)
 
     return functools.update_wrapper(call, method)
 
@@ -70,7 +71,9 @@ class AsyncLedger:
         self._single_thread = is_memory_sqlite(ledger.engine)
         self._sqlite = ledger.engine.dialect.name == "sqlite"
         self._writer = GroupWriter(ledger, batch, on_batch=self._observe_batch)
-        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-read")
+        # SQLite reads in one thread (more only contend for the GIL); PostgreSQL serves many
+        readers = 1 if self._sqlite else 4
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="ledger-read")
 
     # ------------------------------------------------------------------ commands
 
@@ -122,19 +125,23 @@ class AsyncLedger:
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs another synchronous database write (a store's: packing, refills, ward
-        supply) alone on the writer's thread on SQLite, so it queues behind ledger writes
-        instead of contending for the one write lock; on PostgreSQL on the pool."""
+        supply) alone (`_alone`)."""
         name = getattr(fn, "__name__", "call")
-        work = functools.partial(fn, *args, **kwargs)
-        if self._sqlite:
-            return await self._on_writer(name, work, batchable=False)
-        return await self._on_readers(name, work)
+        return await self._alone(name, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         self._writer.close()
         self._readers.shutdown(wait=True)
 
     # ------------------------------------------------------------------ plumbing
+
+    async def _alone(self, name: str, work: Callable[[], T]) -> T:
+        """A write in a transaction of its own: on SQLite on the writer's thread, so it
+        queues behind the batches instead of contending for the one write lock; on
+        PostgreSQL on the pool, beside the writer, as the server takes many writers."""
+        if self._sqlite:
+            return await self._on_writer(name, work, batchable=False)
+        return await self._on_readers(name, work)
 
     async def _on_writer(self, name: str, work: Callable[[], T], *, batchable: bool) -> T:
         loop = asyncio.get_running_loop()

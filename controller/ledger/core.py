@@ -129,23 +129,28 @@ class LedgerCore:
 
     # ------------------------------------------------------------------ transactions
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, lock_wait_s: float | None = None) -> AbstractContextManager[None]:
         """Group commit: the commands called inside share one transaction, each in a
         savepoint of its own, and their audit rows are chained once, at the end.
 
         A command refused inside (LedgerError) rolls back to its savepoint and its caller
         gets the error; the others commit. An error that leaves the transaction unusable
         (a lost connection, a deadlock) propagates out, and nothing of the batch commits.
-        Inside a batch already, this joins it."""
-        return self._batch_scope()
+        With `lock_wait_s` (PostgreSQL), the batch gives up when it waits longer than that
+        for a row another transaction holds: a batch holds its rows until it commits, so
+        two batches that each hold what the other wants would otherwise wait for the
+        server's deadlock timeout. Inside a batch already, this joins it."""
+        return self._batch_scope(lock_wait_s)
 
     @contextmanager
-    def _batch_scope(self) -> Iterator[None]:
+    def _batch_scope(self, lock_wait_s: float | None) -> Iterator[None]:
         if self._current_batch() is not None:
             yield
             return
         batch = None
         with self.engine.begin() as conn:
+            if lock_wait_s is not None and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
             batch = _Batch(conn)
             self._local.batch = batch
             try:

@@ -35,7 +35,7 @@ Done = Callable[[Any, BaseException | None], None]
 class Batching(Protocol):
     """What the writer needs of the ledger: a scope whose commands share one transaction."""
 
-    def batch(self) -> Any: ...
+    def batch(self, *, lock_wait_s: float | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,17 @@ class BatchSettings:
 
     max_commands: int = 64
     wait_s: float = 0.0
+    # how long a batch may wait for a row another controller holds before it gives up
+    # and its commands run one by one (PostgreSQL)
+    lock_wait_s: float = 0.05
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_commands <= 10_000:
             raise ValueError(f"batch max_commands: {self.max_commands} is not within 1..10000")
         if not 0 <= self.wait_s <= 1:
             raise ValueError(f"batch wait: {self.wait_s} s is not within 0..1 s")
+        if not 0.001 <= self.lock_wait_s <= 60:
+            raise ValueError(f"batch lock wait: {self.lock_wait_s} s is not within 0.001..60 s")
 
 
 _STOP = object()
@@ -89,6 +94,9 @@ class GroupWriter:
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._carry: Any = None
+        # Additive increase, halving on a failed batch: under contention between
+        # controllers, batches shrink (fewer rows held at once), and grow back after.
+        self.limit = self.settings.max_commands
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -130,7 +138,7 @@ class GroupWriter:
 
     def _gather(self, jobs: list[Job]) -> None:
         deadline = time.monotonic() + self.settings.wait_s
-        while len(jobs) < self.settings.max_commands:
+        while len(jobs) < self.limit:
             try:
                 item = self._next(deadline - time.monotonic())
             except queue.Empty:
@@ -152,7 +160,7 @@ class GroupWriter:
     def _run_batch(self, jobs: list[Job]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
-            with self.ledger.batch():
+            with self.ledger.batch(lock_wait_s=self.settings.lock_wait_s):
                 for job in jobs:
                     try:
                         outcomes.append((job.run(), None))
@@ -163,10 +171,12 @@ class GroupWriter:
         except Exception as exc:
             # Nothing of the batch committed (or it is unknown whether the commit
             # arrived): each command runs again alone, under its own idempotency key.
-            log.warning("a batch of %d ledger commands is run again one by one: %s", len(jobs), exc)
+            log.info("a batch of %d ledger commands is run again one by one: %s", len(jobs), exc)
+            self.limit = max(1, self.limit // 2)
             for job in jobs:
                 _run_alone(job)
             return
+        self.limit = min(self.settings.max_commands, self.limit + 1)
         for job, (result, error) in zip(jobs, outcomes, strict=True):
             _deliver(job, result, error)
 
