@@ -32,7 +32,7 @@ TAGS = [
     {"name": "orders", "description": "Dose orders in (FHIR, HL7 v2), listed and reviewed"},
     {"name": "jobs", "description": "Packing jobs planned from approved orders"},
     {"name": "packers", "description": "PackML commands to the dose-packing machines"},
-    {"name": "stock", "description": "Stock reports from the ledger"},
+    {"name": "stock", "description": "Stock reports from the ledger, and the store tasks"},
     {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
     {"name": "verification", "description": "Pack verification (EU FMD): alerts, queue, undo"},

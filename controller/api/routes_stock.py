@@ -1,5 +1,7 @@
 """Stock reports: the same definitions as `doseline report balance|expiring|cover|
-compliance` (controller.ledger.reports), with the same parameters and defaults."""
+compliance` (controller.ledger.reports), with the same parameters and defaults; and the
+store staff's tasks, the same as `doseline ledger move|waste-expired`
+(controller.store_tasks)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,28 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from controller.api.auth import Role
-from controller.api.context import Context, Viewer, role_note
+from controller.api.context import Context, Technician, Viewer, role_note
 from controller.api.errors import ApiError, responses
-from controller.api.models import Text
+from controller.api.models import Closed, Text
 from controller.config import valid_gtin
 from controller.ledger import reports
-from controller.ledger.errors import LedgerError, UnknownEntity
+from controller.ledger.errors import InsufficientStock, LedgerError, UnknownEntity
+from controller.store_tasks import (
+    ExpiredWaste,
+    MoveRequest,
+    MoveResult,
+    StoreTaskRefused,
+    move_stock,
+    store_places,
+    waste_expired,
+)
 
 router = APIRouter(prefix="/stock", tags=["stock"])
 _VIEWER = role_note(Role.VIEWER)
+_TECHNICIAN = role_note(Role.TECHNICIAN)
 
 
 def _utc(value: datetime | None) -> datetime:
@@ -139,3 +152,102 @@ async def compliance(
         )
     except LedgerError as exc:
         raise _refused(exc) from None
+
+
+# ------------------------------------------------------------------ store tasks
+
+Key = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="idempotency key: a retry with the same key books nothing",
+    ),
+]
+Location = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class MoveBody(Closed):
+    gtin: str = Field(min_length=1, max_length=14)
+    batch: str = Field(min_length=1, max_length=20)
+    from_location: Location
+    to_location: Location
+    quantity: int = Field(strict=True, gt=0, description="whole units of the lot")
+    reason: str | None = Field(default=None, min_length=1, max_length=200)
+    key: Key
+
+
+class WasteExpiredBody(Closed):
+    location: Location | None = Field(
+        default=None, description="a store location and those under it (default: the store)"
+    )
+    dry_run: bool = Field(default=False, description="list what would be wasted, book nothing")
+    key: Key
+
+
+def _store_refusal(exc: LedgerError) -> ApiError:
+    """A store task's refusal names the field of the body at fault; less free stock
+    than asked for is a conflict with the ledger's state (409)."""
+    if isinstance(exc, StoreTaskRefused):
+        status = 409 if exc.kind == "short" else 422
+        return ApiError(status, str(exc), field=exc.field, value=exc.value)
+    if isinstance(exc, InsufficientStock):
+        return ApiError(409, str(exc), field="quantity", value=exc.wanted)
+    return ApiError(422, str(exc))
+
+
+@router.post(
+    "/moves",
+    summary="Move free stock of one lot between two store locations",
+    description="Lot-exact: only units of the lot that are neither reserved nor under a "
+    "location hold are moved, between locations of the store (store, bin, preparedness, "
+    "quarantine). Audited with the caller as the actor. Role: technician or above.",
+    response_model=MoveResult,
+    responses=responses(401, 403, 409, 422),
+    openapi_extra=_TECHNICIAN,
+)
+async def move(body: MoveBody, ctx: Context, user: Technician) -> MoveResult:
+    request = MoveRequest(
+        gtin=body.gtin,
+        batch=body.batch,
+        from_location=body.from_location,
+        to_location=body.to_location,
+        quantity=body.quantity,
+        key=body.key,
+        actor=user.name,
+        reason=body.reason,
+    )
+    try:
+        return await ctx.write(move_stock, ctx.ledger, store_places(ctx.site.store), request)
+    except LedgerError as exc:
+        raise _store_refusal(exc) from None
+
+
+@router.post(
+    "/waste-expired",
+    summary="Book the free stock of expired lots in the store as waste",
+    description="Every lot that expired before today (the site's time zone) at the "
+    "location and the store locations under it (default: the whole store) is wasted "
+    "with reason code `expired`, lot-exact, one ledger command per location and lot "
+    "under keys derived from `key`. Reserved or held units are left and listed. "
+    "Role: technician or above.",
+    response_model=ExpiredWaste,
+    responses=responses(401, 403, 422),
+    openapi_extra=_TECHNICIAN,
+)
+async def waste_expired_stock(
+    body: WasteExpiredBody, ctx: Context, user: Technician
+) -> ExpiredWaste:
+    try:
+        return await ctx.write(
+            waste_expired,
+            ctx.ledger,
+            store_places(ctx.site.store),
+            location=body.location or ctx.site.store.code,
+            key=body.key,
+            actor=user.name,
+            today=ctx.today(),
+            dry_run=body.dry_run,
+        )
+    except LedgerError as exc:
+        raise _store_refusal(exc) from None

@@ -15,6 +15,7 @@ from controller.cli.packing import add_packing_parsers
 from controller.cli.purchasing import add_purchasing_parsers
 from controller.cli.reports import add_report_parsers
 from controller.cli.run import add_run_parsers
+from controller.cli.store import add_store_parsers
 from controller.cli.verification import add_verification_parsers
 from controller.cli.wards import add_wardsupply_parsers
 from controller.config import ConfigError
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_parser(sub)
     lsub = add_ledger_parsers(sub)
+    add_store_parsers(lsub)
     add_run_parsers(sub)
     add_report_parsers(sub, lsub)
     add_packing_parsers(sub)

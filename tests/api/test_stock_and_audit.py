@@ -122,6 +122,8 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/stock/expiring"): "viewer",
     ("get", "/api/v1/stock/cover"): "viewer",
     ("get", "/api/v1/stock/compliance"): "viewer",
+    ("post", "/api/v1/stock/moves"): "technician",
+    ("post", "/api/v1/stock/waste-expired"): "technician",
     ("get", "/api/v1/debiting"): "pharmacist",
     ("get", "/api/v1/refills"): "viewer",
     ("post", "/api/v1/refills/scan"): "technician",

@@ -237,6 +237,8 @@ DOCUMENTED = {
     ("GET", "/stock/expiring"),
     ("GET", "/stock/cover"),
     ("GET", "/stock/compliance"),
+    ("POST", "/stock/moves"),
+    ("POST", "/stock/waste-expired"),
     ("GET", "/debiting"),
     ("GET", "/refills"),
     ("POST", "/refills/scan"),
