@@ -51,6 +51,10 @@ products = Table(
     Column("controlled_class", String(10), nullable=True),
     Column("substitution_group", String(50), nullable=True),
     Column("active", Integer, nullable=False, server_default="1"),
+    # devices and protective equipment: consumable or durable (only consumables count
+    # in the one-month duty); drugs and special food are always consumable
+    Column("durability", String(10), nullable=False, server_default="consumable"),
+    CheckConstraint("durability IN ('consumable', 'durable')", name="ck_product_durability"),
 )
 
 lots = Table(
@@ -172,6 +176,18 @@ exemptions = Table(
     Column("review_date", Date, nullable=False),
     Column("decided_by", String(100), nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
+    # the measures taken against the risk
+    Column("measures", Text, nullable=False, server_default=""),
+    # NULL: the product is out of the figures; N: its level is lowered to N days
+    Column("level_days", Integer, nullable=True),
+    Column("status", String(10), nullable=False, server_default="active"),
+    Column("reviewed_at", UTCDateTime(), nullable=True),
+    Column("reviewed_by", String(100), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("revoked_by", String(100), nullable=True),
+    Column("revoke_reason", Text, nullable=True),
+    CheckConstraint("level_days IS NULL OR level_days >= 0", name="ck_exemption_level"),
+    CheckConstraint("status IN ('active', 'revoked')", name="ck_exemption_status"),
 )
 
 # Demand as it was asked of the stock: one line per product of a reservation request

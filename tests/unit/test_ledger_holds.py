@@ -590,7 +590,7 @@ def test_the_migrations_build_exactly_the_tables_of_the_code(ledger_url: str) ->
     engine = make_engine(ledger_url)
     try:
         upgrade(engine)
-        assert current(engine) == "0008"
+        assert current(engine) == "0009"
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []

@@ -90,7 +90,7 @@ def receive(led: Ledger, key: str, gtin: str, batch: str, days: int, qty: int, l
 
 
 def test_schema_is_at_the_latest_migration(ledger: Ledger) -> None:
-    assert current(ledger.engine) == "0008"
+    assert current(ledger.engine) == "0009"
 
 
 def test_receive_from_a_gs1_scan_and_bad_scans(ledger: Ledger) -> None:
@@ -382,7 +382,7 @@ def test_reset_leaves_a_database_that_migrates_again(ledger: Ledger) -> None:
     reset(ledger.engine)
     assert current(ledger.engine) is None
     ledger.create_schema()  # a demo run after a demo run
-    assert current(ledger.engine) == "0008"
+    assert current(ledger.engine) == "0009"
     assert ledger.movement_count() == 0
 
 
