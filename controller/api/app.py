@@ -13,6 +13,10 @@ from controller.api.auth import Tokens
 from controller.api.context import ApiContext
 from controller.api.local_docs import install_local_docs
 from controller.api.routes_debiting import router as debiting_router
+from controller.api.routes_duty_preparedness import router as duty_preparedness_router
+from controller.api.routes_duty_scope import router as duty_scope_router
+from controller.api.routes_duty_shortages import router as duty_shortages_router
+from controller.api.routes_duty_use import router as duty_use_router
 from controller.api.routes_jobs import jobs_router, packers_router
 from controller.api.routes_misc import audit_router, health_router, refills_router
 from controller.api.routes_orders import router as orders_router
@@ -112,6 +116,10 @@ def create_app(
         verification_router,
         purchasing_router,
         wardsupply_router,
+        duty_scope_router,
+        duty_preparedness_router,
+        duty_shortages_router,
+        duty_use_router,
         audit_router,
         health_router,
     ):

@@ -10,6 +10,7 @@ import sys
 from controller.cli.bench import add_bench_parsers
 from controller.cli.cabinets import add_cabinet_parsers
 from controller.cli.demo import add_demo_parser
+from controller.cli.duty import add_duty_parsers
 from controller.cli.ledger import add_ledger_parsers
 from controller.cli.packing import add_packing_parsers
 from controller.cli.purchasing import add_purchasing_parsers
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verification_parsers(sub)
     add_purchasing_parsers(sub)
     add_wardsupply_parsers(sub)
+    add_duty_parsers(sub)
     add_bench_parsers(sub)
     return parser
 

@@ -19,6 +19,9 @@ Where each part lives:
 - holds.py: location holds and stock discrepancies
 - marks.py: device counter marks
 - queries.py: stock, free stock and movement totals
+- duty_scope.py, duty_preparedness.py, duty_shortages.py, duty_use.py: the stock
+  duty's scope and exemptions, preparedness and crisis periods, shortages, rationing
+  and licences, and external use
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from controller.ledger.core import (
     LedgerCore,
     utcnow,
 )
+from controller.ledger.duty_preparedness import DutyPreparedness
+from controller.ledger.duty_scope import DutyScope
+from controller.ledger.duty_shortages import DutyShortages
+from controller.ledger.duty_use import DutyUse
 from controller.ledger.holds import MAX_HOLD_KEY, Holds
 from controller.ledger.marks import CounterMarks
 from controller.ledger.masterdata import MasterData
@@ -59,6 +66,10 @@ from controller.ledger.views import (
 
 
 class Ledger(
+    DutyScope,
+    DutyPreparedness,
+    DutyShortages,
+    DutyUse,
     Movements,
     Holds,
     Queries,
