@@ -388,6 +388,24 @@ class Metrics:
             ["category"],
             registry=r,
         )
+        self.stock_below_obligation_in_crisis = Gauge(
+            "doseline_stock_products_below_obligation_in_crisis",
+            "Products of the category below the obligation while a crisis period covers them",
+            ["category"],
+            registry=r,
+        )
+        self.preparedness_below_floor = Gauge(
+            "doseline_preparedness_products_below_floor",
+            "Products of the category on the preparedness list whose usable preparedness "
+            "stock is below the floor",
+            ["category"],
+            registry=r,
+        )
+        self.crisis_active = Gauge(
+            "doseline_crisis_active",
+            "1 while a crisis period is in force (stock may be drawn below the month), else 0",
+            registry=r,
+        )
         self.stock_preparedness_cover_days = Gauge(
             "doseline_stock_preparedness_cover_days",
             "Days the usable preparedness stock alone lasts, for its weakest product",

@@ -66,6 +66,12 @@ class StockSnapshot:
     ward_reliability: float | None = None
     ward_unmet: Mapping[str, int] = field(default_factory=dict)
     ward_lines: Mapping[str, int] = field(default_factory=dict)
+    # the stock duty: category -> products below the obligation while in crisis (not in
+    # below_obligation), category -> listed products below their preparedness floor,
+    # and whether a crisis period is in force
+    below_obligation_in_crisis: Mapping[str, int] = field(default_factory=dict)
+    preparedness_below_floor: Mapping[str, int] = field(default_factory=dict)
+    crisis_active: bool = False
 
 
 def _round1(value: Decimal) -> float:
@@ -147,7 +153,11 @@ def collect(
     categories = list(dict.fromkeys([*PRODUCT_CATEGORIES, *(r.category for r in cover.rows)]))
     lowest: dict[str, float | None] = dict.fromkeys(categories)
     short: dict[str, int] = dict.fromkeys(categories, 0)
+    short_in_crisis: dict[str, int] = dict.fromkeys(categories, 0)
+    below_floor: dict[str, int] = dict.fromkeys(categories, 0)
     for row in cover.rows:
+        if row.below_floor:
+            below_floor[row.category] += 1
         # As in compliance_summary: exempt products and products without consumption
         # on their basis window are not judged.
         if row.exempt or row.meets_obligation is None or row.cover_days is None:
@@ -155,7 +165,7 @@ def collect(
         current = lowest[row.category]
         lowest[row.category] = row.cover_days if current is None else min(current, row.cover_days)
         if not row.meets_obligation:
-            short[row.category] += 1
+            (short_in_crisis if row.in_crisis else short)[row.category] += 1
     # Usable as days_of_cover counts it: on the UTC date of `now`.
     usable, prep_value = _preparedness_units(ledger, now.date())
     today = now.astimezone(tz).date()
@@ -192,6 +202,9 @@ def collect(
         ward_reliability=ward.share,
         ward_unmet={cause: ward.by_cause.get(cause, 0) for cause in CAUSES},
         ward_lines=ward_line_counts(ledger),
+        below_obligation_in_crisis=short_in_crisis,
+        preparedness_below_floor=below_floor,
+        crisis_active=bool(ledger.crisis_periods(at=now, in_force_only=True)),
     )
 
 
@@ -287,6 +300,11 @@ class StockMetrics:
         self._cover_shown = shown
         for category, count in snap.below_obligation.items():
             m.stock_below_obligation.labels(category).set(count)
+        for category, count in snap.below_obligation_in_crisis.items():
+            m.stock_below_obligation_in_crisis.labels(category).set(count)
+        for category, count in snap.preparedness_below_floor.items():
+            m.preparedness_below_floor.labels(category).set(count)
+        m.crisis_active.set(1 if snap.crisis_active else 0)
         m.stock_preparedness_cover_days.set(_value(snap.preparedness_cover_days))
         m.stock_preparedness_value.set(_value(snap.preparedness_value))
         for days, value in snap.expiring_value.items():

@@ -140,6 +140,8 @@ def test_every_alert_has_severity_duration_and_annotations() -> None:
         "StockMetricsStale",
         "ReservationStuck",
         "WardDeliveryReliabilityBelowTarget",
+        "ProductBelowObligationInCrisis",
+        "PreparednessBelowFloor",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name

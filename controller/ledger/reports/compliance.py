@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
+from controller.ledger.duty_state import CrisisInForce, crisis_in_force
 from controller.ledger.reports.common import _load_products, _load_stock, _money, _ratio
 from controller.ledger.reports.cover import CoverRow, days_of_cover
 from controller.ledger.schema import PRODUCT_CATEGORIES
@@ -40,6 +42,8 @@ class CategoryCompliance:
     short: tuple[ProductRef, ...]
     exempted: tuple[ExemptProduct, ...]
     no_consumption: tuple[ProductRef, ...]
+    # short of the obligation while a crisis period covers them (not in `short`)
+    below_month_in_crisis: tuple[ProductRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,27 @@ class PreparednessProduct:
 
 
 @dataclass(frozen=True)
+class PreparednessListed:
+    """A product of the preparedness list: its levels and usable preparedness stock."""
+
+    gtin: str
+    article: int
+    name: str
+    category: str
+    target: int
+    floor: int
+    stock: int  # usable units in preparedness locations
+    below_floor: bool
+
+
+@dataclass(frozen=True)
 class PreparednessLine:
     units: int
     value: Decimal
     products: tuple[PreparednessProduct, ...]
+    listed: tuple[PreparednessListed, ...] = ()  # the preparedness list, by name
+    products_listed: int = 0
+    below_floor: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,7 @@ class ComplianceSummary:
     meeting: int
     share: float | None
     preparedness: PreparednessLine
+    crisis: tuple[CrisisInForce, ...] = ()  # the crisis periods in force at `now`
 
 
 def compliance_summary(
@@ -80,6 +102,10 @@ def compliance_summary(
     listed with their reason and review date (whether or not they have consumption);
     products without consumption are listed apart. Preparedness stock is the stock in
     locations of kind `preparedness`, any lot status; it also counts in the cover above.
+    The preparedness list is given per product with its target, floor and usable
+    preparedness stock (below floor: stock < floor). Products short of the obligation
+    while a crisis period covers them are listed apart from `short`, under
+    `below_month_in_crisis`; `crisis` holds the periods in force at `now`.
     """
     cover = days_of_cover(source, now=now, obligation_days=obligation_days)
     by_category: dict[str, list[CoverRow]] = {c: [] for c in PRODUCT_CATEGORIES}
@@ -112,7 +138,7 @@ def compliance_summary(
                 short=tuple(
                     ProductRef(r.gtin, r.article, r.name)
                     for r in assessed
-                    if not r.meets_obligation
+                    if not r.meets_obligation and not r.in_crisis
                 ),
                 exempted=exempted,
                 no_consumption=tuple(
@@ -120,8 +146,30 @@ def compliance_summary(
                     for r in judged
                     if r.meets_obligation is None
                 ),
+                below_month_in_crisis=tuple(
+                    ProductRef(r.gtin, r.article, r.name)
+                    for r in assessed
+                    if not r.meets_obligation and r.in_crisis
+                ),
             )
         )
+    listed = tuple(
+        PreparednessListed(
+            r.gtin,
+            r.article,
+            r.name,
+            r.category,
+            r.preparedness_target,
+            r.preparedness_floor,
+            r.usable_preparedness,
+            bool(r.below_floor),
+        )
+        for r in cover.rows
+        if r.preparedness_target is not None and r.preparedness_floor is not None
+    )
+    held = _preparedness(source)
+    with engine_of(source).connect() as conn:
+        crisis = crisis_in_force(conn, now)
     assessed_total = sum(c.assessed for c in categories)
     meeting_total = sum(c.meeting for c in categories)
     return ComplianceSummary(
@@ -132,7 +180,13 @@ def compliance_summary(
         assessed=assessed_total,
         meeting=meeting_total,
         share=_ratio(meeting_total, assessed_total, 4) if assessed_total else None,
-        preparedness=_preparedness(source),
+        preparedness=dataclasses.replace(
+            held,
+            listed=listed,
+            products_listed=len(listed),
+            below_floor=sum(1 for p in listed if p.below_floor),
+        ),
+        crisis=crisis,
     )
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from sqlalchemy import Connection, case, func, select
 
+from controller.duty_rules.crisis import in_crisis
+from controller.ledger.duty_state import load_periods, load_targets
 from controller.ledger.reports.common import (
     LONG_WINDOW_DAYS,
     SHORT_WINDOW_DAYS,
@@ -55,12 +57,22 @@ class CoverRow:
     basis: Literal["90d", "30d"]  # the window the obligation is judged on
     cover_days: float | None  # on the basis window
     meets_obligation: bool | None  # None: no consumption, nothing to judge
-    status: Literal["ok", "short", "no consumption"]
+    # "below month (crisis)": short of the obligation while a crisis period covers it
+    status: Literal["ok", "short", "no consumption", "below month (crisis)"]
     exempt: bool
     exemption: Exemption | None
     # net use of the last 30 days by where it left the stock: dose pouches (canisters),
     # cabinets (pockets), drug rooms (ward stock), other (the store itself)
     use_30d_by_channel: dict[str, int] = dataclasses.field(default_factory=dict)
+    # usable split by where it lies: preparedness locations, and every other location
+    usable_rotating: int = 0
+    usable_preparedness: int = 0
+    # the preparedness list's levels (None: not on the list); below_floor compares
+    # usable_preparedness with the floor (None: not on the list)
+    preparedness_target: int | None = None
+    preparedness_floor: int | None = None
+    below_floor: bool | None = None
+    in_crisis: bool = False  # a crisis period in force at `now` covers the product
 
 
 CHANNELS = {"canister": "pouches", "pocket": "cabinets", "drugroom": "drug rooms"}
@@ -106,6 +118,7 @@ class _Cover:
     consumed_30d: int
     consumed_90d: int
     basis: Literal["90d", "30d"]
+    usable_preparedness: int = 0
 
     @property
     def basis_units(self) -> int:
@@ -125,9 +138,12 @@ def _covers(conn: Connection, now: datetime) -> list[_Cover]:
     first = _first_movement(conn)
     on_hand: dict[int, int] = defaultdict(int)
     usable: dict[int, int] = defaultdict(int)
+    prepared: dict[int, int] = defaultdict(int)
     for s in stock:
         on_hand[s.product_id] += s.on_hand
         usable[s.product_id] += _usable(s, today)
+        if s.location_kind == "preparedness":
+            prepared[s.product_id] += _usable(s, today)
     history_start = now - timedelta(days=LONG_WINDOW_DAYS)
     out = []
     for p in sorted(prods.values(), key=lambda p: (p.name, p.gtin)):
@@ -145,6 +161,7 @@ def _covers(conn: Connection, now: datetime) -> list[_Cover]:
                 consumed_30d=short.get(p.id, 0),
                 consumed_90d=long.get(p.id, 0),
                 basis=basis,
+                usable_preparedness=prepared[p.id],
             )
         )
     return out
@@ -209,6 +226,12 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
     days before `now`), else on the 30-day mean, so a product new to the ledger is not
     judged on a mean diluted by days before it existed. With no consumption in that
     window there is nothing to judge: cover and meets_obligation are None.
+
+    Usable stock is also split into the preparedness stock (locations of kind
+    `preparedness`) and the rotating rest; cover counts both, as the preparedness stock
+    rotates too. A product on the preparedness list is below its floor when its usable
+    preparedness stock is less than the floor. A product short of the obligation while
+    a crisis period in force at `now` covers it has status "below month (crisis)".
     """
     require_aware("now", now)
     today = now.date()
@@ -216,14 +239,24 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
         covers = _covers(conn, now)
         exempt = _exemptions(conn, today)
         channels = _use_by_channel(conn, now)
+        targets = load_targets(conn)
+        periods = load_periods(conn)
     rows = []
     for c in covers:
         units = c.basis_units
         meets = None if units == 0 else c.usable * c.basis_days >= obligation_days * units
-        status: Literal["ok", "short", "no consumption"] = (
-            "no consumption" if meets is None else "ok" if meets else "short"
-        )
         p = c.product
+        crisis = in_crisis(periods, p.gtin, p.category, now)
+        status: Literal["ok", "short", "no consumption", "below month (crisis)"] = (
+            "no consumption"
+            if meets is None
+            else "ok"
+            if meets
+            else "below month (crisis)"
+            if crisis
+            else "short"
+        )
+        levels = targets.get(p.id)
         rows.append(
             CoverRow(
                 gtin=p.gtin,
@@ -246,6 +279,12 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
                 exempt=p.id in exempt,
                 exemption=exempt.get(p.id),
                 use_30d_by_channel=dict(sorted(channels.get(p.id, {}).items())),
+                usable_rotating=c.usable - c.usable_preparedness,
+                usable_preparedness=c.usable_preparedness,
+                preparedness_target=None if levels is None else levels[0],
+                preparedness_floor=None if levels is None else levels[1],
+                below_floor=None if levels is None else c.usable_preparedness < levels[1],
+                in_crisis=crisis,
             )
         )
     return CoverReport(now=now, obligation_days=obligation_days, rows=tuple(rows))

@@ -13,7 +13,7 @@ from controller.ledger.assortment import ImportReport
 from controller.ledger.reports.balances import BalanceReport
 from controller.ledger.reports.compliance import ComplianceSummary
 from controller.ledger.reports.consumption import ConsumptionReport
-from controller.ledger.reports.cover import CoverReport
+from controller.ledger.reports.cover import CoverReport, CoverRow
 from controller.ledger.reports.expiry import ExpiryReport
 from controller.ledger.reports.proposal import OrderProposal
 from controller.ledger.reports.service import ServiceLevelReport
@@ -132,6 +132,7 @@ def _render_cover(r: CoverReport) -> str:
                 x.category,
                 x.on_hand,
                 x.usable,
+                f"{x.usable_rotating}/{x.usable_preparedness}",
                 f"{x.mean_daily_30d:.3f}",
                 f"{x.mean_daily_90d:.3f}",
                 _days(x.cover_days_30d),
@@ -140,12 +141,30 @@ def _render_cover(r: CoverReport) -> str:
                 x.status,
                 "/".join(str(x.use_30d_by_channel.get(c, 0)) for c in _CHANNEL_ORDER),
                 exempt,
+                _prep_levels(x),
             ]
         )
-    head = ["gtin", "name", "category", "on hand>", "usable>", "per day 30d>", "per day 90d>"]
+    head = ["gtin", "name", "category", "on hand>", "usable>", "rotating/prep>"]
+    head += ["per day 30d>", "per day 90d>"]
     head += ["cover 30d>", "cover 90d>", "basis", f"≥ {r.obligation_days} days"]
-    head += ["30d pouches/cabinets/drug rooms/other>", "exemption"]
-    return table(head, body)
+    head += ["30d pouches/cabinets/drug rooms/other>", "exemption", "preparedness"]
+    out = table(head, body)
+    crisis = [x.gtin for x in r.rows if x.in_crisis]
+    if crisis:
+        out += (
+            f"\nCRISIS at {r.now.isoformat()}: {len(crisis)} product(s) "
+            "may be drawn below the month"
+        )
+    return out
+
+
+def _prep_levels(x: CoverRow) -> str:
+    """A listed product's floor and target, flagged when its preparedness stock is below
+    the floor; empty when the product is not on the list."""
+    if x.preparedness_target is None:
+        return ""
+    flag = "BELOW FLOOR " if x.below_floor else ""
+    return f"{flag}floor {x.preparedness_floor} / target {x.preparedness_target}"
 
 
 def _render_compliance(r: ComplianceSummary) -> str:
@@ -164,6 +183,13 @@ def _render_compliance(r: ComplianceSummary) -> str:
     body.append(["total", r.products, r.assessed, r.meeting, _pct(r.share), "", ""])
     head = ["category", "products>", "assessed>", f"≥ {r.obligation_days} d>", "share>"]
     out = [table([*head, "exempt>", "no consumption>"], body)]
+    for period in r.crisis:
+        scope = ", ".join([*period.categories, *period.gtins]) or "every product"
+        end = "open" if period.ends_at is None else period.ends_at.isoformat()
+        out.append(
+            f"CRISIS  {period.id}: since {period.starts_at.isoformat()} (until {end}), "
+            f"{scope}: {period.reason} (decided by {period.decided_by})"
+        )
     for c in r.categories:
         for e in c.exempted:
             overdue = " (REVIEW OVERDUE)" if e.review_overdue else ""
@@ -173,6 +199,8 @@ def _render_compliance(r: ComplianceSummary) -> str:
             )
         for p in c.short:
             out.append(f"short   {c.category}: {p.gtin} {p.name}")
+        for p in c.below_month_in_crisis:
+            out.append(f"below month (crisis)  {c.category}: {p.gtin} {p.name}")
         for p in c.no_consumption:
             out.append(f"no use  {c.category}: {p.gtin} {p.name}")
     prep = r.preparedness
@@ -185,6 +213,26 @@ def _render_compliance(r: ComplianceSummary) -> str:
             table(
                 ["gtin", "name", "units>", "value SEK>"],
                 [[p.gtin, p.name, p.units, _sek(p.value)] for p in prep.products],
+            )
+        )
+    if prep.listed:
+        out.append(
+            f"\npreparedness list: {prep.products_listed} products, {prep.below_floor} below floor"
+        )
+        out.append(
+            table(
+                ["gtin", "name", "target>", "floor>", "stock>", "below floor"],
+                [
+                    [
+                        p.gtin,
+                        p.name,
+                        p.target,
+                        p.floor,
+                        p.stock,
+                        "BELOW FLOOR" if p.below_floor else "",
+                    ]
+                    for p in prep.listed
+                ],
             )
         )
     return "\n".join(out)
