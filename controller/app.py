@@ -176,6 +176,7 @@ class Controller:
         """Creates the schema and the site's master data (idempotent)."""
         led = self.ledger
         led.create_schema()
+        known = {str(row["gtin"]) for row in led.products()}
         for p in self.site.catalogue:
             led.add_product(
                 gtin=p.gtin,
@@ -225,13 +226,36 @@ class Controller:
                 )
 
         WardSupply(led, self.site).setup_locations()
+        # The site file seeds the duty's decisions only where the ledger has none of
+        # its own, so a later decision by CLI, API or console is not overwritten.
+        for p in self.site.catalogue:
+            if p.gtin not in known and p.durability == "durable":
+                led.set_durability(p.gtin, "durable", actor="site-setup")
+        exempted = {e.gtin for e in led.exemptions_list(include_revoked=True)}
         for exemption in self.site.exemptions:
+            if exemption.gtin in exempted:
+                continue
             led.set_exemption(
                 gtin=exemption.gtin,
                 reason=exemption.reason,
                 risk_assessment=exemption.risk_assessment,
                 review_date=exemption.review_date,
                 decided_by=exemption.decided_by,
+                actor="site-setup",
+                measures=exemption.measures,
+                level_days=exemption.level_days,
+            )
+        scoped = led.scope_list()
+        have = {e.gtin for e in scoped if e.gtin} | {f"category:{e.category}" for e in scoped}
+        for entry in self.site.duty_scope:
+            key = entry.gtin or f"category:{entry.category}"
+            if key in have:
+                continue
+            led.set_out_of_scope(
+                gtin=entry.gtin,
+                category=entry.category,
+                reason=entry.reason,
+                note=entry.note,
                 actor="site-setup",
             )
 

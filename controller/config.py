@@ -121,6 +121,9 @@ class Product(Strict):
     # False: the store keeps none (rarely used or expensive); a ward's line becomes a
     # supplier order and is delivered when it arrives (docs/ward-supply.md)
     stocked: bool = True
+    # devices and protective equipment only: a durable one does not count in the
+    # one-month duty (written to the ledger when the product is new to it)
+    durability: Literal["consumable", "durable"] = "consumable"
 
 
 class Supplier(Strict):
@@ -622,6 +625,27 @@ class Exemption(Strict):
     risk_assessment: str = Field(min_length=10)
     review_date: date
     decided_by: str
+    # the measures taken against the risk
+    measures: str = ""
+    # None: the product is out of the figures; N: it is judged against N days (< 30)
+    level_days: int | None = Field(default=None, ge=0, lt=30)
+
+
+class DutyScopeEntry(Strict):
+    """A product or a whole category out of the one-month duty's scope, with its reason."""
+
+    gtin: Gtin | None = None
+    category: Literal["drug", "medical_device", "special_food", "protective_equipment"] | None = (
+        None
+    )
+    reason: Literal["individual_patient", "dental_care", "manufacturing_material"]
+    note: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> DutyScopeEntry:
+        if (self.gtin is None) == (self.category is None):
+            raise ValueError("name either a gtin or a category")
+        return self
 
 
 class Site(Strict):
@@ -651,6 +675,9 @@ class Site(Strict):
     ward_supply: WardSupplyConfig = WardSupplyConfig()
     seed: int = 7
     demo: DemoConfig | None = None
+    # products and categories out of the one-month duty's scope (seeded into the
+    # ledger only where it has no decision of its own: docs/stock-duty.md)
+    duty_scope: list[DutyScopeEntry] = []
 
     def pseudonym_salt(self) -> str:
         """The salt for patient pseudonyms: from the environment, else the site name."""
@@ -672,6 +699,17 @@ class Site(Strict):
         for p in self.catalogue:
             if p.category == "drug" and not p.atc:
                 raise ValueError(f"catalogue {p.gtin}: atc: a drug needs an ATC code")
+            if p.durability == "durable" and p.category not in (
+                "medical_device",
+                "protective_equipment",
+            ):
+                raise ValueError(
+                    f"catalogue {p.gtin}: durability: a {p.category} cannot be durable "
+                    "(only medical devices and protective equipment)"
+                )
+        for i, entry in enumerate(self.duty_scope):
+            if entry.gtin is not None and entry.gtin not in known:
+                raise ValueError(f"duty_scope[{i}].gtin: {entry.gtin!r} is not in the catalogue")
         bins = set(self.store.all_bins)
         for i, lot in enumerate(self.stock):
             if lot.gtin not in known:

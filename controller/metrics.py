@@ -452,6 +452,11 @@ class Metrics:
             "Unix time of the last successful refresh of the stock metrics",
             registry=r,
         )
+        self.stock_exemptions_review_overdue = Gauge(
+            "doseline_stock_exemptions_review_overdue",
+            "Active exemptions from the stock duty whose review date has passed",
+            registry=r,
+        )
 
     def packer_observed(
         self, packer: str, oee: PackerOEE, spent: tuple[PackMLState, float] | None

@@ -72,6 +72,8 @@ class StockSnapshot:
     below_obligation_in_crisis: Mapping[str, int] = field(default_factory=dict)
     preparedness_below_floor: Mapping[str, int] = field(default_factory=dict)
     crisis_active: bool = False
+    # active exemptions whose review date has passed
+    exemptions_review_overdue: int = 0
 
 
 def _round1(value: Decimal) -> float:
@@ -158,9 +160,10 @@ def collect(
     for row in cover.rows:
         if row.below_floor:
             below_floor[row.category] += 1
-        # As in compliance_summary: exempt products and products without consumption
-        # on their basis window are not judged.
-        if row.exempt or row.meets_obligation is None or row.cover_days is None:
+        # As in compliance_summary: products out of scope or durable, exempt products
+        # without a reduced level and products without consumption on their basis
+        # window are not judged; a reduced-level product is judged against its level.
+        if row.level_days is None or row.meets_obligation is None or row.cover_days is None:
             continue
         current = lowest[row.category]
         lowest[row.category] = row.cover_days if current is None else min(current, row.cover_days)
@@ -205,6 +208,9 @@ def collect(
         below_obligation_in_crisis=short_in_crisis,
         preparedness_below_floor=below_floor,
         crisis_active=bool(ledger.crisis_periods(at=now, in_force_only=True)),
+        exemptions_review_overdue=sum(
+            1 for r in cover.rows if r.exemption is not None and r.exemption.review_overdue
+        ),
     )
 
 
@@ -323,5 +329,6 @@ class StockMetrics:
             m.ward_unmet_lines.labels(cause).set(count)
         for status, count in snap.ward_lines.items():
             m.ward_order_lines.labels(status).set(count)
+        m.stock_exemptions_review_overdue.set(snap.exemptions_review_overdue)
         m.stock_refreshed.set(snap.now.timestamp())
         self.last = snap

@@ -37,7 +37,11 @@ TAGS = [
     {"name": "jobs", "description": "Packing jobs planned from approved orders"},
     {"name": "packers", "description": "PackML commands to the dose-packing machines"},
     {"name": "stock", "description": "Stock reports from the ledger, and the store tasks"},
-    {"name": "stock duty", "description": "The one-month stock duty: preparedness, crisis ..."},
+    {
+        "name": "stock duty",
+        "description": "The one-month stock duty: scope, exemptions, preparedness, crisis "
+        "periods, shortages, rationing, licences, external use",
+    },
     {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
     {"name": "verification", "description": "Pack verification (EU FMD): alerts, queue, undo"},

@@ -1,7 +1,7 @@
 """Pharmacist screens: dose-order review (approve, reject, reduce, substitute),
 verification alerts, cold-chain holds, open discrepancies, the stock-duty exemptions
-(read-only) and the audit trail. Each action calls the same store method as the API
-route and the CLI command, with the signed-in user as the actor."""
+(create, review, change, revoke) and the audit trail. Each action calls the same store
+method as the API route and the CLI command, with the signed-in user as the actor."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from controller.api.auth import Role
 from controller.api.context import ApiContext
 from controller.api.models import MAX_ORDER_ID
 from controller.console.web import PREFIX, act, context, field, page, refused, render, screen
-from controller.ledger import LedgerError, reports
+from controller.ledger import LedgerError, UnknownEntity, reports
 from controller.packing.store import OrderRecord, OrderReviewError
 from controller.verification import VerificationStore
 
@@ -343,6 +343,8 @@ async def exemptions(request: Request) -> Response:
     report = await ctx.read(reports.days_of_cover, ctx.ledger, now=now, obligation_days=30)
     # the overdue first, then by review date: what needs a decision soonest on top
     rows = [(r, r.exemption) for r in report.rows if r.exemption is not None]
+    exempt = {r.gtin for r, _e in rows}
+    products = [(r.gtin, r.name) for r in report.rows if r.gtin not in exempt]
     rows.sort(key=lambda pair: (not pair[1].review_overdue, pair[1].review_date, pair[0].name))
     trail = await ctx.read(read_audit, ctx.queries.audit, entity="exemption", limit=1000)
     decided = {e.key: e.ts for e in trail}  # chain order: the latest decision wins
@@ -362,7 +364,78 @@ async def exemptions(request: Request) -> Response:
         decided=decided,
         local=local,
         obligation_days=report.obligation_days,
+        products=products,
+        tomorrow=(datetime.now(tz).date() + timedelta(days=1)).isoformat(),
     )
+
+
+def _level(form: dict[str, list[str]]) -> int | None:
+    text = field(form, "level_days").strip()
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 3:
+        raise ValueError(f"level_days: {text[:20]!r} is not a whole number of days")
+    return int(text)
+
+
+def _review_date(form: dict[str, list[str]]) -> date:
+    text = field(form, "review_date").strip()
+    day = _day(text, "review_date")
+    if day is None:
+        raise ValueError("review_date: a review date is needed")
+    return day
+
+
+def _exemption_fields(form: dict[str, list[str]]) -> dict[str, object]:
+    return {
+        "reason": field(form, "reason"),
+        "risk_assessment": field(form, "risk_assessment"),
+        "measures": field(form, "measures"),
+        "review_date": _review_date(form),
+        "level_days": _level(form),
+    }
+
+
+def _duty_status(exc: LedgerError) -> int:
+    kind = getattr(exc, "kind", None)
+    if isinstance(exc, UnknownEntity) or kind == "missing":
+        return 404
+    return 409 if kind == "conflict" else 422
+
+
+@router.post("/exemptions/{action}")
+async def decide_exemption(request: Request, action: str) -> Response:
+    """Creates an exemption (`action` create), or reviews, changes or revokes one
+    (`action` review, change or revoke, with the product's `gtin` in the form)."""
+    got = await act(request, Role.PHARMACIST)
+    if isinstance(got, Response):
+        return got
+    session, form = got
+    ctx = context(request)
+    led = ctx.ledger
+    actor = session.user.name
+    gtin = field(form, "gtin").strip()
+    if action not in ("create", "review", "change", "revoke"):
+        return refused(
+            request, session, 404, f"action: {action[:20]!r} is not create/review/change/revoke"
+        )
+    try:
+        if action == "create":
+            await ctx.write(led.create_exemption, gtin, actor=actor, **_exemption_fields(form))
+        elif action == "review":
+            note = _note(form, required=False)
+            await ctx.write(
+                led.review_exemption, gtin, review_date=_review_date(form), actor=actor, note=note
+            )
+        elif action == "change":
+            await ctx.write(led.change_exemption, gtin, actor=actor, **_exemption_fields(form))
+        else:
+            await ctx.write(led.revoke_exemption, gtin, reason=field(form, "reason"), actor=actor)
+    except ValueError as exc:
+        return refused(request, session, 422, str(exc))
+    except LedgerError as exc:
+        return refused(request, session, _duty_status(exc), str(exc))
+    return _done("/exemptions", session.flash, f"exemption-{action}", gtin)
 
 
 # ------------------------------------------------------------------------ audit trail

@@ -115,8 +115,12 @@ class MasterData(LedgerCore):
         review_date: date,
         decided_by: str,
         actor: str,
+        measures: str = "",
+        level_days: int | None = None,
     ) -> None:
-        """Exempts a product from the one-month obligation, for a documented reason."""
+        """Exempts a product from the one-month obligation, for a documented reason
+        (the site file's seed; decisions by people go through `create_exemption` and
+        the rest of the lifecycle, controller/ledger/duty_scope.py)."""
         if len(reason.strip()) < 10 or len(risk_assessment.strip()) < 10:
             raise LedgerError(
                 f"exemption of {gtin}: reason and risk_assessment must be written out "
@@ -132,6 +136,8 @@ class MasterData(LedgerCore):
                 "risk_assessment": risk_assessment,
                 "review_date": review_date,
                 "decided_by": decided_by,
+                "measures": measures,
+                "level_days": level_days,
             }
             if row is not None:
                 old = {k: row._mapping[k] for k in new}

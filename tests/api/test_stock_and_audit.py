@@ -166,6 +166,18 @@ EXPECTED_ROUTES = {
     ("post", "/api/v1/ward-supply/drug-rooms/{code}/top-up"): "technician",
     ("get", "/api/v1/ward-supply/drug-rooms/{code}/par"): "viewer",
     ("get", "/api/v1/ward-supply/reliability"): "viewer",
+    ("get", "/api/v1/duty/scope"): "viewer",
+    ("put", "/api/v1/duty/scope/products/{gtin}"): "pharmacist",
+    ("delete", "/api/v1/duty/scope/products/{gtin}"): "pharmacist",
+    ("put", "/api/v1/duty/scope/categories/{category}"): "pharmacist",
+    ("delete", "/api/v1/duty/scope/categories/{category}"): "pharmacist",
+    ("put", "/api/v1/duty/products/{gtin}/durability"): "pharmacist",
+    ("get", "/api/v1/duty/exemptions"): "viewer",
+    ("post", "/api/v1/duty/exemptions"): "pharmacist",
+    ("get", "/api/v1/duty/exemptions/{gtin}"): "viewer",
+    ("post", "/api/v1/duty/exemptions/{gtin}/review"): "pharmacist",
+    ("patch", "/api/v1/duty/exemptions/{gtin}"): "pharmacist",
+    ("post", "/api/v1/duty/exemptions/{gtin}/revoke"): "pharmacist",
 }
 # Answers a printable page (text/html), not JSON.
 HTML_ROUTES = {("get", "/api/v1/ward-supply/notes/{number}/print")}

@@ -154,8 +154,8 @@ def test_exemptions_render_in_both_languages_with_the_overdue_marked(
 ) -> None:
     site = exempted
     for locale, title, overdue, note in (
-        ("en-GB", "Stock-duty exemptions", "review overdue", "set in the site file today"),
-        ("sv-SE", "Undantag från lagringsskyldigheten", "omprövning försenad", "i platsfilen"),
+        ("en-GB", "Stock-duty exemptions", "review overdue", "audit trail under your name"),
+        ("sv-SE", "Undantag från lagringsskyldigheten", "omprövning försenad", "under ditt namn"),
     ):
         context = browser.new_context(locale=locale)
         try:

@@ -142,6 +142,7 @@ def test_every_alert_has_severity_duration_and_annotations() -> None:
         "WardDeliveryReliabilityBelowTarget",
         "ProductBelowObligationInCrisis",
         "PreparednessBelowFloor",
+        "ExemptionReviewOverdue",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name

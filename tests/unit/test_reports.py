@@ -784,7 +784,7 @@ def test_cli_consumption_csv_and_compliance(
     assert main(["report", "compliance", "--db", ledger_url, "--now", NOW.isoformat()]) == 0
     text = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
-    assert rows["drug"] == ["4", "2", "1", "50.0", "%", "1", "1"]
+    assert rows["drug"] == ["4", "2", "1", "50.0", "%", "1", "1", "0"]
     assert rows["total"] == ["7", "5", "3", "60.0", "%"]
     assert "preparedness stock: 1200 units, 914.00 SEK, 2 products" in text
 

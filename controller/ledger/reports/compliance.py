@@ -30,6 +30,15 @@ class ExemptProduct:
     reason: str
     review_date: date
     review_overdue: bool
+    measures: str = ""
+    level_days: int | None = None  # None: out of the share; N: assessed against N days
+
+
+@dataclass(frozen=True)
+class OutOfScopeProduct:
+    gtin: str
+    name: str
+    reason: str  # a scope reason, or "durable"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class CategoryCompliance:
     no_consumption: tuple[ProductRef, ...]
     # short of the obligation while a crisis period covers them (not in `short`)
     below_month_in_crisis: tuple[ProductRef, ...] = ()
+    # not assessed at all: marked out of the duty's scope, or durable
+    out_of_scope: tuple[OutOfScopeProduct, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,8 @@ class ComplianceSummary:
     share: float | None
     preparedness: PreparednessLine
     crisis: tuple[CrisisInForce, ...] = ()  # the crisis periods in force at `now`
+    # active exemptions whose review date has passed
+    exemptions_review_overdue: int = 0
 
 
 def compliance_summary(
@@ -98,9 +111,11 @@ def compliance_summary(
     """The one-month obligation per category, from `days_of_cover`.
 
     share = products meeting the obligation / products assessed, where assessed means
-    active, not exempt, and with consumption on the basis window. Exempt products are
-    listed with their reason and review date (whether or not they have consumption);
-    products without consumption are listed apart. Preparedness stock is the stock in
+    active, in the duty's scope, consumable, not exempt (or exempt to a reduced level,
+    then judged against that level), and with consumption on the basis window. Exempt
+    products are listed with their reason, level and review date (whether or not they
+    have consumption); products out of scope (or durable) are listed apart with the
+    reason, and so are products without consumption. Preparedness stock is the stock in
     locations of kind `preparedness`, any lot status; it also counts in the cover above.
     The preparedness list is given per product with its target, floor and usable
     preparedness stock (below floor: stock < floor). Products short of the obligation
@@ -121,11 +136,13 @@ def compliance_summary(
                 r.exemption.reason,
                 r.exemption.review_date,
                 r.exemption.review_overdue,
+                r.exemption.measures,
+                r.exemption.level_days,
             )
             for r in rows
             if r.exemption is not None
         )
-        judged = [r for r in rows if not r.exempt]
+        judged = [r for r in rows if r.level_days is not None]
         assessed = [r for r in judged if r.meets_obligation is not None]
         meeting = sum(1 for r in assessed if r.meets_obligation)
         categories.append(
@@ -150,6 +167,9 @@ def compliance_summary(
                     ProductRef(r.gtin, r.article, r.name)
                     for r in assessed
                     if not r.meets_obligation and r.in_crisis
+                ),
+                out_of_scope=tuple(
+                    OutOfScopeProduct(r.gtin, r.name, r.scope) for r in rows if r.scope != "in"
                 ),
             )
         )
@@ -187,6 +207,9 @@ def compliance_summary(
             below_floor=sum(1 for p in listed if p.below_floor),
         ),
         crisis=crisis,
+        exemptions_review_overdue=sum(
+            1 for r in cover.rows if r.exemption is not None and r.exemption.review_overdue
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, case, func, select
 
 from controller.duty_rules.crisis import in_crisis
 from controller.ledger.duty_state import load_periods, load_targets
+from controller.duty_rules.exemptions import obligation_for
 from controller.ledger.reports.common import (
     LONG_WINDOW_DAYS,
     SHORT_WINDOW_DAYS,
@@ -24,7 +25,7 @@ from controller.ledger.reports.common import (
     _signed_quantity,
     _usable,
 )
-from controller.ledger.schema import exemptions, locations, lots, movements
+from controller.ledger.schema import duty_scope, exemptions, locations, lots, movements, products
 from controller.ledger.source import Source, engine_of, require_aware
 
 
@@ -37,6 +38,9 @@ class Exemption:
     review_date: date
     decided_by: str
     review_overdue: bool  # the review date has passed: the exemption needs a new decision
+    measures: str = ""  # the measures taken against the risk
+    level_days: int | None = None  # None: out of the figures; N: judged against N days
+    status: str = "active"  # only active exemptions are reported (a revoked one is none)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ class CoverRow:
     preparedness_floor: int | None = None
     below_floor: bool | None = None
     in_crisis: bool = False  # a crisis period in force at `now` covers the product
+    # "in", or why the product is out of the duty's scope (a scope reason, "durable")
+    scope: str = "in"
+    durability: str = "consumable"
+    # the days the product is judged on: the obligation, an exemption's reduced level,
+    # or None (out of scope, or exempt without a level: not assessed)
+    level_days: int | None = None
 
 
 CHANNELS = {"canister": "pouches", "pocket": "cabinets", "drugroom": "drug rooms"}
@@ -201,6 +211,7 @@ def _first_movement(conn: Connection) -> dict[int, datetime]:
 
 
 def _exemptions(conn: Connection, today: date) -> dict[int, Exemption]:
+    """The active exemptions (a revoked one counts as none)."""
     return {
         int(r.product_id): Exemption(
             reason=r.reason,
@@ -208,9 +219,34 @@ def _exemptions(conn: Connection, today: date) -> dict[int, Exemption]:
             review_date=r.review_date,
             decided_by=r.decided_by,
             review_overdue=r.review_date < today,
+            measures=r.measures,
+            level_days=r.level_days,
+            status=r.status,
         )
-        for r in conn.execute(select(exemptions))
+        for r in conn.execute(select(exemptions).where(exemptions.c.status == "active"))
     }
+
+
+def _duty_scope(conn: Connection) -> tuple[dict[int, str], dict[int, str]]:
+    """Per product: why it is out of scope (its own row first, else its category's),
+    and its durability."""
+    by_product: dict[int, str] = {}
+    by_category: dict[str, str] = {}
+    for r in conn.execute(
+        select(duty_scope.c.product_id, duty_scope.c.category, duty_scope.c.reason)
+    ):
+        if r.product_id is not None:
+            by_product[int(r.product_id)] = r.reason
+        else:
+            by_category[r.category] = r.reason
+    durability: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for r in conn.execute(select(products.c.id, products.c.category, products.c.durability)):
+        durability[int(r.id)] = r.durability
+        reason = by_product.get(int(r.id), by_category.get(r.category))
+        if reason is not None:
+            reasons[int(r.id)] = reason
+    return reasons, durability
 
 
 def _cover_days(usable: int, units: int, days: int) -> float | None:
@@ -241,10 +277,22 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
         channels = _use_by_channel(conn, now)
         targets = load_targets(conn)
         periods = load_periods(conn)
+        out_of_scope, durability = _duty_scope(conn)
     rows = []
     for c in covers:
         units = c.basis_units
-        meets = None if units == 0 else c.usable * c.basis_days >= obligation_days * units
+        pid = c.product.id
+        exemption = exempt.get(pid)
+        judged = obligation_for(
+            obligation_days,
+            scope_reason=out_of_scope.get(pid),
+            durability=durability.get(pid, "consumable"),
+            exemption_status=None if exemption is None else exemption.status,
+            exemption_level=None if exemption is None else exemption.level_days,
+        )
+        # against its own level when it has one, else (not assessed) the obligation
+        level = obligation_days if judged.level_days is None else judged.level_days
+        meets = None if units == 0 else c.usable * c.basis_days >= level * units
         p = c.product
         crisis = in_crisis(periods, p.gtin, p.category, now)
         status: Literal["ok", "short", "no consumption", "below month (crisis)"] = (
@@ -285,6 +333,9 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
                 preparedness_floor=None if levels is None else levels[1],
                 below_floor=None if levels is None else c.usable_preparedness < levels[1],
                 in_crisis=crisis,
+                scope=judged.scope,
+                durability=durability.get(pid, "consumable"),
+                level_days=judged.level_days,
             )
         )
     return CoverReport(now=now, obligation_days=obligation_days, rows=tuple(rows))

@@ -124,7 +124,10 @@ def _render_cover(r: CoverReport) -> str:
         exempt = ""
         if x.exemption is not None:
             overdue = ", REVIEW OVERDUE" if x.exemption.review_overdue else ""
-            exempt = f"exempt until review {x.exemption.review_date}{overdue}"
+            level = "" if x.exemption.level_days is None else f" to {x.exemption.level_days} d"
+            exempt = f"exempt{level} until review {x.exemption.review_date}{overdue}"
+        if x.scope != "in":
+            exempt = f"out of scope: {x.scope}" + (f"; {exempt}" if exempt else "")
         body.append(
             [
                 x.gtin,
@@ -138,6 +141,7 @@ def _render_cover(r: CoverReport) -> str:
                 _days(x.cover_days_30d),
                 _days(x.cover_days_90d),
                 x.basis,
+                "-" if x.level_days is None else x.level_days,
                 x.status,
                 "/".join(str(x.use_30d_by_channel.get(c, 0)) for c in _CHANNEL_ORDER),
                 exempt,
@@ -146,7 +150,7 @@ def _render_cover(r: CoverReport) -> str:
         )
     head = ["gtin", "name", "category", "on hand>", "usable>", "rotating/prep>"]
     head += ["per day 30d>", "per day 90d>"]
-    head += ["cover 30d>", "cover 90d>", "basis", f"≥ {r.obligation_days} days"]
+    head += ["cover 30d>", "cover 90d>", "basis", "judged on d>", "meets"]
     head += ["30d pouches/cabinets/drug rooms/other>", "exemption", "preparedness"]
     out = table(head, body)
     crisis = [x.gtin for x in r.rows if x.in_crisis]
@@ -177,12 +181,13 @@ def _render_compliance(r: ComplianceSummary) -> str:
             _pct(c.share),
             len(c.exempted),
             len(c.no_consumption),
+            len(c.out_of_scope),
         ]
         for c in r.categories
     ]
-    body.append(["total", r.products, r.assessed, r.meeting, _pct(r.share), "", ""])
+    body.append(["total", r.products, r.assessed, r.meeting, _pct(r.share), "", "", ""])
     head = ["category", "products>", "assessed>", f"≥ {r.obligation_days} d>", "share>"]
-    out = [table([*head, "exempt>", "no consumption>"], body)]
+    out = [table([*head, "exempt>", "no consumption>", "out of scope>"], body)]
     for period in r.crisis:
         scope = ", ".join([*period.categories, *period.gtins]) or "every product"
         end = "open" if period.ends_at is None else period.ends_at.isoformat()
@@ -193,16 +198,21 @@ def _render_compliance(r: ComplianceSummary) -> str:
     for c in r.categories:
         for e in c.exempted:
             overdue = " (REVIEW OVERDUE)" if e.review_overdue else ""
+            level = "" if e.level_days is None else f" (reduced to {e.level_days} days)"
             out.append(
-                f"exempt  {c.category}: {e.gtin} {e.name}: {e.reason}; review {e.review_date}"
-                f"{overdue}"
+                f"exempt  {c.category}: {e.gtin} {e.name}{level}: {e.reason}; "
+                f"review {e.review_date}{overdue}"
             )
+        for s in c.out_of_scope:
+            out.append(f"out     {c.category}: {s.gtin} {s.name}: {s.reason}")
         for p in c.short:
             out.append(f"short   {c.category}: {p.gtin} {p.name}")
         for p in c.below_month_in_crisis:
             out.append(f"below month (crisis)  {c.category}: {p.gtin} {p.name}")
         for p in c.no_consumption:
             out.append(f"no use  {c.category}: {p.gtin} {p.name}")
+    if r.exemptions_review_overdue:
+        out.append(f"exemptions with the review overdue: {r.exemptions_review_overdue}")
     prep = r.preparedness
     out.append(
         f"\npreparedness stock: {prep.units} units, {_sek(prep.value)} SEK, "
