@@ -12,8 +12,8 @@ from typing import Literal
 from sqlalchemy import Connection, case, func, select
 
 from controller.duty_rules.crisis import in_crisis
-from controller.ledger.duty_state import load_periods, load_targets
 from controller.duty_rules.exemptions import obligation_for
+from controller.ledger.duty_state import load_periods, load_targets
 from controller.ledger.reports.common import (
     LONG_WINDOW_DAYS,
     SHORT_WINDOW_DAYS,
