@@ -512,6 +512,8 @@ class Ward(Strict):
     code: str = Field(min_length=1, max_length=32)
     name: str = Field(min_length=1, max_length=100)
     cost_centre: str = Field(min_length=1, max_length=20)
+    # the workplace id the national follow-up knows the ward by (arbetsplatskod)
+    workplace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{1,20}$")
 
 
 class Hospital(Strict):
@@ -568,6 +570,8 @@ class DrugRoom(Strict):
     # the delivery runs that serve it; empty: every run
     runs: list[str] = []
     assortment: list[ShelfLevel] = []
+    # the workplace id the national follow-up knows the room's ward by (arbetsplatskod)
+    workplace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{1,20}$")
 
     def level(self, gtin: str) -> ShelfLevel | None:
         return next((s for s in self.assortment if s.gtin == gtin), None)

@@ -163,10 +163,12 @@ def collect(
         # As in compliance_summary: products out of scope or durable, exempt products
         # without a reduced level and products without consumption on their basis
         # window are not judged; a reduced-level product is judged against its level.
-        if row.level_days is None or row.meets_obligation is None or row.cover_days is None:
+        # Cover on the whole use (internal + external), as the obligation is judged.
+        days = row.whole_cover_days
+        if row.level_days is None or row.meets_obligation is None or days is None:
             continue
         current = lowest[row.category]
-        lowest[row.category] = row.cover_days if current is None else min(current, row.cover_days)
+        lowest[row.category] = days if current is None else min(current, days)
         if not row.meets_obligation:
             (short_in_crisis if row.in_crisis else short)[row.category] += 1
     # Usable as days_of_cover counts it: on the UTC date of `now`.

@@ -55,6 +55,11 @@ TAGS = [
         "description": "Drug room requisitions, review, pick lists, delivery notes and "
         "receipt, top-up rounds, delivery reliability",
     },
+    {
+        "name": "stock duty",
+        "description": "The one-month stock duty: scope, exemptions, preparedness, crisis "
+        "periods, shortages, external use and the monthly follow-up",
+    },
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},
 ]

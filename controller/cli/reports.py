@@ -7,14 +7,17 @@ import argparse
 import json
 import sys
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.common import DEFAULT_SITE, default_actor, open_engine, when
-from controller.config import load_site
+from controller.config import Site, load_site
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from controller.ledger.reports.workplace import Workplace
 
 
 def _window(args: argparse.Namespace, days: int = 30) -> tuple[datetime, datetime]:
@@ -32,6 +35,7 @@ def _previous_month(args: argparse.Namespace) -> tuple[datetime, datetime]:
 
 def _build_report(engine: Engine, args: argparse.Namespace) -> Any:
     from controller.ledger import reports
+    from controller.ledger.errors import LedgerError
 
     now = getattr(args, "now", None) or datetime.now(UTC)
     name = args.report_command
@@ -56,6 +60,20 @@ def _build_report(engine: Engine, args: argparse.Namespace) -> Any:
     if name == "consumption":
         since, until = _previous_month(args)
         return reports.consumption_by_month(engine, since=since, until=until, tz=args.tz)
+    if args.ramp_months is not None:
+        from controller.ledger.reports.ramp import ramp_proposal
+
+        return ramp_proposal(
+            engine,
+            now=now,
+            months=args.ramp_months,
+            budget_sek_per_month=args.budget_sek,
+            max_units_per_month=args.max_units,
+            target_days=args.target_days,
+            lead_time_days=args.lead_time_days,
+        )
+    if args.budget_sek is not None or args.max_units is not None:
+        raise LedgerError("--budget-sek and --max-units need --ramp-months")
     return reports.order_proposal(
         engine, now=now, target_days=args.target_days, lead_time_days=args.lead_time_days
     )
@@ -81,9 +99,123 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"{args.csv}: {count} rows")
     elif args.json:
         print(json.dumps(reports.to_jsonable(result), ensure_ascii=False, indent=2))
+    elif args.report_command == "proposal" and args.ramp_months is not None:
+        from controller.ledger.reports.ramp import render_ramp
+
+        print(render_ramp(result))
     else:
         print(reports.render_text(result))
     return 0
+
+
+def _last_month(tz: str) -> date:
+    """Any day of the last whole calendar month in `tz` (UTC when not a known zone)."""
+    from controller.ledger.debiting import _zone
+
+    return datetime.now(_zone(tz)).date().replace(day=1) - timedelta(days=1)
+
+
+def _cmd_followup(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.ledger import reports
+    from controller.ledger.errors import LedgerError
+    from controller.ledger.reports.followup import (
+        followup_report,
+        render_followup,
+        write_followup_csv,
+    )
+
+    engine = open_engine(args.db)
+    try:
+        report = followup_report(
+            engine,
+            month=args.month or _last_month(args.tz),
+            tz=args.tz,
+            generated_at=datetime.now(UTC),
+            obligation_days=args.obligation_days,
+        )
+    except (LedgerError, SQLAlchemyError) as exc:
+        print(f"doseline report followup: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8", newline="") as file:
+            count = write_followup_csv(report, file)
+        print(f"{args.csv}: {count} lines ({report.month})")
+    elif args.json:
+        print(json.dumps(reports.to_jsonable(report), ensure_ascii=False, indent=2))
+    else:
+        print(render_followup(report))
+    return 0
+
+
+def _cmd_workplace(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.ledger import reports
+    from controller.ledger.errors import LedgerError
+    from controller.ledger.reports.workplace import (
+        render_workplace,
+        workplace_consumption,
+        write_workplace_csv,
+    )
+
+    site = load_site(args.site)
+    tz = args.tz or site.site.timezone
+    engine = open_engine(args.db or site.ledger.url)
+    try:
+        last = _last_month(tz)
+        report = workplace_consumption(
+            engine,
+            since=args.since or last,
+            until=args.until or args.since or last,
+            tz=tz,
+            workplaces=site_workplaces(site),
+            cabinets=site.cabinet_wards(),
+        )
+    except (LedgerError, SQLAlchemyError) as exc:
+        print(f"doseline report workplace: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8", newline="") as file:
+            count = write_workplace_csv(report, file)
+        print(f"{args.csv}: {count} lines, {report.units} units, {report.value:.2f} SEK")
+    elif args.json:
+        print(json.dumps(reports.to_jsonable(report), ensure_ascii=False, indent=2))
+    else:
+        print(render_workplace(report))
+    return 0
+
+
+def site_workplaces(site: Site) -> dict[str, Workplace]:
+    """Each ward of the site file as the workplace export names it: its workplace id
+    (the ward's, else that of one of its drug rooms) and its hospital (that of its
+    drug rooms); drug rooms' wards that are not in the ward list are added."""
+    from controller.ledger.reports.workplace import Workplace
+
+    rooms: dict[str, list[Any]] = {}
+    for room in site.drug_rooms:
+        rooms.setdefault(room.ward, []).append(room)
+    out: dict[str, Workplace] = {}
+    for code in [w.code for w in site.wards] + [c for c in rooms if site.ward_map().get(c) is None]:
+        ward = site.ward_map().get(code)
+        mine = rooms.get(code, [])
+        workplace_id = (ward.workplace_id if ward else None) or next(
+            (r.workplace_id for r in mine if r.workplace_id), ""
+        )
+        out[code] = Workplace(
+            ward=code,
+            name=ward.name if ward else code,
+            cost_centre=(ward.cost_centre if ward else None)
+            or next((r.cost_centre for r in mine if r.cost_centre), ""),
+            workplace_id=workplace_id,
+            customer=mine[0].hospital if mine else "",
+        )
+    return out
 
 
 def _cmd_debiting(args: argparse.Namespace) -> int:
@@ -214,6 +346,34 @@ def add_report_parsers(sub: Any, ledger_sub: Any) -> None:
     add_now(p)
     p.add_argument("--target-days", type=int, default=30)
     p.add_argument("--lead-time-days", type=int, default=2)
+    p.add_argument(
+        "--ramp-months", type=int, help="plan the build-up towards the target over N months"
+    )
+    ceiling = p.add_mutually_exclusive_group()
+    ceiling.add_argument("--budget-sek", type=Decimal, help="the ramp's ceiling: SEK per month")
+    ceiling.add_argument("--max-units", type=int, help="the ramp's ceiling: units per month")
+
+    p = rsub.add_parser("followup", help="the monthly export for national follow-up of the duty")
+    p.add_argument("--db", required=True, help="ledger URL, e.g. sqlite:///var/ledger.db")
+    p.add_argument("--month", help="YYYY-MM (default: the last whole month)")
+    p.add_argument("--tz", default="UTC", help="time zone of the month (default: UTC)")
+    p.add_argument("--obligation-days", type=int, default=30)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", help="write the export as CSV to this file (docs/reports.md)")
+    out.add_argument("--json", action="store_true", help="print the JSON document")
+    p.set_defaults(func=_cmd_followup)
+
+    p = rsub.add_parser(
+        "workplace", help="consumption per customer and workplace, product and month"
+    )
+    p.add_argument("--site", default=DEFAULT_SITE, help="the site file: wards and drug rooms")
+    p.add_argument("--db", help="ledger URL (default: the site file's)")
+    p.add_argument("--since", help="first month, YYYY-MM (default: the last whole month)")
+    p.add_argument("--until", help="last month, YYYY-MM, included (default: --since)")
+    p.add_argument("--tz", help="time zone of the months (default: the site's)")
+    p.add_argument("--csv", help="write the export to this file (docs/reports.md)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_workplace)
 
     imp = ledger_sub.add_parser(
         "import-assortment", help="import an assortment and price list (CSV, see docs/reports.md)"

@@ -178,6 +178,10 @@ EXPECTED_ROUTES = {
     ("post", "/api/v1/duty/exemptions/{gtin}/review"): "pharmacist",
     ("patch", "/api/v1/duty/exemptions/{gtin}"): "pharmacist",
     ("post", "/api/v1/duty/exemptions/{gtin}/revoke"): "pharmacist",
+    ("get", "/api/v1/duty/external-use"): "viewer",
+    ("post", "/api/v1/duty/external-use"): "pharmacist",
+    ("post", "/api/v1/duty/external-use/import"): "pharmacist",
+    ("get", "/api/v1/duty/followup"): "viewer",
 }
 # Answers a printable page (text/html), not JSON.
 HTML_ROUTES = {("get", "/api/v1/ward-supply/notes/{number}/print")}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Literal
 
 from sqlalchemy import Connection, case, func, select
@@ -25,7 +27,15 @@ from controller.ledger.reports.common import (
     _signed_quantity,
     _usable,
 )
-from controller.ledger.schema import duty_scope, exemptions, locations, lots, movements, products
+from controller.ledger.schema import (
+    duty_scope,
+    exemptions,
+    external_use,
+    locations,
+    lots,
+    movements,
+    products,
+)
 from controller.ledger.source import Source, engine_of, require_aware
 
 
@@ -83,6 +93,12 @@ class CoverRow:
     # the days the product is judged on: the obligation, an exemption's reduced level,
     # or None (out of scope, or exempt without a level: not assessed)
     level_days: int | None = None
+    # units used by care the pharmacy does not supply (external_use), prorated into the
+    # windows (a month's quantity spread evenly over its time), rounded to whole units
+    external_30d: int = 0
+    external_90d: int = 0
+    # usable / (internal + external mean on the basis window); None: no use at all
+    whole_cover_days: float | None = None
 
 
 CHANNELS = {"canister": "pouches", "pocket": "cabinets", "drugroom": "drug rooms"}
@@ -210,6 +226,50 @@ def _first_movement(conn: Connection) -> dict[int, datetime]:
     return {int(product_id): first for product_id, first in rows}
 
 
+def _month_span(label: str) -> tuple[datetime, datetime]:
+    year, month = int(label[:4]), int(label[5:7])
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def prorated(quantity: int, month: str, since: datetime, until: datetime) -> Fraction:
+    """The part of a month's quantity (a UTC calendar month, YYYY-MM) that falls in
+    [since, until): spread evenly over the month's time."""
+    start, end = _month_span(month)
+    lo, hi = max(start, since), min(end, until)
+    if hi <= lo:
+        return Fraction(0)
+    part = Fraction(int((hi - lo).total_seconds()), int((end - start).total_seconds()))
+    return quantity * part
+
+
+def _external_windows(conn: Connection, now: datetime) -> dict[int, tuple[Fraction, Fraction]]:
+    """External units per product prorated into the 30- and 90-day windows, exact."""
+    short_start = now - timedelta(days=SHORT_WINDOW_DAYS)
+    long_start = now - timedelta(days=LONG_WINDOW_DAYS)
+    first = f"{long_start.astimezone(UTC):%Y-%m}"
+    last = f"{now.astimezone(UTC):%Y-%m}"
+    rows = conn.execute(
+        select(external_use.c.product_id, external_use.c.month, external_use.c.quantity).where(
+            external_use.c.month >= first, external_use.c.month <= last
+        )
+    )
+    out: dict[int, tuple[Fraction, Fraction]] = {}
+    for product_id, month, quantity in rows:
+        short, long = out.get(int(product_id), (Fraction(0), Fraction(0)))
+        out[int(product_id)] = (
+            short + prorated(int(quantity), month, short_start, now),
+            long + prorated(int(quantity), month, long_start, now),
+        )
+    return out
+
+
+def _whole_units(value: Fraction) -> int:
+    exact = Decimal(value.numerator) / Decimal(value.denominator)
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def _exemptions(conn: Connection, today: date) -> dict[int, Exemption]:
     """The active exemptions (a revoked one counts as none)."""
     return {
@@ -268,6 +328,9 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
     rotates too. A product on the preparedness list is below its floor when its usable
     preparedness stock is less than the floor. A product short of the obligation while
     a crisis period in force at `now` covers it has status "below month (crisis)".
+    The obligation is judged on the whole use: the units of care the pharmacy does not
+    supply (external_use, prorated into the window) are added to the internal use, and
+    whole_cover_days = usable / that mean. Without external use nothing changes.
     """
     require_aware("now", now)
     today = now.date()
@@ -278,6 +341,7 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
         targets = load_targets(conn)
         periods = load_periods(conn)
         out_of_scope, durability = _duty_scope(conn)
+        external = _external_windows(conn, now)
     rows = []
     for c in covers:
         units = c.basis_units
@@ -292,7 +356,10 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
         )
         # against its own level when it has one, else (not assessed) the obligation
         level = obligation_days if judged.level_days is None else judged.level_days
-        meets = None if units == 0 else c.usable * c.basis_days >= level * units
+        ext_30d, ext_90d = external.get(pid, (Fraction(0), Fraction(0)))
+        # the obligation is judged on the whole use: internal + external
+        whole = units + (ext_90d if c.basis == "90d" else ext_30d)
+        meets = None if whole == 0 else c.usable * c.basis_days >= level * whole
         p = c.product
         crisis = in_crisis(periods, p.gtin, p.category, now)
         status: Literal["ok", "short", "no consumption", "below month (crisis)"] = (
@@ -336,6 +403,15 @@ def days_of_cover(source: Source, *, now: datetime, obligation_days: int = 30) -
                 scope=judged.scope,
                 durability=durability.get(pid, "consumable"),
                 level_days=judged.level_days,
+                external_30d=_whole_units(ext_30d),
+                external_90d=_whole_units(ext_90d),
+                whole_cover_days=None
+                if whole == 0
+                else _ratio(
+                    Decimal(c.usable * c.basis_days) * whole.denominator,
+                    Decimal(whole.numerator),
+                    1,
+                ),
             )
         )
     return CoverReport(now=now, obligation_days=obligation_days, rows=tuple(rows))

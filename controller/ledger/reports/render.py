@@ -118,6 +118,12 @@ def _render_expiry(r: ExpiryReport) -> str:
 _CHANNEL_ORDER = ("pouches", "cabinets", "drug rooms", "other")
 
 
+def _ext_per_day(x: CoverRow) -> str:
+    """External use per day on the basis window ("" when there is none)."""
+    units, days = (x.external_90d, 90) if x.basis == "90d" else (x.external_30d, 30)
+    return f"{units / days:.3f}" if units else ""
+
+
 def _render_cover(r: CoverReport) -> str:
     body = []
     for x in r.rows:
@@ -143,6 +149,8 @@ def _render_cover(r: CoverReport) -> str:
                 x.basis,
                 "-" if x.level_days is None else x.level_days,
                 x.status,
+                _ext_per_day(x),
+                _days(x.whole_cover_days) if x.whole_cover_days != x.cover_days else "",
                 "/".join(str(x.use_30d_by_channel.get(c, 0)) for c in _CHANNEL_ORDER),
                 exempt,
                 _prep_levels(x),
@@ -151,6 +159,7 @@ def _render_cover(r: CoverReport) -> str:
     head = ["gtin", "name", "category", "on hand>", "usable>", "rotating/prep>"]
     head += ["per day 30d>", "per day 90d>"]
     head += ["cover 30d>", "cover 90d>", "basis", "judged on d>", "meets"]
+    head += ["ext/day>", "whole cover>"]
     head += ["30d pouches/cabinets/drug rooms/other>", "exemption", "preparedness"]
     out = table(head, body)
     crisis = [x.gtin for x in r.rows if x.in_crisis]
