@@ -101,6 +101,8 @@ class AsyncLedger:
     release_hold = _write(Ledger.release_hold)
     resolve_discrepancy = _write(Ledger.resolve_discrepancy)
     record_event = _write(Ledger.record_event)
+    draw_ration = _write(Ledger.draw_ration)
+    settle_ration_draw = _write(Ledger.settle_ration_draw)
 
     # ------------------------------------------------------------------ queries
 

@@ -819,6 +819,15 @@ class Site(Strict):
             raise ValueError("ward_supply.runs: drug rooms need at least one delivery run")
         return self
 
+    def ward_codes(self) -> set[str]:
+        """Every ward the site names: the listed wards, the drug rooms' wards and the
+        cabinets' wards (rationing and licences may name any of them)."""
+        return (
+            {w.code for w in self.wards}
+            | {r.ward for r in self.drug_rooms}
+            | {c.ward for c in self.cabinets}
+        )
+
     def drug_room(self, code: str) -> DrugRoom | None:
         return next((r for r in self.drug_rooms if r.code == code), None)
 

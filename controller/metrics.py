@@ -457,6 +457,16 @@ class Metrics:
             "Active exemptions from the stock duty whose review date has passed",
             registry=r,
         )
+        self.shortages_open = Gauge(
+            "doseline_shortages_open",
+            "Supplier shortage notices still open (docs/stock-duty.md)",
+            registry=r,
+        )
+        self.rationed_products = Gauge(
+            "doseline_rationed_products",
+            "Products under a rationing rule in force (docs/stock-duty.md)",
+            registry=r,
+        )
 
     def packer_observed(
         self, packer: str, oee: PackerOEE, spent: tuple[PackMLState, float] | None

@@ -74,6 +74,9 @@ class StockSnapshot:
     crisis_active: bool = False
     # active exemptions whose review date has passed
     exemptions_review_overdue: int = 0
+    # the stock duty: open shortage notices, products rationed now
+    shortages_open: int = 0
+    rationed_products: int = 0
 
 
 def _round1(value: Decimal) -> float:
@@ -213,6 +216,8 @@ def collect(
         exemptions_review_overdue=sum(
             1 for r in cover.rows if r.exemption is not None and r.exemption.review_overdue
         ),
+        shortages_open=ledger.open_shortage_count(),
+        rationed_products=ledger.rationed_products(),
     )
 
 
@@ -332,5 +337,7 @@ class StockMetrics:
         for status, count in snap.ward_lines.items():
             m.ward_order_lines.labels(status).set(count)
         m.stock_exemptions_review_overdue.set(snap.exemptions_review_overdue)
+        m.shortages_open.set(snap.shortages_open)
+        m.rationed_products.set(snap.rationed_products)
         m.stock_refreshed.set(snap.now.timestamp())
         self.last = snap

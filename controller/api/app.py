@@ -37,11 +37,6 @@ TAGS = [
     {"name": "jobs", "description": "Packing jobs planned from approved orders"},
     {"name": "packers", "description": "PackML commands to the dose-packing machines"},
     {"name": "stock", "description": "Stock reports from the ledger, and the store tasks"},
-    {
-        "name": "stock duty",
-        "description": "The one-month stock duty: scope, exemptions, preparedness, crisis "
-        "periods, shortages, rationing, licences, external use",
-    },
     {"name": "debiting", "description": "Ward debiting: consumption charged to the wards"},
     {"name": "refills", "description": "Cabinet pocket refills, and scans from handhelds"},
     {"name": "verification", "description": "Pack verification (EU FMD): alerts, queue, undo"},
@@ -58,7 +53,7 @@ TAGS = [
     {
         "name": "stock duty",
         "description": "The one-month stock duty: scope, exemptions, preparedness, crisis "
-        "periods, shortages, external use and the monthly follow-up",
+        "periods, shortages, rationing, licences, external use and the monthly follow-up",
     },
     {"name": "audit", "description": "The hash-chained audit trail"},
     {"name": "health", "description": "Liveness; no token needed"},

@@ -233,8 +233,33 @@ class Replenishment:
             round_due_minutes=self.settings.round_due_minutes,
         )
         urgent, quantity = plan.urgent, plan.quantity
+        refill_id = f"{cabinet.name}-P{pocket.number:02d}-{now:%Y%m%dT%H%M%S}-{next(self._ids)}"
+        # A rationed product: the refill is capped by the ward's grant for the day,
+        # drawn under the refill's id (docs/stock-duty.md).
+        grant = await self.ledger.draw_ration(
+            pocket.gtin,
+            ward=cabinet.ward,
+            day=self._today(),
+            units=quantity,
+            source="refill",
+            ref=refill_id,
+            actor=ACTOR,
+        )
+        if grant is not None and grant.granted < quantity:
+            log.warning(
+                "refill of %s pocket %d: %s rationed, %d of %d units granted to ward %s",
+                cabinet.name,
+                pocket.number,
+                pocket.gtin,
+                grant.granted,
+                quantity,
+                cabinet.ward,
+            )
+            if grant.granted == 0:
+                return None
+            quantity = grant.granted
         refill = Refill(
-            f"{cabinet.name}-P{pocket.number:02d}-{now:%Y%m%dT%H%M%S}-{next(self._ids)}",
+            refill_id,
             cabinet.name,
             pocket,
             quantity,
@@ -263,9 +288,15 @@ class Replenishment:
             self.metrics.refills.labels("no_stock").inc()
             log.error("refill of %s pocket %d: %s", cabinet.name, pocket.number, exc)
             await self._record_cancel(refill.refill_id, f"no stock: {exc}")
+            if grant is not None:
+                await self.ledger.settle_ration_draw("refill", refill.refill_id, 0, actor=ACTOR)
             return None
         refill.quantity = sum(line.quantity for line in view)
         refill.lines = view
+        if grant is not None and refill.quantity < quantity:
+            await self.ledger.settle_ration_draw(
+                "refill", refill.refill_id, refill.quantity, actor=ACTOR
+            )
         if refill.quantity != quantity:
             await self.ledger.run(
                 self.store.update, refill.refill_id, "refill short", quantity=refill.quantity

@@ -277,6 +277,8 @@ class WardDemo:
         queue = await self._run(self.ws.review_queue)
         for line in queue:
             decision, extra, reason = self._decide(line)
+            if Flag.LICENCE in line.flags and decision == "approve":
+                await self._run(self._ward_licence, line)
             await self._run(
                 self.ws.decide,
                 line.id,
@@ -311,6 +313,24 @@ class WardDemo:
             self.say(
                 f"  {line.name} is not kept in stock: ordered from the supplier on "
                 f"{line.purchase_order}"
+            )
+
+    def _ward_licence(self, line: views.LineView) -> None:
+        """A licence product leaves only under a valid licence: the ward's is recorded
+        when the pharmacist approves its first line (docs/stock-duty.md)."""
+        ward = self.ws.room(line.drug_room).ward
+        day = self.ws.clock().astimezone(self.ws.tz).date()
+        ledger = self.controller.ledger
+        if ledger.valid_licence(line.gtin, ward, day) is None:
+            ledger.record_licence(
+                line.gtin,
+                holder_kind="ward",
+                holder=ward,
+                number=f"LIC-{ward}-{line.gtin[-6:]}-{day:%Y%m%d}",
+                valid_from=day,
+                valid_to=day + timedelta(days=365),
+                fee_sek="1500.00",
+                actor=DEMO_WARD_PHARMACIST,
             )
 
     @staticmethod

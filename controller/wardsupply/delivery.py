@@ -33,6 +33,7 @@ from controller.wardsupply.model import (
     LineStatus,
     NoteStatus,
     PickListStatus,
+    Refused,
     UnknownEntity,
     WardSupplyError,
 )
@@ -131,6 +132,7 @@ def dispatch(ws: WardSupply, number: str, *, actor: str) -> Dispatched:
             number,
             f"the stock of line {unreserved[0]} is still being reserved: dispatch in a moment",
         )
+    check_licences(ws, number, lines_, per_line)
     # 1. the ledger: each line's reservation posted per scanned lot, or voided
     for line in lines_:
         if line.reservation_key is None or line.reserved_units == 0:
@@ -190,6 +192,9 @@ def dispatch(ws: WardSupply, number: str, *, actor: str) -> Dispatched:
         per_room: dict[str, list[tuple[Any, str, int]]] = defaultdict(list)
         for line in lines_:
             picked_total = sum(per_line.get(line.id, {}).values())
+            if picked_total < line.reserved_units:
+                # a rationed line's draw counts what leaves for the ward
+                ws.ledger.settle_ration_draw_in(c, "ward", str(line.id), picked_total)
             if picked_total == 0:
                 short += 1
                 c.execute(update(L).where(L.c.id == line.id).values(status=str(LineStatus.SHORT)))
@@ -258,6 +263,30 @@ def dispatch(ws: WardSupply, number: str, *, actor: str) -> Dispatched:
             )
             notes.append(note_no)
     return Dispatched(number, tuple(notes), len(lines_), short, tuple(back), tuple(packs))
+
+
+def check_licences(
+    ws: WardSupply, number: str, lines_: Sequence[Any], per_line: dict[int, dict[str, int]]
+) -> None:
+    """A licence product (catalogue `licence: true`) leaves only for a ward that holds a
+    valid ward licence for it on the site's day of dispatch. Every line without one is
+    named and the whole dispatch is refused, before anything is booked: record the
+    licence (`doseline duty licence record`), or take the line off, and dispatch again."""
+    day = ws.clock().astimezone(ws.tz).date()
+    missing: list[str] = []
+    for line in lines_:
+        gtin = line.approved_gtin or line.gtin
+        product = ws.products.get(gtin)
+        if product is None or not product.licence or not per_line.get(line.id):
+            continue
+        ward = ws.room(line.drug_room).ward
+        if ws.ledger.valid_licence(gtin, ward, day) is None:
+            missing.append(
+                f"licence: no valid licence for {product.name} ({gtin}) on ward {ward}"
+                f" on {day} (line {line.id})"
+            )
+    if missing:
+        raise Refused("pick_list", number, "; ".join(missing))
 
 
 def receive(

@@ -27,12 +27,14 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controller.config import DrugRoom, Site
+from controller.duty_rules.rationing import Grant, cut_reason
 from controller.gs1 import PackId, ScanError, parse_pack
 from controller.ledger import (
     InsufficientStock,
     Ledger,
     Need,
 )
+from controller.ledger.duty_shortages import RationAsk
 from controller.ledger.schema import products
 from controller.ledger.schema_wardsupply import (
     ward_pick_lists,
@@ -520,14 +522,22 @@ class WardSupply:
         made = []
         for hospital in sorted(per_hospital):
             number = self._new_list(hospital, run, run_date, per_hospital[hospital], now, actor)
-            made.append(number)
+            if number is not None:
+                made.append(number)
         self.resume_reservations(actor=actor)
         return [self.pick_list(n) for n in made]
 
     def _new_list(
         self, hospital: str, run: str, run_date: date, ids: list[int], now: datetime, actor: str
-    ) -> str:
+    ) -> str | None:
+        """The list with its lines; a line of a rationed product is cut to its grant
+        first, in the same transaction (None: rationing left no line to pick)."""
+        rationed = self._rationed_stock()
         with self.ledger.audited(actor, "ward pick list", f"run {run} {run_date}") as c:
+            if rationed:
+                ids = self._ration(c, ids, rationed, now)
+                if not ids:
+                    return None
             prefix = f"WPL-{run_date:%Y%m%d}-{hospital}-{run}-"
             taken = c.execute(
                 select(func.count()).where(ward_pick_lists.c.number.like(prefix + "%"))
@@ -559,6 +569,87 @@ class WardSupply:
                 )
             self.ledger.note("ward_pick_list", number, None, {"lines": ids, "run": run})
         return number
+
+    def _rationed_stock(self) -> dict[str, int]:
+        """The products rationed now, with their free stock in the store's bins."""
+        return {
+            rule.gtin: sum(n for _, _, n in self.ledger.free_lots(rule.gtin, self.store_bins))
+            for rule in self.ledger.rationing_rules()
+        }
+
+    def _ration(
+        self, c: Connection, ids: list[int], rationed: dict[str, int], now: datetime
+    ) -> list[int]:
+        """Cuts each approved line of a rationed product to its grant for its ward and
+        the site's day (controller.duty_rules.rationing), drawn under the line's id.
+        The part over the ward's cap is cut off (a line granted nothing is rejected);
+        the part the stock could not cover after the priority wards becomes a back
+        order. Returns the lines that go on the list."""
+        rows = c.execute(
+            select(
+                L.c.id,
+                L.c.approved_packs,
+                L.c.reason,
+                L.c.status,
+                R.c.ward,
+                products.c.gtin,
+                products.c.pack_size,
+            )
+            .join(R, R.c.id == L.c.requisition_id)
+            .join(products, products.c.id == L.c.approved_product_id)
+            .where(L.c.id.in_(ids), L.c.status == str(LineStatus.APPROVED))
+            .order_by(L.c.id)
+        ).all()
+        per_gtin: dict[str, list[Any]] = defaultdict(list)
+        for r in rows:
+            if r.gtin in rationed:
+                per_gtin[str(r.gtin)].append(r)
+        day = now.astimezone(self.tz).date()
+        dropped: set[int] = set()
+        for gtin, lines in per_gtin.items():
+            asks = [
+                RationAsk(
+                    str(r.id),
+                    str(r.ward),
+                    int(r.approved_packs) * int(r.pack_size),
+                    int(r.pack_size),
+                )
+                for r in lines
+            ]
+            grants = self.ledger.draw_rations_in(
+                c, gtin, asks, day=day, source="ward", available=rationed[gtin]
+            )
+            for r, g in zip(lines, grants, strict=True):
+                if g.granted >= g.asked:
+                    continue
+                why = (
+                    cut_reason(
+                        Grant(g.ward, g.asked, g.granted, g.capped, g.short, g.priority),
+                        g.cap_per_ward_day,
+                    )
+                    or f"rationed: {g.granted} of {g.asked} units"
+                )
+                size = int(r.pack_size)
+                packs, short_packs = g.granted // size, g.short // size
+                values: dict[str, Any] = {
+                    "approved_packs": packs,
+                    "reason": f"{why}; {r.reason or ''}"[:300],
+                }
+                if packs == 0:
+                    dropped.add(int(r.id))
+                    values["status"] = str(LineStatus.SHORT if short_packs else LineStatus.REJECTED)
+                    if not short_packs:
+                        values["decision"] = "rationed"
+                c.execute(update(L).where(L.c.id == r.id).values(**values))
+                self.ledger.note(
+                    "ward_line",
+                    str(r.id),
+                    {"status": r.status, "packs": int(r.approved_packs)},
+                    {"status": values.get("status", r.status), "packs": packs, "reason": why},
+                )
+                if short_packs:
+                    self.back_order(c, int(r.id), short_packs, why)
+        return [i for i in ids if i not in dropped]
 
     def resume_reservations(self, *, actor: str = ACTOR) -> int:
         """Reserves the stock of every picking line that has none recorded yet (a list
@@ -620,6 +711,7 @@ class WardSupply:
                 ).rowcount
                 if done != 1:
                     return
+                self.ledger.settle_ration_draw_in(c, "ward", str(line_id), 0)
                 self.ledger.note(
                     "ward_line", str(line_id), {"status": "picking"}, {"status": "short"}
                 )
@@ -627,6 +719,8 @@ class WardSupply:
                 return
             done = c.execute(update(L).where(*unrecorded).values(reserved_units=got)).rowcount
             if done == 1 and got < wanted:
+                # a rationed line's draw counts what the ward gets, not what it asked
+                self.ledger.settle_ration_draw_in(c, "ward", str(line_id), got)
                 rest = (wanted - got + pack_size - 1) // pack_size
                 self.back_order(c, line_id, rest, f"{got} of {wanted} units in store")
 

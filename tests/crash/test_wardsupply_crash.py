@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,18 @@ def prepare(url: str) -> dict[str, Any]:
     try:
         controller.prepare_ledger()
         controller.receive_opening_stock(TODAY)
+        # FURO is a licence product: it leaves only for a ward that holds a licence
+        for ward in sorted({room.ward for room in controller.site.drug_rooms}):
+            controller.ledger.record_licence(
+                FURO,
+                holder_kind="ward",
+                holder=ward,
+                number=f"LIC-{ward}",
+                valid_from=TODAY,
+                valid_to=TODAY + timedelta(days=30),
+                fee_sek=0,
+                actor="test",
+            )
     finally:
         controller.close()
     return raw

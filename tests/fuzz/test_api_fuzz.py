@@ -281,6 +281,17 @@ DOCUMENTED = {
     ("POST", "/ward-supply/drug-rooms/{code}/top-up"),
     ("GET", "/ward-supply/drug-rooms/{code}/par"),
     ("GET", "/ward-supply/reliability"),
+    ("GET", "/duty/shortages"),
+    ("POST", "/duty/shortages"),
+    ("PATCH", "/duty/shortages/{shortage_id}"),
+    ("POST", "/duty/shortages/{shortage_id}/close"),
+    ("GET", "/duty/rationing"),
+    ("GET", "/duty/rationing/draws"),
+    ("POST", "/duty/rationing"),
+    ("POST", "/duty/rationing/{rule_id}/end"),
+    ("GET", "/duty/licences"),
+    ("POST", "/duty/licences"),
+    ("POST", "/duty/licences/{number}/revoke"),
 }
 
 
