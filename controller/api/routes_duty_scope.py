@@ -20,8 +20,8 @@ from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Viewer, role_note
 from controller.api.errors import ApiError, responses
 from controller.api.models import Closed
-from controller.ledger.duty_scope import DutyRefused, ExemptionRecord, ScopeEntry
-from controller.ledger.errors import LedgerError, UnknownEntity
+from controller.ledger.duty_scope import ExemptionRecord, ScopeEntry
+from controller.ledger.errors import DutyRefused, LedgerError, UnknownEntity
 
 router = APIRouter(prefix="/duty", tags=["stock duty"])
 _VIEWER = role_note(Role.VIEWER)

@@ -22,13 +22,12 @@ from controller.api.errors import ApiError, responses
 from controller.api.models import Closed, Text
 from controller.duty_rules.rationing import RationingError, check_wards
 from controller.ledger.duty_shortages import (
-    DutyRefused,
     LicenceView,
     RationDraw,
     RationRuleView,
     ShortageView,
 )
-from controller.ledger.errors import LedgerError, UnknownEntity
+from controller.ledger.errors import DutyRefused, LedgerError, UnknownEntity
 
 router = APIRouter(prefix="/duty", tags=["stock duty"])
 _VIEWER = role_note(Role.VIEWER)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -26,28 +26,11 @@ from controller.duty_rules.exemptions import (
     check_text,
 )
 from controller.ledger.core import LedgerCore
-from controller.ledger.errors import LedgerError, UnknownEntity
+from controller.ledger.errors import DutyRefused, UnknownEntity
 from controller.ledger.schema import PRODUCT_CATEGORIES, duty_scope, exemptions, products
 
 #: The fields of an exemption `change_exemption` may change.
 CHANGEABLE = ("reason", "risk_assessment", "measures", "review_date", "level_days", "decided_by")
-
-
-class DutyRefused(LedgerError):
-    """A scope or exemption decision refused: the field and value at fault, and whether
-    the input is invalid or conflicts with what the ledger holds."""
-
-    def __init__(
-        self,
-        field: str,
-        value: object,
-        message: str,
-        kind: Literal["invalid", "conflict", "missing"] = "invalid",
-    ) -> None:
-        super().__init__(message)
-        self.field = field
-        self.value = value
-        self.kind = kind
 
 
 @dataclass(frozen=True)

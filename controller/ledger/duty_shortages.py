@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from controller.duty_rules.rationing import DRAW_SOURCES, Grant, Request, ration
 from controller.ledger.booking import Booking
-from controller.ledger.errors import LedgerError, UnknownEntity
+from controller.ledger.errors import DutyRefused, UnknownEntity
 from controller.ledger.schema import products
 from controller.ledger.schema_duty import (
     LICENCE_HOLDER_KINDS,
@@ -35,19 +35,6 @@ from controller.ledger.schema_duty import (
 
 MAX_CAP = 1_000_000  # units per ward and day: far above any ward's use
 MAX_FEE = Decimal("9999999999.99")  # the column's Numeric(12, 2)
-
-
-class DutyRefused(LedgerError):
-    """A shortage, rationing or licence call refused, naming the field and the value.
-    `conflict`: the request is well formed but the ledger's state refuses it (a rule
-    already in force, a shortage already closed)."""
-
-    def __init__(self, field: str, value: object, message: str, *, conflict: bool = False) -> None:
-        shown = repr(value) if isinstance(value, str) else str(value)
-        super().__init__(f"{field}: {shown} {message}")
-        self.field = field
-        self.value = value
-        self.conflict = conflict
 
 
 @dataclass(frozen=True)
@@ -156,19 +143,19 @@ class LicenceView:
 def _text(field: str, value: str | None, limit: int, *, required: bool = True) -> str | None:
     if value is None or not value.strip():
         if required:
-            raise DutyRefused(field, value, "is required")
+            raise DutyRefused.naming(field, value, "is required")
         return None
     value = value.strip()
     if len(value) > limit:
-        raise DutyRefused(field, value[:40] + "...", f"is longer than {limit} characters")
+        raise DutyRefused.naming(field, value[:40] + "...", f"is longer than {limit} characters")
     if "\x00" in value:
-        raise DutyRefused(field, value[:40], "contains a NUL character")
+        raise DutyRefused.naming(field, value[:40], "contains a NUL character")
     return value
 
 
 def _whole(field: str, value: object, *, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise DutyRefused(field, value, f"must be a whole number from {low} to {high}")
+        raise DutyRefused.naming(field, value, f"must be a whole number from {low} to {high}")
     return value
 
 
@@ -210,19 +197,23 @@ class DutyShortages(Booking):
         note = _text("note", note, 2000, required=False) or ""
         day = self._today(today)
         if expected_end is not None and expected_end < day:
-            raise DutyRefused("expected_end", expected_end, f"is in the past (today is {day})")
+            raise DutyRefused.naming(
+                "expected_end", expected_end, f"is in the past (today is {day})"
+            )
         with self._tx(actor, "shortage", f"notice {ref}") as conn:
             product_id = self._product_id(conn, gtin)
             subs = self._gtins(conn, "substitute", substitutes)
             if product_id in subs:
-                raise DutyRefused("substitutes", gtin, "is the product itself, not a substitute")
+                raise DutyRefused.naming(
+                    "substitutes", gtin, "is the product itself, not a substitute"
+                )
             twin = conn.execute(
                 select(shortages.c.id).where(
                     shortages.c.product_id == product_id, shortages.c.notice_ref == ref
                 )
             ).first()
             if twin is not None:
-                raise DutyRefused(
+                raise DutyRefused.naming(
                     "notice_ref",
                     ref,
                     f"is already recorded for {gtin} (shortage {twin.id})",
@@ -274,19 +265,21 @@ class DutyShortages(Booking):
         what is None stays as it was."""
         day = self._today(today)
         if expected_end is not None and expected_end < day:
-            raise DutyRefused("expected_end", expected_end, f"is in the past (today is {day})")
+            raise DutyRefused.naming(
+                "expected_end", expected_end, f"is in the past (today is {day})"
+            )
         if note is not None:
             note = _text("note", note, 2000, required=False) or ""
         with self._tx(actor, "shortage", f"update of shortage {shortage_id}") as conn:
             old = self._shortage(conn, shortage_id, ())
             if old.status != "open":
-                raise DutyRefused("shortage", shortage_id, "is closed", conflict=True)
+                raise DutyRefused.naming("shortage", shortage_id, "is closed", conflict=True)
             before: dict[str, Any] = {}
             after: dict[str, Any] = {}
             if substitutes is not None:
                 subs = self._gtins(conn, "substitute", substitutes)
                 if self._product_id(conn, old.gtin) in subs:
-                    raise DutyRefused(
+                    raise DutyRefused.naming(
                         "substitutes", old.gtin, "is the product itself, not a substitute"
                     )
                 was = [s.gtin for s in old.substitutes]
@@ -324,7 +317,7 @@ class DutyShortages(Booking):
         with self._tx(actor, "shortage", f"close of shortage {shortage_id}") as conn:
             old = self._shortage(conn, shortage_id, ())
             if old.status != "open":
-                raise DutyRefused(
+                raise DutyRefused.naming(
                     "shortage",
                     shortage_id,
                     f"is already closed (by {old.closed_by})",
@@ -349,7 +342,7 @@ class DutyShortages(Booking):
         """Shortage notices, newest first (`status` None: all). With `free_at` (store
         locations), each substitute carries its free stock there."""
         if status is not None and status not in ("open", "closed"):
-            raise DutyRefused("status", status, "must be open or closed")
+            raise DutyRefused.naming("status", status, "must be open or closed")
         with self._reading() as conn:
             q = select(shortages.c.id)
             if status is not None:
@@ -430,7 +423,7 @@ class DutyShortages(Booking):
                 )
             ).first()
             if first is not None:
-                raise DutyRefused(
+                raise DutyRefused.naming(
                     "gtin",
                     gtin,
                     f"is already rationed by rule {first.id}: end it first",
@@ -443,7 +436,7 @@ class DutyShortages(Booking):
                 if found is None:
                     raise UnknownEntity("shortage", shortage_id)
                 if int(found.product_id) != product_id:
-                    raise DutyRefused(
+                    raise DutyRefused.naming(
                         "shortage_id", shortage_id, f"is a shortage of another product than {gtin}"
                     )
             now = self.clock()
@@ -484,7 +477,7 @@ class DutyShortages(Booking):
         with self._tx(actor, "rationing", f"end of rule {rule_id}") as conn:
             old = self._rule(conn, rule_id)
             if old.ends_at is not None:
-                raise DutyRefused(
+                raise DutyRefused.naming(
                     "rule",
                     rule_id,
                     f"has already ended ({old.ends_at:%Y-%m-%d %H:%M})",
@@ -635,7 +628,7 @@ class DutyShortages(Booking):
         served by `rationing.ration`, and writes a draw for each grant above 0.
         A request already drawn under (`source`, `ref`) keeps its first grant."""
         if source not in DRAW_SOURCES:
-            raise DutyRefused("source", source, f"must be one of {', '.join(DRAW_SOURCES)}")
+            raise DutyRefused.naming("source", source, f"must be one of {', '.join(DRAW_SOURCES)}")
         product_id = self._product_id(conn, gtin)
         # the rule's row is locked (PostgreSQL) until the draws commit: two controllers
         # drawing on one product at once take turns, so neither misses the other's draw
@@ -788,7 +781,7 @@ class DutyShortages(Booking):
         Any product may get one; only the catalogue's licence products are checked at
         dispatch (the ledger does not know which those are)."""
         if holder_kind not in LICENCE_HOLDER_KINDS:
-            raise DutyRefused(
+            raise DutyRefused.naming(
                 "holder_kind",
                 holder_kind,
                 f"must be one of {', '.join(LICENCE_HOLDER_KINDS)}",
@@ -797,22 +790,22 @@ class DutyShortages(Booking):
         no = _text("number", number, 50)
         for name, value in (("valid_from", valid_from), ("valid_to", valid_to)):
             if not isinstance(value, date) or isinstance(value, datetime):
-                raise DutyRefused(name, value, "must be a date")
+                raise DutyRefused.naming(name, value, "must be a date")
         if valid_to < valid_from:
-            raise DutyRefused("valid_to", valid_to, f"is before valid_from {valid_from}")
+            raise DutyRefused.naming("valid_to", valid_to, f"is before valid_from {valid_from}")
         try:
             fee = Decimal(str(fee_sek))
         except InvalidOperation:
-            raise DutyRefused("fee_sek", fee_sek, "is not a number") from None
+            raise DutyRefused.naming("fee_sek", fee_sek, "is not a number") from None
         if not fee.is_finite() or fee < 0 or fee > MAX_FEE or fee != fee.quantize(Decimal("0.01")):
-            raise DutyRefused(
+            raise DutyRefused.naming(
                 "fee_sek", fee_sek, f"must be 0 or more, at most {MAX_FEE}, in whole öre"
             )
         with self._tx(actor, "licence", f"licence {no}") as conn:
             product_id = self._product_id(conn, gtin)
             twin = conn.execute(select(licences.c.id).where(licences.c.number == no)).first()
             if twin is not None:
-                raise DutyRefused("number", no, "is already recorded", conflict=True)
+                raise DutyRefused.naming("number", no, "is already recorded", conflict=True)
             values: dict[str, Any] = {
                 "product_id": product_id,
                 "holder_kind": holder_kind,
@@ -847,7 +840,7 @@ class DutyShortages(Booking):
             if not found:
                 raise UnknownEntity("licence", number)
             if found[0].revoked_at is not None:
-                raise DutyRefused(
+                raise DutyRefused.naming(
                     "licence",
                     number,
                     f"is already revoked (by {found[0].revoked_by})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class LedgerError(Exception):
     """A ledger command was refused; nothing of it was booked."""
@@ -55,3 +57,36 @@ class DiscrepancyClosed(LedgerError):
         super().__init__(f"discrepancy {discrepancy_id} is already {status}")
         self.discrepancy_id = discrepancy_id
         self.status = status
+
+
+class DutyRefused(LedgerError):
+    """A stock-duty decision refused before anything was written: the field and the
+    value at fault, and why: the input is `invalid`, it is in `conflict` with what the
+    ledger holds (a rule already in force, a closed shortage, a revoked exemption), or
+    what it names is `missing`."""
+
+    def __init__(
+        self,
+        field: str,
+        value: object,
+        message: str,
+        kind: Literal["invalid", "conflict", "missing"] = "invalid",
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.kind = kind
+
+    @property
+    def conflict(self) -> bool:
+        return self.kind == "conflict"
+
+    @classmethod
+    def naming(
+        cls, field: str, value: object, message: str, *, conflict: bool = False
+    ) -> DutyRefused:
+        """The refusal with its text built as `field: value message`."""
+        shown = repr(value) if isinstance(value, str) else str(value)
+        return cls(
+            field, value, f"{field}: {shown} {message}", "conflict" if conflict else "invalid"
+        )

@@ -28,8 +28,8 @@ from controller.duty_rules.exemptions import (
     obligation_for,
 )
 from controller.ledger import Ledger, LedgerError, UnknownEntity, reports
-from controller.ledger.duty_scope import DutyRefused
 from controller.ledger.engine import make_engine
+from controller.ledger.errors import DutyRefused
 from controller.ledger.reports.render import render_text, to_jsonable
 from controller.ledger.schema import audit_log
 from controller.metrics import Metrics

@@ -20,9 +20,8 @@ from controller.cli import main
 from controller.config import parse_site
 from controller.gs1 import PackId, encode_pack
 from controller.ledger import Ledger
-from controller.ledger.duty_shortages import DutyRefused
 from controller.ledger.engine import make_engine
-from controller.ledger.errors import UnknownEntity
+from controller.ledger.errors import DutyRefused, UnknownEntity
 from controller.ledger.schema import audit_log, movements
 from controller.ledger.schema_duty import licences, ration_draws, rationing_rules, shortages
 from controller.wardsupply import views
