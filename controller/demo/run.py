@@ -31,6 +31,7 @@ from controller.cabinets.poller import pocket_location
 from controller.cabinets.replenishment import PickList, pack_of, pocket_label
 from controller.config import Site
 from controller.demo.console import keep_up, start_console
+from controller.demo.duty import DutyDemo
 from controller.demo.orders import demo_orders
 from controller.demo.supply import DemoSupplier, PackShelf, book_history
 from controller.demo.wards import WardDemo
@@ -426,6 +427,8 @@ async def run_demo(
         )
         canister_technician = CanisterTechnician(controller, scanners[-1]["trigger_port"], shelf)
         pharmacist = Pharmacist(controller, decide_after_s=day_seconds / 24)
+        duty = DutyDemo(controller, say, day_seconds, day_clock, today)
+        await duty.before_the_day()
         wards = WardDemo(controller, shelf, say, day_seconds, today) if site.drug_rooms else None
         tech_tasks = [
             asyncio.create_task(technician.work(), name="technician"),
@@ -433,6 +436,7 @@ async def run_demo(
             asyncio.create_task(pharmacist.work(), name="pharmacist"),
         ]
         ward_day = asyncio.create_task(wards.work(), name="wards") if wards else None
+        crisis = asyncio.create_task(duty.crisis(), name="crisis")
 
         # The supplier's van comes at 09:00.
         delivery = asyncio.create_task(
@@ -455,10 +459,12 @@ async def run_demo(
             await asyncio.wait_for(ward_day, timeout=max(120.0, day_seconds))
         await _cancel_all(tech_tasks)
         await delivery
+        await crisis
         summary = await _wind_down(controller, technician)
         summary.update(await _supply_summary(controller, supplier))
         if wards is not None:
             summary.update(await wards.summary())
+        summary.update(await duty.summary())
         summary["canister_refills"] = canister_technician.refills
         summary["cold_chain"] = pharmacist.decisions
         summary["duration_s"] = round(time.monotonic() - started, 1)
@@ -733,6 +739,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             + "".join(f"; {k} {n}" for k, n in w["reliability"]["by_cause"].items()),
         ]
         lines += [f"      refused: {m}" for m in w["refused"] + w["scans_refused"][:3]]
+    lines += _duty_lines(s.get("stock_duty"))
     v = s.get("verification")
     if v is not None:
         lines.append(
@@ -745,6 +752,56 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines += [f"      alert: {a}" for a in v["alerts"]]
     lines.append(f"  took                     {s['duration_s']} s")
     print("\n".join(lines), flush=True)
+
+
+def _duty_lines(d: dict[str, Any] | None) -> list[str]:
+    """The stock duty's part of the summary."""
+    if d is None:
+        return []
+    e, p, r = d["exemption"], d["preparedness"], d["rationing"]
+    cover = "no use" if e["cover_days"] is None else f"{e['cover_days']} days of cover"
+    lines = [
+        f"  stock duty               exemption: {e['product']} judged on {e['level_days']} "
+        f"days ({cover}: {e['status']}), reviewed by {e['reviewed_by']}, next review "
+        f"{e['review_date']}",
+        f"      preparedness         {p['listed']} products on '{p['list']}', "
+        f"{len(p['below_floor'])} below the floor"
+        + "".join(
+            f"; {b['product']} {b['stock']} of floor {b['floor']} (target {b['target']})"
+            for b in p["below_floor"]
+        ),
+    ]
+    x = d.get("external_use")
+    if x:
+        whole = x["whole_cover_days"]
+        lines.append(
+            f"      whole use            {x['unit']} used {x['quantity']} of {x['product']} in "
+            f"{x['month']}: cover on the whole use "
+            + ("-" if whole is None else f"{whole} days")
+            + f" ({x['status']})"
+        )
+    c = d.get("crisis")
+    if c is not None:
+        lines.append(
+            f"      crisis               period {c['id']} for {', '.join(c['categories'])} "
+            f"{c['hours']} (site time): {c['reason']}; "
+            f"midway {c['below_month_in_crisis']} product(s) below the month, reported as "
+            "information"
+            + (
+                ", the masks below their floor (critical in a crisis)"
+                if c["masks_below_floor"]
+                else ""
+            )
+        )
+    sh = d["shortage"]
+    lines += [
+        f"      shortage             {sh['product']}: notice {sh['notice']} until "
+        f"{sh['expected_end']}, substitute {', '.join(sh['substitutes'])}",
+        f"      rationing            {r['cap_per_ward_day']} units per ward and day, "
+        f"{', '.join(r['priority_wards'])} first: {r['lines_cut']} ward line(s) cut; granted "
+        + (", ".join(f"{w} {n}" for w, n in r["granted_by_ward"].items()) or "nothing"),
+    ]
+    return lines
 
 
 def demo_ok(summary: dict[str, Any]) -> bool:

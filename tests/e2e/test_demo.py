@@ -102,6 +102,28 @@ def test_demo_runs_a_day_and_the_ledger_verifies(tmp_path: Path) -> None:
     assert len(summary["purchase_orders"]) == 1 and summary["order_status"] == "partial"
     delivery = " | ".join(summary["delivery"])
     assert "back-ordered" in delivery and "short, order instead" in delivery
+    # The stock duty: an exemption with a reduced level reviewed, a preparedness floor
+    # (the masks below it), external use in the whole use, a short crisis period started
+    # and ended, a shortage with rationing that held every ward but the ICU to its cap.
+    duty = summary["stock_duty"]
+    assert duty["exemption"]["level_days"] == 14 and duty["exemption"]["reviewed_by"]
+    assert duty["preparedness"]["listed"] == 2
+    assert [b["product"] for b in duty["preparedness"]["below_floor"]] == [
+        "Surgical face mask type IIR"
+    ]
+    assert duty["external_use"]["whole_cover_days"] < duty["external_use"]["internal_cover_days"]
+    crisis = duty["crisis"]
+    assert crisis["categories"] == ["protective_equipment"] and crisis["to"] > crisis["from"]
+    assert crisis["in_force_mid_period"] == [crisis["id"]]
+    assert duty["shortage"]["substitutes"] == ["Paracetamol 500 mg tablet (second supplier)"]
+    rationing = duty["rationing"]
+    capped = {
+        w: n
+        for w, n in rationing["granted_by_ward"].items()
+        if w not in rationing["priority_wards"]
+    }
+    assert capped and max(capped.values()) <= rationing["cap_per_ward_day"]
+    assert "stock duty" in out and "rationing" in out
     # Verification: received packs verified, one alert, every opened or dispatched pack
     # decommissioned once at the national system.
     v = summary["verification"]
