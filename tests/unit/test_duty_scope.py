@@ -326,7 +326,16 @@ def _stock(led: Ledger, gtin: str, usable: int, used_30d: int) -> None:
         )
 
 
-def test_reports_judge_scope_durability_and_reduced_levels(led: Ledger, clock: Clock) -> None:
+@pytest.fixture
+def any_led(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
+    """The ledger on SQLite and on PostgreSQL."""
+    ledger = _ledger(ledger_url, clock)
+    yield ledger
+    ledger.engine.dispose()
+
+
+def test_reports_judge_scope_durability_and_reduced_levels(any_led: Ledger, clock: Clock) -> None:
+    led = any_led
     clock.now = NOW - timedelta(days=20)
     # 30 used in 30 days: one a day. 25 left is 25 days of cover.
     for gtin in (DRUG, DRUG2, GLOVE, PUMP):
