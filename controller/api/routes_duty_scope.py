@@ -29,7 +29,8 @@ _PHARMACIST = role_note(Role.PHARMACIST)
 
 ScopeReason = Literal["individual_patient", "dental_care", "manufacturing_material"]
 Category = Literal["drug", "medical_device", "special_food", "protective_equipment"]
-GtinPath = Annotated[str, Path(min_length=1, max_length=14, description="the product's GTIN")]
+GTIN_PATTERN = r"^[0-9]{8,14}$"  # GTIN-8, -12, -13 or -14; the check digit is the ledger's
+GtinPath = Annotated[str, Path(pattern=GTIN_PATTERN, description="the product's GTIN")]
 Written = Annotated[str, Field(min_length=1, max_length=2000)]
 Level = Annotated[
     int | None,
@@ -180,7 +181,7 @@ async def durability(
 
 
 class ExemptionBody(Closed):
-    gtin: str = Field(min_length=1, max_length=14)
+    gtin: str = Field(pattern=GTIN_PATTERN)
     reason: Written
     risk_assessment: Written
     measures: Written

@@ -292,6 +292,22 @@ DOCUMENTED = {
     ("GET", "/duty/licences"),
     ("POST", "/duty/licences"),
     ("POST", "/duty/licences/{number}/revoke"),
+    ("GET", "/duty/scope"),
+    ("PUT", "/duty/scope/products/{gtin}"),
+    ("DELETE", "/duty/scope/products/{gtin}"),
+    ("PUT", "/duty/scope/categories/{category}"),
+    ("DELETE", "/duty/scope/categories/{category}"),
+    ("PUT", "/duty/products/{gtin}/durability"),
+    ("GET", "/duty/exemptions"),
+    ("POST", "/duty/exemptions"),
+    ("GET", "/duty/exemptions/{gtin}"),
+    ("POST", "/duty/exemptions/{gtin}/review"),
+    ("PATCH", "/duty/exemptions/{gtin}"),
+    ("POST", "/duty/exemptions/{gtin}/revoke"),
+    ("GET", "/duty/external-use"),
+    ("POST", "/duty/external-use"),
+    ("POST", "/duty/external-use/import"),
+    ("GET", "/duty/followup"),
 }
 
 
