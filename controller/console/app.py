@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from controller.config import ConsoleConfig
 from controller.console import (
     screens_core,
+    screens_duty,
     screens_floor,
     screens_pharmacist,
     screens_technician,
@@ -28,6 +29,7 @@ SCREEN_MODULES = (
     screens_core,
     screens_technician,
     screens_pharmacist,
+    screens_duty,
     screens_floor,
     screens_wardsupply,
 )

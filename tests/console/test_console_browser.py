@@ -384,6 +384,7 @@ MAIN_SCREENS = (
     ("pharmacist", "/console/holds"),
     ("pharmacist", "/console/discrepancies"),
     ("pharmacist", "/console/exemptions"),
+    ("pharmacist", "/console/duty"),
     ("pharmacist", "/console/audit"),
     ("technician", "/console/picking"),
     ("technician", "/console/goods-in"),

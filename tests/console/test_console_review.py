@@ -2,7 +2,8 @@
 real browser (Debian's chromium driven by Playwright) against a running controller:
 an order approved reduced or substituted with a reason, named in the audit trail; the
 exemptions in Swedish and English, the overdue marked, markup in a reason kept as text;
-no serious accessibility violation on either screen."""
+no serious accessibility violation on these screens or the stock-duty screen, which
+also fits a 360 px handheld."""
 
 from __future__ import annotations
 
@@ -181,12 +182,32 @@ def test_exemptions_render_in_both_languages_with_the_overdue_marked(
             context.close()
 
 
+@pytest.fixture(scope="module")
+def duty_filled(exempted: ConsoleSite) -> ConsoleSite:
+    """Every part of the stock-duty screen filled: a crisis in force, a product below
+    its preparedness floor, an open shortage notice with a substitute."""
+    site = exempted
+    controller = site.controller
+    assert controller is not None
+    led = controller.ledger
+    site.write(
+        led.start_crisis,
+        starts_at=datetime.now(UTC),
+        reason="Regional decision: drug supply disrupted",
+        categories=["drug"],
+        actor="site",
+    )
+    site.write(led.set_preparedness, METO, target_units=500, floor_units=200, actor="site")
+    site.write(led.record_shortage, PARA, notice_ref="N-AX", substitutes=[PARA2], actor="site")
+    return site
+
+
 def test_no_serious_accessibility_violation_on_the_new_screens(
-    exempted: ConsoleSite, browser: Any
+    duty_filled: ConsoleSite, browser: Any
 ) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
-    site = exempted
+    site = duty_filled
     [order_id] = file_orders(site, "PT-AX1")
     axe = Axe()
     found: dict[str, list[str]] = {}
@@ -194,7 +215,12 @@ def test_no_serious_accessibility_violation_on_the_new_screens(
     try:
         page = context.new_page()
         sign_in(page, site, "pharmacist", "/console/")
-        for path in ("/console/orders", f"/console/orders/{order_id}/amend", "/console/exemptions"):
+        for path in (
+            "/console/orders",
+            f"/console/orders/{order_id}/amend",
+            "/console/exemptions",
+            "/console/duty",
+        ):
             page.goto(site.url + path)
             results = axe.run(page)
             bad = [
@@ -207,3 +233,19 @@ def test_no_serious_accessibility_violation_on_the_new_screens(
     finally:
         context.close()
     assert not found, found
+
+
+def test_the_stock_duty_screen_fits_a_360_px_handheld(
+    duty_filled: ConsoleSite, browser: Any
+) -> None:
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True, locale="sv-SE"
+    )
+    try:
+        page = context.new_page()
+        sign_in(page, duty_filled, "pharmacist", "/console/duty")
+        assert page.locator("section.card.urgent").count() == 1  # the crisis banner
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == 360, widths  # wide tables scroll in their own box
+    finally:
+        context.close()

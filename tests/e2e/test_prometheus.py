@@ -146,7 +146,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
     for path in sorted((DOCKER / "grafana" / "dashboards").glob("*.json")):
         board = json.loads(path.read_text(encoding="utf-8"))
         for panel in board["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):  # a row has none
                 found.append((path.stem, panel["title"], target["expr"]))
     return found
 
