@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.ledger.errors import DutyRefused, UnknownEntity
+
 log = logging.getLogger("doseline.api")
 
 MAX_VALUE_CHARS = 200  # an offending value is quoted up to this length
@@ -136,6 +138,21 @@ def _validation_problems(exc: RequestValidationError) -> list[Problem]:
         value = None if missing or (isinstance(raw, dict) and not raw) else shown(raw)
         problems.append(Problem(field=_field(err.get("loc", ())), value=value, message=err["msg"]))
     return problems
+
+
+def duty_refusal(exc: Exception) -> ApiError:
+    """A refused stock-duty decision as an answer: an unknown product or record 404, a
+    request the ledger's state refuses 409, a bad value 422; each names the field and
+    the value the refusal names."""
+    if isinstance(exc, UnknownEntity):
+        return ApiError(404, str(exc), field=exc.field, value=exc.value)
+    if isinstance(exc, DutyRefused):
+        status = {"missing": 404, "conflict": 409}.get(exc.kind, 422)
+        value = None if exc.value is None else str(exc.value)
+        return ApiError(status, str(exc), field=exc.field, value=value)
+    return ApiError(
+        422, str(exc), field=getattr(exc, "field", None), value=getattr(exc, "value", None)
+    )
 
 
 def install(app: FastAPI) -> None:

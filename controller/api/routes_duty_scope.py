@@ -18,10 +18,10 @@ from pydantic import BaseModel, Field
 
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Viewer, role_note
-from controller.api.errors import ApiError, responses
+from controller.api.errors import duty_refusal, responses
 from controller.api.models import Closed
 from controller.ledger.duty_scope import ExemptionRecord, ScopeEntry
-from controller.ledger.errors import DutyRefused, LedgerError, UnknownEntity
+from controller.ledger.errors import LedgerError
 
 router = APIRouter(prefix="/duty", tags=["stock duty"])
 _VIEWER = role_note(Role.VIEWER)
@@ -36,15 +36,6 @@ Level = Annotated[
     int | None,
     Field(strict=True, description="a reduced level in days (0-29); null: out of the figures"),
 ]
-
-
-def _refused(exc: LedgerError) -> ApiError:
-    if isinstance(exc, UnknownEntity):
-        return ApiError(404, str(exc), field=exc.field, value=exc.value)
-    if isinstance(exc, DutyRefused):
-        status = {"missing": 404, "conflict": 409}.get(exc.kind, 422)
-        return ApiError(status, str(exc), field=exc.field, value=exc.value)
-    return ApiError(422, str(exc))
 
 
 # ------------------------------------------------------------------ scope
@@ -100,7 +91,7 @@ async def scope_product(
             actor=user.name,
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.put(
@@ -123,7 +114,7 @@ async def scope_category(
             actor=user.name,
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.delete(
@@ -138,7 +129,7 @@ async def unscope_product(gtin: GtinPath, ctx: Context, user: Pharmacist) -> Sco
     try:
         await ctx.write(ctx.ledger.clear_out_of_scope, gtin=gtin, actor=user.name)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
     return ScopeCleared(subject=gtin)
 
 
@@ -154,7 +145,7 @@ async def unscope_category(category: Category, ctx: Context, user: Pharmacist) -
     try:
         await ctx.write(ctx.ledger.clear_out_of_scope, category=category, actor=user.name)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
     return ScopeCleared(subject=f"category:{category}")
 
 
@@ -173,7 +164,7 @@ async def durability(
     try:
         await ctx.write(ctx.ledger.set_durability, gtin, body.durability, actor=user.name)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
     return body
 
 
@@ -246,7 +237,7 @@ async def exemption(gtin: GtinPath, ctx: Context, user: Viewer) -> ExemptionReco
     try:
         return await ctx.read(ctx.ledger.exemption, gtin)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -275,7 +266,7 @@ async def create_exemption(body: ExemptionBody, ctx: Context, user: Pharmacist) 
             actor=user.name,
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -298,7 +289,7 @@ async def review_exemption(
             note=body.note,
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.patch(
@@ -317,7 +308,7 @@ async def change_exemption(
     try:
         return await ctx.write(ctx.ledger.change_exemption, gtin, actor=user.name, **fields)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -336,4 +327,4 @@ async def revoke_exemption(
             ctx.ledger.revoke_exemption, gtin, reason=body.reason, actor=user.name
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Viewer, role_note
-from controller.api.errors import ApiError, responses
+from controller.api.errors import duty_refusal, responses
 from controller.api.models import Closed, Text
 from controller.duty_rules.rationing import RationingError, check_wards
 from controller.ledger.duty_shortages import (
@@ -27,24 +27,13 @@ from controller.ledger.duty_shortages import (
     RationRuleView,
     ShortageView,
 )
-from controller.ledger.errors import DutyRefused, LedgerError, UnknownEntity
+from controller.ledger.errors import LedgerError
 
 router = APIRouter(prefix="/duty", tags=["stock duty"])
 _VIEWER = role_note(Role.VIEWER)
 _PHARMACIST = role_note(Role.PHARMACIST)
 Gtin = Annotated[str, Field(pattern=r"^[0-9]{1,14}$", description="the product's GTIN")]
 NO_NUL = r"^[^\x00]*$"  # a NUL character is refused before it reaches the database
-
-
-def _refused(exc: Exception) -> ApiError:
-    if isinstance(exc, UnknownEntity):
-        return ApiError(404, str(exc), field=exc.field, value=exc.value)
-    if isinstance(exc, DutyRefused):
-        value = None if exc.value is None else str(exc.value)
-        return ApiError(409 if exc.conflict else 422, str(exc), field=exc.field, value=value)
-    if isinstance(exc, RationingError):
-        return ApiError(422, str(exc), field=exc.field, value=exc.value)
-    return ApiError(422, str(exc))
 
 
 class ShortageList(BaseModel):
@@ -134,7 +123,7 @@ async def record_shortage(body: ShortageBody, ctx: Context, user: Pharmacist) ->
             today=ctx.today(),
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.patch(
@@ -159,7 +148,7 @@ async def update_shortage(
             today=ctx.today(),
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -175,7 +164,7 @@ async def close_shortage(shortage_id: ShortageId, ctx: Context, user: Pharmacist
     try:
         return await ctx.write(ctx.ledger.close_shortage, shortage_id, actor=user.name)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 # ------------------------------------------------------------------ rationing
@@ -230,7 +219,7 @@ async def list_draws(
     try:
         rows = await ctx.read(ctx.ledger.ration_draws, gtin=gtin, ward=ward, day=day)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
     return RationDrawList(count=len(rows), draws=rows)
 
 
@@ -257,7 +246,7 @@ async def start_rationing(body: RationingBody, ctx: Context, user: Pharmacist) -
             actor=user.name,
         )
     except (LedgerError, RationingError) as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -272,7 +261,7 @@ async def end_rationing(rule_id: RuleId, ctx: Context, user: Pharmacist) -> Rati
     try:
         return await ctx.write(ctx.ledger.end_rationing, rule_id, actor=user.name)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 # ------------------------------------------------------------------ licences
@@ -314,7 +303,7 @@ async def list_licences(
     try:
         rows = await ctx.read(ctx.ledger.licences, gtin=gtin, holder=holder, valid_on=valid_on)
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
     total = sum((x.fee_sek for x in rows), start=Decimal("0.00"))
     return LicenceList(count=len(rows), total_fee_sek=total, licences=rows)
 
@@ -347,7 +336,7 @@ async def record_licence(body: LicenceBody, ctx: Context, user: Pharmacist) -> L
             actor=user.name,
         )
     except (LedgerError, RationingError) as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
 
 
 @router.post(
@@ -369,4 +358,4 @@ async def revoke_licence(
             reason=body.reason if body is not None else "",
         )
     except LedgerError as exc:
-        raise _refused(exc) from None
+        raise duty_refusal(exc) from None
