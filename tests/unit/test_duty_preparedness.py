@@ -298,6 +298,35 @@ def test_report_compliance_json_carries_the_list_and_crisis(
     assert f"CRISIS  1: since {NOW.isoformat()} (until open), {B}: regional decision RD-1" in text
 
 
+def test_report_compliance_json_carries_scope_levels_preparedness_and_crisis(
+    led: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The four things the follow-up reads from `report compliance --json`, together."""
+    led.set_out_of_scope(gtin=M, reason="dental_care", note="the dental clinic's", actor="p")
+    led.create_exemption(
+        B,
+        reason="single supplier, licence caps stock",
+        risk_assessment="the supplier delivers within 24 h",
+        measures="stock counted daily, second source agreed",
+        review_date=NOW.date() + timedelta(days=90),
+        level_days=14,
+        actor="p",
+    )
+    led.set_preparedness(A, target_units=300, floor_units=250, actor="p")
+    led.start_crisis(starts_at=NOW, reason="regional decision RD-2", categories=["drug"], actor="p")
+    args = ["report", "compliance", "--db", str(led.engine.url), "--now", NOW.isoformat()]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    by_category = {c["category"]: c for c in data["categories"]}
+    assert by_category["protective_equipment"]["out_of_scope"] == [
+        {"gtin": M, "name": by_category["protective_equipment"]["out_of_scope"][0]["name"],
+         "reason": "dental_care"}
+    ]  # fmt: skip
+    assert [(e["gtin"], e["level_days"]) for e in by_category["drug"]["exempted"]] == [(B, 14)]
+    assert data["preparedness"]["listed"][0]["gtin"] == A
+    assert [c["categories"] for c in data["crisis"]] == [["drug"]]
+
+
 def test_fefo_takes_the_preparedness_lot_when_it_expires_first(led: Ledger) -> None:
     # A-PREP (2027-03-31) expires before A-STORE (2027-06-30): it is taken first.
     view = led.reserve(
