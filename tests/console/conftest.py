@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from controller.api import ApiServer, create_app, hash_token, parse_tokens
 from controller.app import Controller
 from controller.config import parse_site
 from simulators.cabinet_modbus import CabinetSimulator, CabinetSpec, PocketSpec
-from tests.sites import FURO, purchasing_site
+from tests.sites import FURO, purchasing_site, site_dict
 
 T = TypeVar("T")
 
@@ -201,3 +202,25 @@ def http_sign_in(http: httpx.Client, role: str) -> str:
     csrf = re.search(r'name="csrf" value="([^"]+)"', home.text)
     assert csrf is not None
     return csrf.group(1)
+
+
+@asynccontextmanager
+async def console_in_process(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Controller]]:
+    """The console of the test site in this process over ASGI, its ledger at `url` with
+    the opening stock booked: a client for the HTTP-level console tests."""
+    controller = Controller(parse_site(site_dict(ledger_url=url)), ledger_url=url)
+    await asyncio.to_thread(controller.prepare_ledger)
+    await asyncio.to_thread(controller.receive_opening_stock, datetime.now(UTC).date())
+    text = "\n".join(f"{hash_token(TOKENS[r])} {USERS[r]} {r}" for r in TOKENS)
+    app = create_app(
+        site=controller.site,
+        ledger=controller.ledger,
+        store=controller.store,
+        tokens=parse_tokens(text, source="tokens"),
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
+            yield c, controller
+    finally:
+        controller.close()

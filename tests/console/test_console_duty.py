@@ -7,7 +7,6 @@ neither open the screen nor post to it."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,17 +15,15 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from controller.api import create_app, hash_token, parse_tokens
 from controller.api.audit_reader import read_audit
 from controller.app import Controller
-from controller.config import parse_site
 from controller.console.screens_duty import local_moment, refusal
 from controller.ledger import UnknownEntity
 from controller.ledger.duty_preparedness import CrisisRefused
 from controller.ledger.errors import DutyRefused
-from tests.console.conftest import TOKENS, USERS
+from tests.console.conftest import USERS, console_in_process
 from tests.console.test_console_pages import console, sign_in  # noqa: F401
-from tests.sites import FURO, METO, OXY, PARA, site_dict
+from tests.sites import FURO, METO, OXY, PARA
 
 UNKNOWN = "07359990009993"  # a well-formed GTIN not in the catalogue
 
@@ -34,22 +31,8 @@ UNKNOWN = "07359990009993"  # a well-formed GTIN not in the catalogue
 @pytest.fixture
 async def duty_console(ledger_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Controller]]:
     """The console in-process on SQLite and on PostgreSQL (the screen's reads on both)."""
-    controller = Controller(parse_site(site_dict(ledger_url=ledger_url)), ledger_url=ledger_url)
-    await asyncio.to_thread(controller.prepare_ledger)
-    await asyncio.to_thread(controller.receive_opening_stock, datetime.now(UTC).date())
-    text = "\n".join(f"{hash_token(TOKENS[r])} {USERS[r]} {r}" for r in TOKENS)
-    app = create_app(
-        site=controller.site,
-        ledger=controller.ledger,
-        store=controller.store,
-        tokens=parse_tokens(text, source="tokens"),
-    )
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            yield c, controller
-    finally:
-        controller.close()
+    async with console_in_process(ledger_url) as pair:
+        yield pair
 
 
 def prepare(controller: Controller) -> None:

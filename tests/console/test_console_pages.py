@@ -5,7 +5,6 @@ templates' texts, and pages that reference no other host."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,39 +14,21 @@ import httpx
 import pytest
 from jinja2.ext import babel_extract
 
-from controller.api import create_app, hash_token, parse_tokens
 from controller.api.audit_reader import read_audit
 from controller.api.auth import Role, User
 from controller.app import Controller
-from controller.config import parse_site
 from controller.console import i18n
 from controller.console.screens_technician import REFUSAL_KINDS
 from controller.console.sessions import Sessions
 from controller.console.web import SCREENS, TEMPLATES
-from tests.console.conftest import TOKENS, USERS
-from tests.sites import METO, PARA, job, site_dict
+from tests.console.conftest import TOKENS, USERS, console_in_process
+from tests.sites import METO, PARA, job
 
 
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Controller]]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    raw = site_dict(ledger_url=url)
-    controller = Controller(parse_site(raw), ledger_url=url)
-    await asyncio.to_thread(controller.prepare_ledger)
-    await asyncio.to_thread(controller.receive_opening_stock, datetime.now(UTC).date())
-    text = "\n".join(f"{hash_token(TOKENS[r])} {USERS[r]} {r}" for r in TOKENS)
-    app = create_app(
-        site=controller.site,
-        ledger=controller.ledger,
-        store=controller.store,
-        tokens=parse_tokens(text, source="tokens"),
-    )
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as c:
-            yield c, controller
-    finally:
-        controller.close()
+    async with console_in_process(f"sqlite:///{tmp_path / 'ledger.db'}") as pair:
+        yield pair
 
 
 async def sign_in(http: httpx.AsyncClient, role: str) -> str:
