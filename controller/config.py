@@ -25,28 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from controller.gs1 import gs1_check_digit as gs1_check_digit  # re-exported: the site file's check
+from controller.gs1 import valid_gtin as valid_gtin
 from drivers.serial_address import serial_address_problem
 
 
 class ConfigError(Exception):
     """The site file is missing or invalid; the message names the field and value."""
-
-
-def gs1_check_digit(body: str) -> int:
-    """GS1 mod-10 check digit of the digits before it."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return (10 - total % 10) % 10
-
-
-def valid_gtin(value: str) -> str:
-    digits = value.strip()
-    if not (digits.isascii() and digits.isdigit()) or len(digits) not in (8, 12, 13, 14):
-        raise ValueError(f"GTIN {value!r} must be 8, 12, 13 or 14 digits")
-    if gs1_check_digit(digits[:-1]) != int(digits[-1]):
-        raise ValueError(
-            f"GTIN {value!r} has check digit {digits[-1]}, expected {gs1_check_digit(digits[:-1])}"
-        )
-    return digits.zfill(14)
 
 
 Gtin = Annotated[str, AfterValidator(valid_gtin)]

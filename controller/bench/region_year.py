@@ -50,7 +50,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from controller.bench.common import latency_ms, peak_rss_mib
-from controller.config import gs1_check_digit
+from controller.gs1 import gs1_check_digit
 from controller.ledger import (
     CounterMark,
     DeliveryLine,

@@ -29,7 +29,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.config import Site, gs1_check_digit, parse_site
+from controller.config import Site, parse_site
+from controller.gs1 import gs1_check_digit
 
 LINES = 250
 ROOMS = 15  # drug rooms: 8 at the central hospital, 7 at the other

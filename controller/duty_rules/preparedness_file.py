@@ -11,24 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.gs1 import valid_gtin
+
 COLUMNS = ("gtin", "target_units", "floor_units")
 OPTIONAL = ("name",)
-
-
-def _check_digit(body: str) -> int:
-    """The GS1 check digit of the digits before it (weights 3, 1, ... from the right)."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return (10 - total % 10) % 10
-
-
-def valid_gtin(value: str) -> str:
-    """A GTIN-8, -12, -13 or -14 with a right check digit, as 14 digits."""
-    if not (value.isascii() and value.isdigit()) or len(value) not in (8, 12, 13, 14):
-        raise ValueError("must be 8, 12, 13 or 14 digits")
-    expected = _check_digit(value[:-1])
-    if expected != int(value[-1]):
-        raise ValueError(f"check digit {value[-1]}, expected {expected}")
-    return value.zfill(14)
 
 
 @dataclass(frozen=True)

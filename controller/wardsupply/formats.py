@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from controller.config import gs1_check_digit
+from controller.gs1 import gs1_check_digit
 from controller.intake.common import (
     Collector,
     DuplicateKey,

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from controller.config import gs1_check_digit, load_site
+from controller.config import load_site
+from controller.gs1 import gs1_check_digit
 from controller.intake.common import MAX_PAYLOAD_CHARS, IntakeError
 from controller.wardsupply.formats import (
     FHIR_SOURCE,
