@@ -44,6 +44,12 @@ def no_nul(value: str) -> str:
 Text = Annotated[str, AfterValidator(no_nul)]
 
 
+# A GTIN as a request carries it: 8 to 14 digits (no other character reaches the
+# database); its check digit and whether the product is known are the ledger's checks.
+GTIN_PATTERN = r"^[0-9]{8,14}$"
+GtinText = Annotated[str, Field(pattern=GTIN_PATTERN, description="the product's GTIN")]
+
+
 class Closed(BaseModel):
     """A request body: unknown fields are refused, not ignored, and no text field may
     hold a NUL character (`no_nul`)."""

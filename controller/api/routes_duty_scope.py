@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Viewer, role_note
 from controller.api.errors import duty_refusal, responses
-from controller.api.models import Closed
+from controller.api.models import GTIN_PATTERN, Closed
 from controller.ledger.duty_scope import ExemptionRecord, ScopeEntry
 from controller.ledger.errors import LedgerError
 
@@ -29,7 +29,6 @@ _PHARMACIST = role_note(Role.PHARMACIST)
 
 ScopeReason = Literal["individual_patient", "dental_care", "manufacturing_material"]
 Category = Literal["drug", "medical_device", "special_food", "protective_equipment"]
-GTIN_PATTERN = r"^[0-9]{8,14}$"  # GTIN-8, -12, -13 or -14; the check digit is the ledger's
 GtinPath = Annotated[str, Path(pattern=GTIN_PATTERN, description="the product's GTIN")]
 Written = Annotated[str, Field(min_length=1, max_length=2000)]
 Level = Annotated[

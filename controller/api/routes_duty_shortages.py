@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from controller.api.auth import Role
 from controller.api.context import Context, Pharmacist, Viewer, role_note
 from controller.api.errors import duty_refusal, responses
-from controller.api.models import Closed, Text
+from controller.api.models import Closed, GtinText, Text
 from controller.duty_rules.rationing import RationingError, check_wards
 from controller.ledger.duty_shortages import (
     LicenceView,
@@ -32,7 +32,6 @@ from controller.ledger.errors import LedgerError
 router = APIRouter(prefix="/duty", tags=["stock duty"])
 _VIEWER = role_note(Role.VIEWER)
 _PHARMACIST = role_note(Role.PHARMACIST)
-Gtin = Annotated[str, Field(pattern=r"^[0-9]{1,14}$", description="the product's GTIN")]
 NO_NUL = r"^[^\x00]*$"  # a NUL character is refused before it reaches the database
 
 
@@ -61,17 +60,17 @@ class LicenceList(BaseModel):
 
 
 class ShortageBody(Closed):
-    gtin: Gtin
+    gtin: GtinText
     notice_ref: Text = Field(min_length=1, max_length=100, description="the supplier's reference")
     supplier: Text | None = Field(default=None, max_length=100)
     expected_end: date | None = Field(default=None, description="not before today (site)")
-    substitutes: list[Gtin] = Field(default=[], max_length=50)
+    substitutes: list[GtinText] = Field(default=[], max_length=50)
     note: Text = Field(default="", max_length=2000)
 
 
 class ShortageUpdate(Closed):
     expected_end: date | None = None
-    substitutes: list[Gtin] | None = Field(default=None, max_length=50)
+    substitutes: list[GtinText] | None = Field(default=None, max_length=50)
     note: Text | None = Field(default=None, max_length=2000)
 
 
@@ -171,7 +170,7 @@ async def close_shortage(shortage_id: ShortageId, ctx: Context, user: Pharmacist
 
 
 class RationingBody(Closed):
-    gtin: Gtin
+    gtin: GtinText
     cap_per_ward_day: int = Field(strict=True, ge=0, le=1_000_000, description="units")
     priority_wards: list[Annotated[str, Field(min_length=1, max_length=32, pattern=NO_NUL)]] = (
         Field(default=[], max_length=100, description="served first and not capped")
@@ -268,7 +267,7 @@ async def end_rationing(rule_id: RuleId, ctx: Context, user: Pharmacist) -> Rati
 
 
 class LicenceBody(Closed):
-    gtin: Gtin
+    gtin: GtinText
     holder_kind: Literal["ward", "patient"]
     holder: Text = Field(min_length=1, max_length=64, description="a ward, or a pseudonym")
     number: Text = Field(min_length=1, max_length=50)
