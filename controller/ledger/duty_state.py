@@ -74,7 +74,26 @@ class CrisisInForce:
 
 def crisis_in_force(conn: Connection, at: datetime) -> tuple[CrisisInForce, ...]:
     """The periods in force at `at`, in order of start."""
-    periods = {p.id: p for p in load_periods(conn) if p.in_force(at)}
+    return _described(conn, [p for p in load_periods(conn) if p.in_force(at)])
+
+
+def crisis_overlapping(
+    conn: Connection, since: datetime, until: datetime
+) -> tuple[CrisisInForce, ...]:
+    """The periods in force at some moment of [since, until), in order of start."""
+    return _described(
+        conn,
+        [
+            p
+            for p in load_periods(conn)
+            if p.starts_at < until and (p.ends_at is None or p.ends_at > since)
+        ],
+    )
+
+
+def _described(conn: Connection, chosen: list[Period]) -> tuple[CrisisInForce, ...]:
+    """The periods with their reason and who decided, in order of start."""
+    periods = {p.id: p for p in chosen}
     if not periods:
         return ()
     rows = conn.execute(

@@ -210,3 +210,18 @@ def test_the_cli_prints_json_and_writes_csv(
     assert "follow-up 2026-11 (UTC)" in text and "level 14 days" in text
     assert main(["report", "followup", "--db", db, "--month", "11/2026"]) == 2
     assert "doseline report followup: month: '11/2026' is not a month" in capsys.readouterr().err
+
+
+def test_a_durable_product_is_out_of_scope_as_in_the_compliance_report(led: Ledger) -> None:
+    """The follow-up judges each product as cover and compliance do (one rule,
+    controller.duty_rules.exemptions.obligation_for): a durable device is out of scope."""
+    led.add_product(
+        gtin="07359990000198", article=100133, name="Infusion pump", substance="",
+        atc="", strength="-", form="pump", unit="piece", pack_size=1, unit_price="9000",
+        category="medical_device",
+    )  # fmt: skip
+    led.set_durability("07359990000198", "durable", actor="p")
+    report = followup_report(led.engine, month="2026-11", generated_at=GENERATED)
+    pump = next(p for p in report.products if p.gtin == "07359990000198")
+    assert (pump.status, pump.in_scope, pump.scope_reason) == ("out_of_scope", False, "durable")
+    assert pump.obligation_days is None

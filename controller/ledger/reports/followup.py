@@ -15,16 +15,16 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy import Connection, func, or_, select
 
+from controller.duty_rules.exemptions import obligation_for
 from controller.ledger.debiting import _zone, month_bounds, parse_month
+from controller.ledger.duty_state import crisis_overlapping
 from controller.ledger.reports.common import _load_products, _net_consumption_filter, _ratio
 from controller.ledger.reports.common import _signed_quantity as _signed
+from controller.ledger.reports.cover import _duty_scope
 from controller.ledger.reports.render import table
 from controller.ledger.schema import (
     EXTERNAL_KINDS,
     PRODUCT_CATEGORIES,
-    crisis_periods,
-    crisis_scope,
-    duty_scope,
     exemptions,
     external_use,
     locations,
@@ -192,19 +192,6 @@ def _external_in(conn: Connection, month: str) -> dict[int, int]:
     return {int(p): int(u or 0) for p, u in rows}
 
 
-def _scope(conn: Connection) -> tuple[dict[int, str], dict[str, str]]:
-    by_product: dict[int, str] = {}
-    by_category: dict[str, str] = {}
-    for r in conn.execute(
-        select(duty_scope.c.product_id, duty_scope.c.category, duty_scope.c.reason)
-    ):
-        if r.product_id is not None:
-            by_product[int(r.product_id)] = r.reason
-        elif r.category is not None:
-            by_category[r.category] = r.reason
-    return by_product, by_category
-
-
 def _exemptions_in(
     conn: Connection, since: datetime, until: datetime
 ) -> list[tuple[int, FollowupExemption]]:
@@ -240,37 +227,16 @@ def _exemptions_in(
 
 
 def _crises_in(conn: Connection, since: datetime, until: datetime) -> list[FollowupCrisis]:
-    periods = conn.execute(
-        select(crisis_periods)
-        .where(
-            crisis_periods.c.starts_at < until,
-            or_(crisis_periods.c.ends_at.is_(None), crisis_periods.c.ends_at > since),
-        )
-        .order_by(crisis_periods.c.starts_at, crisis_periods.c.id)
-    ).all()
-    if not periods:
-        return []
-    scope: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-    for r in conn.execute(
-        select(crisis_scope.c.crisis_id, crisis_scope.c.category, products.c.gtin)
-        .outerjoin(products, products.c.id == crisis_scope.c.product_id)
-        .where(crisis_scope.c.crisis_id.in_([int(p.id) for p in periods]))
-    ):
-        categories, gtins = scope[int(r.crisis_id)]
-        if r.category is not None:
-            categories.append(r.category)
-        if r.gtin is not None:
-            gtins.append(r.gtin)
     return [
         FollowupCrisis(
-            id=int(p.id),
+            id=p.id,
             starts_at=p.starts_at,
             ends_at=p.ends_at,
             reason=p.reason,
-            categories=tuple(sorted(scope[int(p.id)][0])),
-            gtins=tuple(sorted(scope[int(p.id)][1])),
+            categories=p.categories,
+            gtins=p.gtins,
         )
-        for p in periods
+        for p in crisis_overlapping(conn, since, until)
     ]
 
 
@@ -304,7 +270,7 @@ def followup_report(
         stock = _stock_at(conn, until, last_day)
         used = _use_in(conn, since, until)
         external = _external_in(conn, label)
-        scope_product, scope_category = _scope(conn)
+        scope_reasons, durability = _duty_scope(conn)
         exempt = _exemptions_in(conn, since, until)
         crises = _crises_in(conn, since, until)
     level: dict[int, int | None] = {}
@@ -317,14 +283,17 @@ def followup_report(
         internal, ext = used.get(p.id, 0), external.get(p.id, 0)
         if not p.active and not (on_hand or internal or ext):
             continue
-        reason = scope_product.get(p.id) or scope_category.get(p.category)
-        is_exempt = p.id in level
         lvl = level.get(p.id)
-        obligation: int | None = obligation_days
-        if reason is not None or (is_exempt and lvl is None):
-            obligation = None
-        elif is_exempt and lvl is not None:
-            obligation = lvl
+        judged = obligation_for(
+            obligation_days,
+            scope_reason=scope_reasons.get(p.id),
+            durability=durability.get(p.id, "consumable"),
+            exemption_status="active" if p.id in level else None,
+            exemption_level=lvl,
+        )
+        reason = judged.reason if judged.kind == "out_of_scope" else None
+        is_exempt = p.id in level
+        obligation = judged.level_days
         total = internal + ext
         cover, meets = _judge(total, usable, days, obligation)
         status: Status
